@@ -1,0 +1,169 @@
+//! The local control API between the `confer` binary and a running node.
+//!
+//! The node listens on a Unix socket, `control.sock` in the profile directory, created
+//! with mode 0600 so only the profile's owner can talk to it. The protocol is one JSON
+//! document per line: the client writes one [`Request`], the node answers with one
+//! [`Reply`] per line. Every request gets exactly one reply, except
+//! [`Request::Read`] with `follow: true`, which gets the history and then one
+//! [`Reply::Message`] per new message until the client hangs up.
+//!
+//! Lines are limited to [`MAX_LINE`] bytes in both directions.
+
+use serde::{Deserialize, Serialize};
+
+/// Longest line either side accepts, in bytes.
+pub const MAX_LINE: usize = 1024 * 1024;
+
+/// File name of the control socket inside the profile directory.
+pub const SOCKET_NAME: &str = "control.sock";
+
+/// What a client asks the node to do.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    /// The node's peer id, listening addresses and rooms.
+    Status,
+    /// Create a room; the caller becomes its facilitator.
+    CreateRoom {
+        /// The room's name, seen only by its members.
+        name: String,
+    },
+    /// The rooms this profile belongs to.
+    ListRooms,
+    /// Issue an invite to a room (facilitator only).
+    Invite {
+        /// A room name or a unique prefix of its id.
+        room: String,
+        /// Seconds until the invite expires.
+        expires_in_secs: u64,
+    },
+    /// Redeem an invite code, waiting until admitted or refused.
+    Join {
+        /// The invite code as printed by `confer invite`.
+        code: String,
+        /// The name to show to the room's members.
+        display_name: String,
+    },
+    /// Send a message to a room.
+    Send {
+        /// A room name or a unique prefix of its id.
+        room: String,
+        /// The message text.
+        text: String,
+    },
+    /// A room's history, oldest first; with `follow`, then every new message.
+    Read {
+        /// A room name or a unique prefix of its id.
+        room: String,
+        /// Keep the connection open and stream new messages.
+        follow: bool,
+    },
+    /// A room's members.
+    Members {
+        /// A room name or a unique prefix of its id.
+        room: String,
+    },
+}
+
+/// The node's answer to a [`Request`].
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "reply", rename_all = "snake_case")]
+pub enum Reply {
+    /// Answer to [`Request::Status`].
+    Status(StatusInfo),
+    /// Answer to [`Request::CreateRoom`] and [`Request::Join`].
+    Room(RoomInfo),
+    /// Answer to [`Request::ListRooms`].
+    Rooms {
+        /// The rooms.
+        rooms: Vec<RoomSummary>,
+    },
+    /// Answer to [`Request::Invite`].
+    Invite(InviteInfo),
+    /// Answer to [`Request::Send`].
+    Sent {
+        /// The new message's id (hex).
+        message_id: String,
+    },
+    /// Answer to [`Request::Read`]: the history so far.
+    History {
+        /// Messages, oldest first.
+        messages: Vec<MessageInfo>,
+    },
+    /// A new message, streamed after [`Reply::History`] when following.
+    Message(MessageInfo),
+    /// Answer to [`Request::Members`].
+    Members {
+        /// The members, facilitator first.
+        members: Vec<MemberInfo>,
+    },
+    /// The request failed; `message` is one sentence meant for the user.
+    Error {
+        /// What went wrong, and what to do about it.
+        message: String,
+    },
+}
+
+/// The node's identity on the network and what it is in.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StatusInfo {
+    /// The libp2p peer id of this node.
+    pub peer_id: String,
+    /// Multiaddresses the node listens on.
+    pub listen: Vec<String>,
+    /// The rooms this profile belongs to.
+    pub rooms: Vec<RoomSummary>,
+}
+
+/// A room in a listing.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoomSummary {
+    /// The room id (hex).
+    pub room_id: String,
+    /// The room's name.
+    pub name: String,
+    /// How many members the room has.
+    pub members: usize,
+}
+
+/// A room that was just created or joined.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RoomInfo {
+    /// The room id (hex).
+    pub room_id: String,
+    /// The room's name.
+    pub name: String,
+}
+
+/// A freshly issued invite.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InviteInfo {
+    /// The copy-pasteable invite code.
+    pub code: String,
+    /// When the invite stops working, RFC 3339 UTC.
+    pub expires_at: String,
+}
+
+/// One message of a room's history.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// The message id (hex).
+    pub message_id: String,
+    /// The author's display name in this room.
+    pub author: String,
+    /// The text.
+    pub text: String,
+    /// When the author sent it, RFC 3339 UTC.
+    pub sent_at: String,
+}
+
+/// One member of a room.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// The member's pseudonymous id in this room (hex of its signing key).
+    pub member_id: String,
+    /// The member's display name in this room.
+    pub name: String,
+    /// `facilitator` or `member`.
+    pub role: String,
+}
