@@ -138,7 +138,7 @@ struct MessageBody {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 enum Payload {
     Message(MessageBody),
-    Op(SignedOp),
+    Op(Box<SignedOp>),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -429,7 +429,7 @@ impl Room {
                     text: body.text,
                 }))
             }
-            Payload::Op(op) => match self.log.apply(op) {
+            Payload::Op(op) => match self.log.apply(*op) {
                 Ok(new) => Ok(Incoming::Op { new }),
                 Err(LogError::MissingParents) => Err(OpenError::UnknownAuthor),
                 Err(_) => Err(OpenError::Invalid),
@@ -546,7 +546,7 @@ impl Room {
         if let Some(issued) = self.invites.get_mut(&body.invite_id) {
             issued.used = true;
         }
-        let (announcement, _) = self.seal_payload(Payload::Op(op), rng);
+        let (announcement, _) = self.seal_payload(Payload::Op(Box::new(op)), rng);
         Ok(Admission {
             response: JoinResponse::Welcome(sealed),
             announcement,
@@ -815,7 +815,7 @@ mod tests {
             },
             &bob.me,
         );
-        let (env, _) = bob.seal_payload(Payload::Op(forged.clone()), &mut r);
+        let (env, _) = bob.seal_payload(Payload::Op(Box::new(forged.clone())), &mut r);
         assert_eq!(alice.open(&env), Err(OpenError::Invalid));
         assert_eq!(
             alice.log.clone().apply(forged),
