@@ -1,6 +1,8 @@
 //! Every decoder of bytes from the network, an invite code or the store must return an
 //! error, never panic, whatever it is given.
 
+#![allow(clippy::unwrap_used)] // tests fail loudly by design
+
 use confer_room::room::MessageRecord;
 use confer_room::{Invite, JoinRequest, JoinResponse, Room};
 use proptest::prelude::*;
