@@ -27,6 +27,9 @@ pub enum Request {
     CreateRoom {
         /// The room's name, seen only by its members.
         name: String,
+        /// The facilitator's display name in this room (default: the profile's name).
+        #[serde(default)]
+        display_name: Option<String>,
     },
     /// The rooms this profile belongs to.
     ListRooms,
@@ -113,6 +116,10 @@ pub struct StatusInfo {
     pub listen: Vec<String>,
     /// The rooms this profile belongs to.
     pub rooms: Vec<RoomSummary>,
+    /// Messages from the network dropped since start because they did not decode, were
+    /// too large, or failed decryption or verification.
+    #[serde(default)]
+    pub dropped: u64,
 }
 
 /// A room in a listing.

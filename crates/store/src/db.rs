@@ -1,0 +1,791 @@
+//! The encrypted database, `<home>/db`.
+//!
+//! Three sled trees:
+//!
+//! | tree | sled key | sealed plaintext |
+//! |---|---|---|
+//! | `meta` | `"format"` | `"confer-store"` ‖ format version (u32) |
+//! | `rooms` | room tag (16) | room id (32) ‖ value |
+//! | `messages` | room tag (16) ‖ message tag (16) | sort key (u64) ‖ message id (32) ‖ value |
+//!
+//! A stored value is nonce (24) ‖ XChaCha20-Poly1305 ciphertext ‖ tag (16).
+//! The associated data is `"confer-store v1"` ‖ tree name length (u8) ‖ tree
+//! name ‖ sled key. Tags and keys are described in the crate docs.
+//!
+//! Message sort keys and ids are sealed too, so [`Store::messages`] decrypts a
+//! room's messages and sorts them in memory. Rooms are small; this is cheap.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use hkdf::Hkdf;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+use zeroize::Zeroizing;
+
+use crate::crypto::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
+use crate::profile::{Profile, create_private_dir};
+use crate::{Result, StoreError};
+
+const DB_DIR: &str = "db";
+
+const TREE_META: &str = "meta";
+const TREE_ROOMS: &str = "rooms";
+const TREE_MESSAGES: &str = "messages";
+
+const FORMAT_KEY: &[u8] = b"format";
+const FORMAT_MAGIC: &[u8] = b"confer-store";
+const FORMAT_VERSION: u32 = 1;
+
+const HKDF_SALT: &[u8] = b"confer-store";
+const LABEL_VALUE_SEAL: &[u8] = b"confer-store v1 value seal";
+const LABEL_INDEX: &[u8] = b"confer-store v1 index";
+const AAD_PREFIX: &[u8] = b"confer-store v1";
+
+const ID_LEN: usize = 32;
+const INDEX_TAG_LEN: usize = 16;
+const SEALED_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
+
+/// A room id or message id, as the store sees it: 32 opaque bytes.
+type Id = [u8; ID_LEN];
+type IndexTag = [u8; INDEX_TAG_LEN];
+
+/// Keys derived from the profile's storage key; zeroized on drop.
+struct Keys {
+    /// XChaCha20-Poly1305 key for every value.
+    seal: Zeroizing<[u8; KEY_LEN]>,
+    /// HMAC-SHA256 key for room and message tags.
+    index: Zeroizing<[u8; KEY_LEN]>,
+}
+
+impl Keys {
+    fn derive(storage_key: &[u8; KEY_LEN]) -> Result<Self> {
+        let hkdf = Hkdf::<Sha256>::new(Some(HKDF_SALT), storage_key);
+        let mut seal = Zeroizing::new([0u8; KEY_LEN]);
+        let mut index = Zeroizing::new([0u8; KEY_LEN]);
+        let failed = |_| StoreError::Crypto {
+            reason: "HKDF expand",
+        };
+        hkdf.expand(LABEL_VALUE_SEAL, seal.as_mut_slice())
+            .map_err(failed)?;
+        hkdf.expand(LABEL_INDEX, index.as_mut_slice())
+            .map_err(failed)?;
+        Ok(Self { seal, index })
+    }
+
+    /// First 16 bytes of HMAC(index key, parts...).
+    fn tag(&self, parts: &[&[u8]]) -> Result<IndexTag> {
+        let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(self.index.as_slice())
+            .map_err(|_| StoreError::Crypto { reason: "HMAC key" })?;
+        for part in parts {
+            mac.update(part);
+        }
+        let full = mac.finalize().into_bytes();
+        crypto::array_at(&full, 0).ok_or(StoreError::Crypto {
+            reason: "HMAC output",
+        })
+    }
+
+    fn room_tag(&self, room_id: &Id) -> Result<IndexTag> {
+        self.tag(&[b"room", room_id])
+    }
+
+    fn message_tag(&self, room_id: &Id, message_id: &Id) -> Result<IndexTag> {
+        self.tag(&[b"message", room_id, message_id])
+    }
+}
+
+/// The encrypted database of one profile.
+///
+/// Room ids and message ids are 32 opaque bytes, values are opaque byte
+/// strings; the store knows nothing of the room protocol. All methods take
+/// `&self` and may be called from several threads.
+pub struct Store {
+    home: PathBuf,
+    db: sled::Db,
+    meta: sled::Tree,
+    rooms: sled::Tree,
+    messages: sled::Tree,
+    keys: Keys,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("home", &self.home)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the database of `profile` at `<home>/db`.
+    ///
+    /// [`StoreError::InUse`] if another process or another open `Store` holds
+    /// it; [`StoreError::Corrupt`] if it is damaged, from an incompatible
+    /// version, or was written under another profile's keys.
+    pub fn open(profile: &Profile) -> Result<Store> {
+        let home = profile.home().to_path_buf();
+        let path = home.join(DB_DIR);
+        create_private_dir(&path)?;
+        let db = sled::Config::new()
+            .path(&path)
+            .open()
+            .map_err(|e| open_error(&home, e))?;
+        let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(&home, e));
+        let store = Store {
+            meta: tree(TREE_META)?,
+            rooms: tree(TREE_ROOMS)?,
+            messages: tree(TREE_MESSAGES)?,
+            keys: Keys::derive(profile.storage_key())?,
+            db,
+            home,
+        };
+        store.check_format()?;
+        Ok(store)
+    }
+
+    /// Stores (or replaces) the value of a room.
+    pub fn put_room(&self, room_id: &[u8; 32], value: &[u8]) -> Result<()> {
+        let key = self.keys.room_tag(room_id)?;
+        let mut plaintext = Zeroizing::new(Vec::with_capacity(ID_LEN + value.len()));
+        plaintext.extend_from_slice(room_id);
+        plaintext.extend_from_slice(value);
+        let sealed = self.seal_value(TREE_ROOMS, &key, &plaintext)?;
+        self.rooms
+            .insert(key, sealed)
+            .map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+
+    /// The value of a room, if stored.
+    pub fn room(&self, room_id: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        let key = self.keys.room_tag(room_id)?;
+        let Some(sealed) = self.rooms.get(key).map_err(|e| self.db_error(e))? else {
+            return Ok(None);
+        };
+        let (stored_id, value) = self.open_room(&key, &sealed)?;
+        if &stored_id != room_id {
+            return Err(self.corrupt("a room record holds another room's id"));
+        }
+        Ok(Some(value))
+    }
+
+    /// Every stored room as (room id, value), ordered by room id.
+    pub fn rooms(&self) -> Result<Vec<([u8; 32], Vec<u8>)>> {
+        let mut out = Vec::new();
+        for entry in self.rooms.iter() {
+            let (key, sealed) = entry.map_err(|e| self.db_error(e))?;
+            let (room_id, value) = self.open_room(&key, &sealed)?;
+            if self.keys.room_tag(&room_id)?.as_slice() != key.as_ref() {
+                return Err(self.corrupt("a room record is stored under the wrong key"));
+            }
+            out.push((room_id, value));
+        }
+        out.sort_unstable_by_key(|entry| entry.0);
+        Ok(out)
+    }
+
+    /// Stores a message of a room unless a message with this id is already
+    /// stored for that room. Returns `true` if it was stored, `false` (having
+    /// written nothing) if it was a duplicate.
+    ///
+    /// [`Store::messages`] lists a room's messages by (`sort_key`,
+    /// `message_id`).
+    pub fn insert_message(
+        &self,
+        room_id: &[u8; 32],
+        message_id: &[u8; 32],
+        sort_key: u64,
+        value: &[u8],
+    ) -> Result<bool> {
+        let key = self.message_key(room_id, message_id)?;
+        if self
+            .messages
+            .contains_key(key)
+            .map_err(|e| self.db_error(e))?
+        {
+            return Ok(false);
+        }
+        let mut plaintext = Zeroizing::new(Vec::with_capacity(8 + ID_LEN + value.len()));
+        plaintext.extend_from_slice(&sort_key.to_be_bytes());
+        plaintext.extend_from_slice(message_id);
+        plaintext.extend_from_slice(value);
+        let sealed = self.seal_value(TREE_MESSAGES, &key, &plaintext)?;
+        // Compare-and-swap from "absent", so two concurrent inserts of the
+        // same message store it once.
+        let swapped = self
+            .messages
+            .compare_and_swap(key, None::<&[u8]>, Some(sealed))
+            .map_err(|e| self.db_error(e))?;
+        Ok(swapped.is_ok())
+    }
+
+    /// A room's message values, ordered by (sort key, message id).
+    pub fn messages(&self, room_id: &[u8; 32]) -> Result<Vec<Vec<u8>>> {
+        let room_tag = self.keys.room_tag(room_id)?;
+        let mut found: Vec<(u64, Id, Vec<u8>)> = Vec::new();
+        for entry in self.messages.scan_prefix(room_tag) {
+            let (key, sealed) = entry.map_err(|e| self.db_error(e))?;
+            let plaintext = self.open_value(TREE_MESSAGES, &key, &sealed)?;
+            let parsed = crypto::array_at::<8>(&plaintext, 0)
+                .zip(crypto::array_at::<ID_LEN>(&plaintext, 8))
+                .zip(plaintext.get(8 + ID_LEN..));
+            let Some(((sort_key, message_id), value)) = parsed else {
+                return Err(self.corrupt("a message record is too short"));
+            };
+            if key.get(INDEX_TAG_LEN..)
+                != Some(self.keys.message_tag(room_id, &message_id)?.as_slice())
+            {
+                return Err(self.corrupt("a message record is stored under the wrong key"));
+            }
+            found.push((u64::from_be_bytes(sort_key), message_id, value.to_vec()));
+        }
+        found.sort_unstable_by_key(|entry| (entry.0, entry.1));
+        Ok(found.into_iter().map(|(_, _, value)| value).collect())
+    }
+
+    /// Whether a message with this id is stored for the room.
+    pub fn has_message(&self, room_id: &[u8; 32], message_id: &[u8; 32]) -> Result<bool> {
+        let key = self.message_key(room_id, message_id)?;
+        self.messages
+            .contains_key(key)
+            .map_err(|e| self.db_error(e))
+    }
+
+    /// Writes everything stored so far to disk. Call this before
+    /// acknowledging anything to a user or a peer.
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+
+    fn message_key(&self, room_id: &Id, message_id: &Id) -> Result<[u8; 2 * INDEX_TAG_LEN]> {
+        let mut key = [0u8; 2 * INDEX_TAG_LEN];
+        key[..INDEX_TAG_LEN].copy_from_slice(&self.keys.room_tag(room_id)?);
+        key[INDEX_TAG_LEN..].copy_from_slice(&self.keys.message_tag(room_id, message_id)?);
+        Ok(key)
+    }
+
+    fn open_room(&self, key: &[u8], sealed: &[u8]) -> Result<(Id, Vec<u8>)> {
+        let plaintext = self.open_value(TREE_ROOMS, key, sealed)?;
+        let room_id = crypto::array_at::<ID_LEN>(&plaintext, 0)
+            .ok_or_else(|| self.corrupt("a room record is too short"))?;
+        let value = plaintext.get(ID_LEN..).unwrap_or_default().to_vec();
+        Ok((room_id, value))
+    }
+
+    /// Checks the sealed format record, writing it into a new database.
+    fn check_format(&self) -> Result<()> {
+        let stored = self.meta.get(FORMAT_KEY).map_err(|e| self.db_error(e))?;
+        let Some(sealed) = stored else {
+            if !self.rooms.is_empty() || !self.messages.is_empty() {
+                return Err(self.corrupt("the database has records but no format record"));
+            }
+            let mut plaintext = FORMAT_MAGIC.to_vec();
+            plaintext.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+            let sealed = self.seal_value(TREE_META, FORMAT_KEY, &plaintext)?;
+            self.meta
+                .insert(FORMAT_KEY, sealed)
+                .map_err(|e| self.db_error(e))?;
+            return self.flush();
+        };
+        let plaintext = self
+            .open_value(TREE_META, FORMAT_KEY, &sealed)
+            .map_err(|_| {
+                self.corrupt(
+                    "the database was not written with this profile's keys \
+                 (was the profile re-created?)",
+                )
+            })?;
+        let version = plaintext
+            .strip_prefix(FORMAT_MAGIC)
+            .and_then(|rest| <[u8; 4]>::try_from(rest).ok())
+            .map(u32::from_be_bytes)
+            .ok_or_else(|| self.corrupt("the format record does not parse"))?;
+        if version != FORMAT_VERSION {
+            return Err(self.corrupt(&format!(
+                "database format version {version} is not supported \
+                 (this build reads version {FORMAT_VERSION})"
+            )));
+        }
+        Ok(())
+    }
+
+    fn seal_value(&self, tree: &str, key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+        let nonce = crypto::random_nonce()?;
+        let ciphertext = crypto::seal(&self.keys.seal, &nonce, &aad(tree, key), plaintext)?;
+        let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&ciphertext);
+        Ok(out)
+    }
+
+    fn open_value(&self, tree: &str, key: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        if sealed.len() < SEALED_OVERHEAD {
+            return Err(self.corrupt(&format!("a record in `{tree}` is too short")));
+        }
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        let nonce = crypto::array_at::<NONCE_LEN>(nonce, 0)
+            .ok_or_else(|| self.corrupt(&format!("a record in `{tree}` is too short")))?;
+        crypto::open(&self.keys.seal, &nonce, &aad(tree, key), ciphertext).ok_or_else(|| {
+            self.corrupt(&format!(
+                "a record in `{tree}` failed authentication (altered or moved)"
+            ))
+        })
+    }
+
+    fn corrupt(&self, reason: &str) -> StoreError {
+        StoreError::Corrupt {
+            dir: self.home.clone(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    fn db_error(&self, e: sled::Error) -> StoreError {
+        runtime_error(&self.home, e)
+    }
+}
+
+/// Associated data binding a value to its tree and sled key.
+fn aad(tree: &str, key: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(AAD_PREFIX.len() + 1 + tree.len() + key.len());
+    aad.extend_from_slice(AAD_PREFIX);
+    // Tree names are short constants of this module.
+    aad.push(u8::try_from(tree.len()).unwrap_or(u8::MAX));
+    aad.extend_from_slice(tree.as_bytes());
+    aad.extend_from_slice(key);
+    aad
+}
+
+/// Maps an error from opening sled.
+fn open_error(home: &Path, e: sled::Error) -> StoreError {
+    match &e {
+        // sled 0.34 reports a held lock as an `Io` error of kind `Other` whose
+        // message starts "could not acquire lock on".
+        sled::Error::Io(io) if io.to_string().contains("could not acquire lock") => {
+            StoreError::InUse {
+                dir: home.to_path_buf(),
+            }
+        }
+        sled::Error::Io(io) => StoreError::Database {
+            dir: home.to_path_buf(),
+            reason: format!("could not open the database: {io}"),
+        },
+        _ => runtime_error(home, e),
+    }
+}
+
+/// Maps an error from a sled operation on an open database.
+fn runtime_error(home: &Path, e: sled::Error) -> StoreError {
+    let dir = home.to_path_buf();
+    match e {
+        sled::Error::Io(io) => StoreError::Database {
+            dir,
+            reason: io.to_string(),
+        },
+        sled::Error::Corruption { .. } | sled::Error::Unsupported(_) => StoreError::Corrupt {
+            dir,
+            reason: format!("the database reports: {e}"),
+        },
+        other => StoreError::Database {
+            dir,
+            reason: other.to_string(),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+
+    use super::*;
+
+    const PASS: &str = "a passphrase";
+
+    fn setup() -> (tempfile::TempDir, Profile) {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = Profile::create(dir.path(), PASS, "Alice").unwrap();
+        (dir, profile)
+    }
+
+    fn id(n: u8) -> [u8; 32] {
+        let mut id = [0u8; 32];
+        crypto::fill_random(&mut id).unwrap();
+        id[0] = n;
+        id
+    }
+
+    #[test]
+    fn rooms_roundtrip() {
+        let (_dir, profile) = setup();
+        let store = Store::open(&profile).unwrap();
+        let (a, b) = (id(1), id(2));
+        assert_eq!(store.room(&a).unwrap(), None);
+        assert!(store.rooms().unwrap().is_empty());
+        store.put_room(&a, b"room a").unwrap();
+        store.put_room(&b, b"").unwrap();
+        assert_eq!(store.room(&a).unwrap().as_deref(), Some(&b"room a"[..]));
+        assert_eq!(store.room(&b).unwrap().as_deref(), Some(&b""[..]));
+        store.put_room(&a, b"room a, renamed").unwrap();
+        assert_eq!(
+            store.rooms().unwrap(),
+            vec![(a, b"room a, renamed".to_vec()), (b, Vec::new())]
+        );
+    }
+
+    #[test]
+    fn messages_ordered_and_deduplicated() {
+        let (_dir, profile) = setup();
+        let store = Store::open(&profile).unwrap();
+        let (room, other) = (id(1), id(2));
+        // Same sort key: ordered by message id.
+        let (m_low, m_high) = (id(0x10), id(0xf0));
+        let m_first = id(0x80);
+        let m_last = id(0x00);
+
+        assert!(store.insert_message(&room, &m_high, 5, b"c").unwrap());
+        assert!(
+            store
+                .insert_message(&room, &m_last, u64::MAX, b"d")
+                .unwrap()
+        );
+        assert!(store.insert_message(&room, &m_low, 5, b"b").unwrap());
+        assert!(store.insert_message(&room, &m_first, 0, b"a").unwrap());
+        // The same message id in another room is another message.
+        assert!(store.insert_message(&other, &m_low, 1, b"x").unwrap());
+
+        // Replays write nothing, whatever they carry.
+        assert!(!store.insert_message(&room, &m_low, 5, b"b").unwrap());
+        assert!(!store.insert_message(&room, &m_low, 1, b"forged").unwrap());
+
+        assert_eq!(
+            store.messages(&room).unwrap(),
+            vec![b"a".to_vec(), b"b".to_vec(), b"c".to_vec(), b"d".to_vec()]
+        );
+        assert_eq!(store.messages(&other).unwrap(), vec![b"x".to_vec()]);
+        assert!(store.messages(&id(3)).unwrap().is_empty());
+        assert!(store.has_message(&room, &m_low).unwrap());
+        assert!(store.has_message(&other, &m_low).unwrap());
+        assert!(!store.has_message(&other, &m_high).unwrap());
+    }
+
+    #[test]
+    fn many_messages_sorted() {
+        let (_dir, profile) = setup();
+        let store = Store::open(&profile).unwrap();
+        let room = id(1);
+        let mut expected = Vec::new();
+        for i in 0..200u64 {
+            let sort_key = (i * 7919) % 200; // a permutation of 0..200
+            let value = format!("message {sort_key:03}").into_bytes();
+            assert!(
+                store
+                    .insert_message(&room, &id(0), sort_key, &value)
+                    .unwrap()
+            );
+            expected.push(value);
+        }
+        expected.sort();
+        assert_eq!(store.messages(&room).unwrap(), expected);
+    }
+
+    #[test]
+    fn reopen_sees_same_data() {
+        let (dir, profile) = setup();
+        let (room, msg) = (id(1), id(2));
+        {
+            let store = Store::open(&profile).unwrap();
+            store.put_room(&room, b"the room").unwrap();
+            assert!(store.insert_message(&room, &msg, 1, b"hello").unwrap());
+            store.flush().unwrap();
+        }
+        drop(profile);
+        let profile = Profile::unlock(dir.path(), PASS).unwrap();
+        let store = Store::open(&profile).unwrap();
+        assert_eq!(store.rooms().unwrap(), vec![(room, b"the room".to_vec())]);
+        assert_eq!(store.messages(&room).unwrap(), vec![b"hello".to_vec()]);
+        assert!(!store.insert_message(&room, &msg, 1, b"hello").unwrap());
+    }
+
+    #[test]
+    fn second_open_is_in_use() {
+        let (_dir, profile) = setup();
+        let store = Store::open(&profile).unwrap();
+        let err = Store::open(&profile).unwrap_err();
+        assert!(matches!(err, StoreError::InUse { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .ends_with("is in use by another running node"),
+            "{err}"
+        );
+        drop(store);
+        Store::open(&profile).unwrap();
+    }
+
+    #[test]
+    fn values_cannot_be_swapped_between_keys() {
+        let (_dir, profile) = setup();
+        let store = Store::open(&profile).unwrap();
+        let (a, b) = (id(1), id(2));
+        store.put_room(&a, b"room a").unwrap();
+        store.put_room(&b, b"room b").unwrap();
+        let (ka, kb) = (
+            store.keys.room_tag(&a).unwrap(),
+            store.keys.room_tag(&b).unwrap(),
+        );
+        let sealed_a = store.rooms.get(ka).unwrap().unwrap();
+        store.rooms.insert(kb, sealed_a.clone()).unwrap();
+        assert!(matches!(store.room(&b), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(store.rooms(), Err(StoreError::Corrupt { .. })));
+
+        // A room value moved into the messages tree under a message key.
+        let (room, msg) = (id(3), id(4));
+        assert!(store.insert_message(&room, &msg, 0, b"m").unwrap());
+        let key = store.message_key(&room, &msg).unwrap();
+        store.messages.insert(key, sealed_a).unwrap();
+        assert!(matches!(
+            store.messages(&room),
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    #[test]
+    fn tampered_value_is_corrupt_not_panic() {
+        let (_dir, profile) = setup();
+        let store = Store::open(&profile).unwrap();
+        let room = id(1);
+        store.put_room(&room, b"value").unwrap();
+        let key = store.keys.room_tag(&room).unwrap();
+        for bad in [Vec::new(), vec![0u8; 10], vec![0u8; SEALED_OVERHEAD], {
+            let mut v = store.rooms.get(key).unwrap().unwrap().to_vec();
+            v[NONCE_LEN] ^= 1;
+            v
+        }] {
+            store.rooms.insert(key, bad).unwrap();
+            let err = store.room(&room).unwrap_err();
+            assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn store_of_another_profile_is_rejected() {
+        let (dir_a, profile_a) = setup();
+        {
+            let store = Store::open(&profile_a).unwrap();
+            store.put_room(&id(1), b"a").unwrap();
+            store.flush().unwrap();
+        }
+        // The profile is re-created (new storage key) next to the old db.
+        fs::remove_file(dir_a.path().join("profile")).unwrap();
+        drop(profile_a);
+        let profile_b = Profile::create(dir_a.path(), PASS, "Bob").unwrap();
+        let err = Store::open(&profile_b).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("this profile's keys"), "{err}");
+    }
+
+    #[test]
+    fn incompatible_format_version_is_rejected() {
+        let (_dir, profile) = setup();
+        {
+            let store = Store::open(&profile).unwrap();
+            let mut plaintext = FORMAT_MAGIC.to_vec();
+            plaintext.extend_from_slice(&99u32.to_be_bytes());
+            let sealed = store.seal_value(TREE_META, FORMAT_KEY, &plaintext).unwrap();
+            store.meta.insert(FORMAT_KEY, sealed).unwrap();
+            store.flush().unwrap();
+        }
+        let err = Store::open(&profile).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+        assert!(err.to_string().contains("version 99"), "{err}");
+    }
+
+    #[test]
+    fn missing_format_record_with_data_is_rejected() {
+        let (_dir, profile) = setup();
+        {
+            let store = Store::open(&profile).unwrap();
+            store.put_room(&id(1), b"a").unwrap();
+            store.meta.remove(FORMAT_KEY).unwrap();
+            store.flush().unwrap();
+        }
+        let err = Store::open(&profile).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn garbage_database_is_an_error_not_a_panic() {
+        let (dir, profile) = setup();
+        let db = dir.path().join(DB_DIR);
+        fs::create_dir(&db).unwrap();
+        fs::write(db.join("conf"), b"this is not a sled config file").unwrap();
+        fs::write(db.join("db"), vec![0xa5; 4096]).unwrap();
+        let result = std::panic::catch_unwind(|| Store::open(&profile).map(|_| ()));
+        let result = result.expect("opening a damaged database must not panic");
+        assert!(result.is_err(), "{result:?}");
+    }
+
+    #[test]
+    fn debug_prints_no_keys() {
+        let (_dir, profile) = setup();
+        let store = Store::open(&profile).unwrap();
+        let debug = format!("{store:?}");
+        assert!(debug.starts_with("Store"), "{debug}");
+        for key in [&store.keys.seal, &store.keys.index] {
+            let head = format!("{}, {}, {}", key[0], key[1], key[2]);
+            assert!(!debug.contains(&head), "{debug}");
+        }
+    }
+
+    /// Every file under `dir`, recursively, as bytes.
+    fn all_files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for entry in fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(all_files(&path));
+            } else {
+                let bytes = fs::read(&path).unwrap();
+                out.push((path, bytes));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn no_plaintext_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let name_marker = "PROFILE-NAME-MARKER-4b1d";
+        let profile = Profile::create(dir.path(), PASS, name_marker).unwrap();
+        let room_marker = "ROOM-VALUE-MARKER-9c2e";
+        let message_marker = "MESSAGE-MARKER-31f7";
+        let (room, other_room) = (id(1), id(2));
+        let mut message_ids = Vec::new();
+        {
+            let store = Store::open(&profile).unwrap();
+            store
+                .put_room(&room, format!("{room_marker} Monday group").as_bytes())
+                .unwrap();
+            store.put_room(&other_room, room_marker.as_bytes()).unwrap();
+            for i in 0..50u64 {
+                let message_id = id(3);
+                let text = format!("{message_marker} number {i}, some casework");
+                assert!(
+                    store
+                        .insert_message(&room, &message_id, i, text.as_bytes())
+                        .unwrap()
+                );
+                message_ids.push(message_id);
+            }
+            // The markers are really stored (so the test below is meaningful).
+            assert_eq!(store.messages(&room).unwrap().len(), 50);
+            store.flush().unwrap();
+        }
+        let secrets = [*profile.device_secret(), *profile.storage_key()];
+        drop(profile);
+
+        let files = all_files(dir.path());
+        assert!(files.len() >= 2, "{files:?}");
+        let total: usize = files.iter().map(|(_, b)| b.len()).sum();
+        assert!(total > 50 * message_marker.len(), "data must be on disk");
+
+        let mut needles: Vec<(String, Vec<u8>)> = vec![
+            ("profile name".into(), name_marker.as_bytes().to_vec()),
+            ("room value".into(), room_marker.as_bytes().to_vec()),
+            ("message".into(), message_marker.as_bytes().to_vec()),
+            ("passphrase".into(), PASS.as_bytes().to_vec()),
+            ("room id".into(), room.to_vec()),
+            ("other room id".into(), other_room.to_vec()),
+            // Also any 16-byte window of an id (e.g. a truncated prefix).
+            ("room id prefix".into(), room[..16].to_vec()),
+            ("room id suffix".into(), room[16..].to_vec()),
+        ];
+        for (i, message_id) in message_ids.iter().enumerate() {
+            needles.push((format!("message id {i}"), message_id[..16].to_vec()));
+            needles.push((format!("message id {i} tail"), message_id[16..].to_vec()));
+        }
+        for secret in secrets {
+            needles.push(("profile secret".into(), secret[..16].to_vec()));
+        }
+        for (path, bytes) in &files {
+            for (what, needle) in &needles {
+                let found = bytes.windows(needle.len()).any(|w| w == needle.as_slice());
+                assert!(!found, "{what} found in clear in {}", path.display());
+            }
+        }
+    }
+
+    /// Run by [`crash_recovery`] in a child process: writes, flushes, writes
+    /// more without flushing, and exits without running any destructor.
+    #[test]
+    #[ignore = "helper: run as a child process by crash_recovery"]
+    fn crash_child() {
+        let Some(home) = std::env::var_os("CONFER_STORE_CRASH_HOME") else {
+            return;
+        };
+        let profile = Profile::unlock(Path::new(&home), PASS).unwrap();
+        let store = Store::open(&profile).unwrap();
+        let room = [7u8; 32];
+        store.put_room(&room, b"crash room").unwrap();
+        for i in 0..100u64 {
+            let mut message_id = [0u8; 32];
+            message_id[..8].copy_from_slice(&i.to_be_bytes());
+            assert!(
+                store
+                    .insert_message(&room, &message_id, i, b"flushed")
+                    .unwrap()
+            );
+        }
+        store.flush().unwrap();
+        for i in 100..200u64 {
+            let mut message_id = [0u8; 32];
+            message_id[..8].copy_from_slice(&i.to_be_bytes());
+            assert!(
+                store
+                    .insert_message(&room, &message_id, i, b"unflushed")
+                    .unwrap()
+            );
+        }
+        std::process::exit(17);
+    }
+
+    #[test]
+    fn crash_recovery() {
+        let (dir, profile) = setup();
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "db::tests::crash_child",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("CONFER_STORE_CRASH_HOME", dir.path())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(
+            status.code(),
+            Some(17),
+            "child did not reach its crash point"
+        );
+
+        // The lock died with the process; everything flushed is there, and
+        // whatever else survived decrypts and is in order.
+        let store = Store::open(&profile).unwrap();
+        let room = [7u8; 32];
+        assert_eq!(
+            store.room(&room).unwrap().as_deref(),
+            Some(&b"crash room"[..])
+        );
+        let messages = store.messages(&room).unwrap();
+        assert!(messages.len() >= 100, "{} messages", messages.len());
+        assert!(messages[..100].iter().all(|m| m == b"flushed"));
+        assert!(messages[100..].iter().all(|m| m == b"unflushed"));
+        for i in 0..100u64 {
+            let mut message_id = [0u8; 32];
+            message_id[..8].copy_from_slice(&i.to_be_bytes());
+            assert!(store.has_message(&room, &message_id).unwrap());
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! The client side of the control socket, used by the `confer` binary and by tests.
+
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::api::{MAX_LINE, Reply, Request, SOCKET_NAME};
+
+/// Why the node could not be asked.
+#[derive(Debug, Error)]
+pub enum ClientError {
+    /// No node is listening on the profile's socket.
+    #[error("no node is running for {0}; start one with `confer node run --home {0}`")]
+    NotRunning(PathBuf),
+    /// The connection broke or the node answered something unreadable.
+    #[error("lost contact with the node: {0}")]
+    Io(#[from] std::io::Error),
+    /// The node's answer did not parse.
+    #[error("the node sent an answer this version does not understand")]
+    BadReply,
+}
+
+/// An open connection to a running node.
+#[derive(Debug)]
+pub struct Client {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Client {
+    /// Connects to the node running for the profile in `home`.
+    pub async fn connect(home: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(home.join(SOCKET_NAME))
+            .await
+            .map_err(|_| ClientError::NotRunning(home.to_path_buf()))?;
+        let (reader, writer) = stream.into_split();
+        Ok(Self {
+            reader: BufReader::new(reader),
+            writer,
+        })
+    }
+
+    /// Sends one request.
+    pub async fn send(&mut self, request: &Request) -> Result<(), ClientError> {
+        let mut line = serde_json::to_vec(request).map_err(|_| ClientError::BadReply)?;
+        line.push(b'\n');
+        self.writer.write_all(&line).await?;
+        self.writer.flush().await?;
+        Ok(())
+    }
+
+    /// Reads the next reply; `None` when the node closed the connection.
+    pub async fn next(&mut self) -> Result<Option<Reply>, ClientError> {
+        let mut line = Vec::new();
+        let n = (&mut self.reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        if line.len() > MAX_LINE {
+            return Err(ClientError::BadReply);
+        }
+        serde_json::from_slice(&line)
+            .map(Some)
+            .map_err(|_| ClientError::BadReply)
+    }
+
+    /// Sends one request and waits for its single reply.
+    pub async fn call(home: &Path, request: &Request) -> Result<Reply, ClientError> {
+        let mut client = Self::connect(home).await?;
+        client.send(request).await?;
+        client.next().await?.ok_or(ClientError::BadReply)
+    }
+}
+
+use tokio::io::AsyncReadExt as _;

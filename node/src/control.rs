@@ -1,0 +1,121 @@
+//! The control socket server: `control.sock` in the profile directory, owner-only.
+//!
+//! Each connection sends JSON-lines [`Request`]s and gets [`crate::api::Reply`]s back
+//! (see [`crate::api`]). Connections are served concurrently; every request goes to the
+//! node's event loop through the same bounded channel as in-process requests.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinHandle;
+
+use crate::api::{MAX_LINE, Reply, Request, SOCKET_NAME};
+use crate::node::{Node, NodeError};
+
+/// Binds the socket (replacing a stale one left by a crash) and serves it until aborted.
+pub(crate) async fn serve(home: &Path, node: Node) -> Result<JoinHandle<()>, NodeError> {
+    let path = home.join(SOCKET_NAME);
+    let fail = |reason: String| NodeError::Control {
+        path: path.display().to_string(),
+        reason,
+    };
+    if path.exists() {
+        if UnixStream::connect(&path).await.is_ok() {
+            return Err(fail("another node is already serving this profile".into()));
+        }
+        std::fs::remove_file(&path).map_err(|e| fail(e.to_string()))?;
+    }
+    let listener = UnixListener::bind(&path).map_err(|e| fail(e.to_string()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((stream, _)) => {
+                    tokio::spawn(connection(stream, node.clone()));
+                }
+                Err(e) => {
+                    tracing::warn!("control socket accept failed: {e}");
+                    return;
+                }
+            }
+        }
+    }))
+}
+
+async fn write(
+    writer: &mut tokio::net::unix::OwnedWriteHalf,
+    reply: &Reply,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    writer.write_all(&line).await?;
+    writer.flush().await
+}
+
+async fn connection(stream: UnixStream, node: Node) {
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = BufReader::new(reader);
+    loop {
+        let mut line = Vec::new();
+        match (&mut reader)
+            .take(MAX_LINE as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await
+        {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        if line.len() > MAX_LINE {
+            let _ = write(
+                &mut writer,
+                &Reply::Error {
+                    message: "request too large".into(),
+                },
+            )
+            .await;
+            return;
+        }
+        let request: Request = match serde_json::from_slice(&line) {
+            Ok(request) => request,
+            Err(_) => {
+                let reply = Reply::Error { message: "the node did not understand the request (is the confer binary the same version as the node?)".into() };
+                if write(&mut writer, &reply).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
+        if let Request::Read { room, follow: true } = request {
+            follow(room, node, writer).await;
+            return;
+        }
+        let reply = node.request(request).await;
+        if write(&mut writer, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+async fn follow(room: String, node: Node, mut writer: tokio::net::unix::OwnedWriteHalf) {
+    match node.follow(room).await {
+        Err(message) => {
+            let _ = write(&mut writer, &Reply::Error { message }).await;
+        }
+        Ok((messages, mut updates)) => {
+            if write(&mut writer, &Reply::History { messages })
+                .await
+                .is_err()
+            {
+                return;
+            }
+            while let Some(message) = updates.recv().await {
+                if write(&mut writer, &Reply::Message(message)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! The Confer node.
+//!
+//! A node runs one person's side of Confer: it owns the libp2p swarm ([`net`]), the
+//! encrypted store (`confer-store`) and the person's rooms (`confer-room`), in one
+//! event loop ([`Node`]); and it serves a local control API ([`api`]) on a Unix socket
+//! in the profile directory, readable by the owner only, which the `confer` binary
+//! talks to ([`client`]).
+//!
+//! Architecture invariant: this is the only crate that knows libp2p. It never logs
+//! message text, names or key material.
+#![deny(missing_docs)]
+
+pub mod api;
+pub mod client;
+mod control;
+#[allow(missing_docs)] // `#[derive(NetworkBehaviour)]` generates an undocumented event enum
+pub mod net;
+mod node;
+
+pub use node::{Following, Node, NodeConfig, NodeError};

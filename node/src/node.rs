@@ -1,0 +1,1052 @@
+//! The node: one event loop that owns the swarm, the store and the rooms.
+//!
+//! [`Node`] is a cheap `Clone` handle. It sends [`Command`]s over a bounded channel to the
+//! [`EventLoop`], which is the only place that touches the swarm, the store and the
+//! room state, and answers each command through a oneshot channel. The loop never
+//! awaits anything slow: network work is started and its completion arrives later as a
+//! swarm event (a pending join is parked until its response comes back).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use confer_room::invite::{JoinBody, JoinRequest, JoinResponse};
+use confer_room::room::MessageRecord;
+use confer_room::{Incoming, Invite, InviteError, MemberKeys, OpenError, Room, RoomId};
+use confer_store::{Profile, Store};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identity};
+use rand::rand_core::UnwrapErr;
+use rand::rngs::SysRng;
+use thiserror::Error;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::api::{
+    InviteInfo, MemberInfo, MessageInfo, Reply, Request, RoomInfo, RoomSummary, StatusInfo,
+};
+use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
+
+/// How many commands may wait for the event loop.
+const COMMAND_QUEUE: usize = 64;
+/// How many new messages a follower may lag behind before it is dropped.
+const FOLLOW_QUEUE: usize = 256;
+/// Envelopes waiting for a room peer to subscribe, per room.
+const OUTBOX_LIMIT: usize = 1024;
+/// Envelopes from authors not yet known (their admission may still be on its way).
+const UNKNOWN_AUTHOR_LIMIT: usize = 256;
+/// Recent envelopes kept per room for pushing to members who (re)subscribe.
+const RECENT_LIMIT: usize = 256;
+
+/// A recent room envelope and the peers of the members who were in the room when it
+/// was stored: only they may be sent it again.
+struct Recent {
+    envelope: Vec<u8>,
+    audience: Vec<Vec<u8>>,
+}
+
+/// What a member pushes to another on [`net::SYNC_PROTOCOL`].
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SyncPush {
+    topic: String,
+    envelopes: Vec<Vec<u8>>,
+}
+
+/// How a node is started.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Multiaddresses to listen on.
+    pub listen: Vec<String>,
+    /// Network tuning.
+    pub net: NetConfig,
+    /// Serve the control socket in the profile directory.
+    pub control_socket: bool,
+}
+
+impl NodeConfig {
+    /// Listens on `listen` (or an OS-chosen TCP port on all interfaces if empty),
+    /// serves the control socket, default network tuning.
+    pub fn new(listen: Vec<String>) -> Self {
+        let listen = if listen.is_empty() {
+            vec!["/ip4/0.0.0.0/tcp/0".to_owned()]
+        } else {
+            listen
+        };
+        Self {
+            listen,
+            net: NetConfig::default(),
+            control_socket: true,
+        }
+    }
+}
+
+/// Why a node could not start.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The store could not be opened.
+    #[error("{0}")]
+    Store(#[from] confer_store::StoreError),
+    /// A listening address is not a valid multiaddress.
+    #[error("`{0}` is not a valid listening address (expected e.g. /ip4/0.0.0.0/tcp/0)")]
+    BadListen(String),
+    /// Listening failed.
+    #[error("could not listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The network layer could not be built.
+    #[error("could not start networking: {0}")]
+    Net(#[from] net::NetError),
+    /// A stored room does not decode.
+    #[error("a stored room is damaged: {0}")]
+    Room(#[from] confer_room::RoomError),
+    /// The control socket could not be served.
+    #[error("could not open the control socket {path}: {reason}")]
+    Control {
+        /// Socket path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A room's history so far and a stream of its new messages.
+pub type Following = (Vec<MessageInfo>, mpsc::Receiver<MessageInfo>);
+
+pub(crate) enum Command {
+    Request(Request, oneshot::Sender<Reply>),
+    Follow(String, oneshot::Sender<Result<Following, String>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// A handle to a running node. Cloning is cheap; all clones talk to the same node.
+#[derive(Debug, Clone)]
+pub struct Node {
+    commands: mpsc::Sender<Command>,
+    peer_id: String,
+    listen: Vec<String>,
+    home: std::path::PathBuf,
+    control: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+    task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Node {
+    /// Opens the profile's store, starts listening, subscribes to the rooms' topics and
+    /// returns once the listening addresses are known.
+    pub async fn start(profile: Profile, config: NodeConfig) -> Result<Node, NodeError> {
+        let store = Store::open(&profile)?;
+        let mut rooms = HashMap::new();
+        for (_, bytes) in store.rooms()? {
+            let room = Room::from_bytes(&bytes)?;
+            rooms.insert(room.id(), room);
+        }
+        let mut secret = *profile.device_secret();
+        let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
+            .map_err(|_| NodeError::BadListen("device key".into()))?;
+        let peer_id = keypair.public().to_peer_id();
+        let mut swarm = net::build_swarm(keypair, &config.net)?;
+
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let parsed: Multiaddr = addr
+                .parse()
+                .map_err(|_| NodeError::BadListen(addr.clone()))?;
+            let id = swarm.listen_on(parsed).map_err(|e| NodeError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
+            listeners.push(id);
+        }
+        let mut listen = Vec::new();
+        while !listeners.is_empty() {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    listeners.retain(|l| *l != listener_id);
+                    listen.push(address.to_string());
+                }
+                SwarmEvent::ListenerError { error, .. }
+                | SwarmEvent::ListenerClosed {
+                    reason: Err(error), ..
+                } => {
+                    return Err(NodeError::Listen {
+                        addr: config.listen.join(", "),
+                        reason: error.to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+
+        let home = profile.home().to_path_buf();
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+        let mut event_loop = EventLoop {
+            swarm,
+            store,
+            rooms,
+            topics: HashMap::new(),
+            profile_name: profile.name().to_owned(),
+            listen: listen.clone(),
+            pending_joins: HashMap::new(),
+            followers: HashMap::new(),
+            outbox: HashMap::new(),
+            unknown_author: VecDeque::new(),
+            recent: HashMap::new(),
+            dropped: 0,
+        };
+        let ids: Vec<RoomId> = event_loop.rooms.keys().copied().collect();
+        for id in ids {
+            event_loop.subscribe(id);
+        }
+        let task = tokio::spawn(event_loop.run(receiver));
+        let node = Node {
+            commands,
+            peer_id: peer_id.to_string(),
+            listen,
+            home: home.clone(),
+            control: Default::default(),
+            task: std::sync::Arc::new(std::sync::Mutex::new(Some(task))),
+        };
+        if config.control_socket {
+            let handle = crate::control::serve(&home, node.clone()).await?;
+            if let Ok(mut slot) = node.control.lock() {
+                *slot = Some(handle);
+            }
+        }
+        Ok(node)
+    }
+
+    /// This node's libp2p peer id.
+    pub fn peer_id(&self) -> String {
+        self.peer_id.clone()
+    }
+
+    /// The addresses the node listens on.
+    pub fn listen_addrs(&self) -> Vec<String> {
+        self.listen.clone()
+    }
+
+    /// Asks the node to do something; the same semantics as the control socket.
+    pub async fn request(&self, request: Request) -> Reply {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Request(request, tx))
+            .await
+            .is_err()
+        {
+            return stopped();
+        }
+        rx.await.unwrap_or_else(|_| stopped())
+    }
+
+    /// A room's history and a stream of its new messages.
+    pub async fn follow(&self, room: String) -> Result<Following, String> {
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Follow(room, tx)).await.is_err() {
+            return Err(STOPPED.into());
+        }
+        rx.await.unwrap_or_else(|_| Err(STOPPED.into()))
+    }
+
+    /// Stops the node: closes the control socket, flushes the store and stops the swarm.
+    pub async fn shutdown(self) {
+        let control = self.control.lock().ok().and_then(|mut c| c.take());
+        if let Some(control) = control {
+            control.abort();
+            let _ = std::fs::remove_file(self.home.join(crate::api::SOCKET_NAME));
+        }
+        let (tx, rx) = oneshot::channel();
+        if self.commands.send(Command::Shutdown(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+const STOPPED: &str = "the node has stopped";
+
+fn stopped() -> Reply {
+    Reply::Error {
+        message: STOPPED.into(),
+    }
+}
+
+fn error(message: impl std::fmt::Display) -> Reply {
+    Reply::Error {
+        message: message.to_string(),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn rfc3339_ms(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn rng() -> UnwrapErr<SysRng> {
+    UnwrapErr(SysRng)
+}
+
+struct PendingJoin {
+    invite: Invite,
+    keys: MemberKeys,
+    reply: oneshot::Sender<Reply>,
+}
+
+struct EventLoop {
+    swarm: Swarm<Behaviour>,
+    store: Store,
+    rooms: HashMap<RoomId, Room>,
+    topics: HashMap<TopicHash, RoomId>,
+    profile_name: String,
+    listen: Vec<String>,
+    pending_joins: HashMap<OutboundRequestId, PendingJoin>,
+    followers: HashMap<RoomId, Vec<mpsc::Sender<MessageInfo>>>,
+    outbox: HashMap<RoomId, VecDeque<Vec<u8>>>,
+    unknown_author: VecDeque<(RoomId, Vec<u8>)>,
+    recent: HashMap<RoomId, VecDeque<Recent>>,
+    dropped: u64,
+}
+
+impl EventLoop {
+    async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        loop {
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Request(request, reply)) => self.handle_request(request, reply),
+                    Some(Command::Follow(room, reply)) => {
+                        let _ = reply.send(self.follow(&room));
+                    }
+                    Some(Command::Shutdown(done)) => {
+                        self.close();
+                        let _ = done.send(());
+                        return;
+                    }
+                    None => {
+                        self.close();
+                        return;
+                    }
+                },
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+            }
+        }
+    }
+
+    fn close(&mut self) {
+        if let Err(e) = self.store.flush() {
+            tracing::error!("flushing the store at shutdown failed: {e}");
+        }
+    }
+
+    fn subscribe(&mut self, id: RoomId) {
+        let Some(room) = self.rooms.get(&id) else {
+            return;
+        };
+        let topic = IdentTopic::new(room.topic());
+        if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+            tracing::warn!("could not subscribe to a room topic: {e}");
+        }
+        self.topics.insert(topic.hash(), id);
+    }
+
+    fn save_room(&mut self, id: &RoomId) -> Result<(), confer_store::StoreError> {
+        if let Some(room) = self.rooms.get(id) {
+            self.store.put_room(&id.0, &room.to_bytes())?;
+            self.store.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Resolves a room by exact name or by a unique prefix of its hex id.
+    fn resolve(&self, query: &str) -> Result<RoomId, String> {
+        let by_name: Vec<RoomId> = self
+            .rooms
+            .values()
+            .filter(|r| r.name() == query)
+            .map(Room::id)
+            .collect();
+        if by_name.len() == 1 {
+            return Ok(by_name[0]);
+        }
+        if by_name.len() > 1 {
+            return Err(format!(
+                "more than one room is called \"{query}\"; use the start of its id instead"
+            ));
+        }
+        let q = query.to_ascii_lowercase();
+        let by_id: Vec<RoomId> = if q.len() >= 4 && q.chars().all(|c| c.is_ascii_hexdigit()) {
+            self.rooms
+                .keys()
+                .filter(|id| id.to_hex().starts_with(&q))
+                .copied()
+                .collect()
+        } else {
+            Vec::new()
+        };
+        match by_id.len() {
+            1 => Ok(by_id[0]),
+            0 => Err(format!(
+                "no room called or with an id starting \"{query}\"; `confer room list` shows your rooms"
+            )),
+            _ => Err(format!(
+                "\"{query}\" matches more than one room id; give more of the id"
+            )),
+        }
+    }
+
+    fn summary(room: &Room) -> RoomSummary {
+        RoomSummary {
+            room_id: room.id().to_hex(),
+            name: room.name().to_owned(),
+            members: room.members().len(),
+        }
+    }
+
+    fn summaries(&self) -> Vec<RoomSummary> {
+        let mut rooms: Vec<RoomSummary> = self.rooms.values().map(Self::summary).collect();
+        rooms.sort_by(|a, b| a.name.cmp(&b.name).then(a.room_id.cmp(&b.room_id)));
+        rooms
+    }
+
+    fn message_info(room: &Room, record: &MessageRecord) -> MessageInfo {
+        MessageInfo {
+            message_id: hex::encode(record.id),
+            author: room.display_name_of(&record.author),
+            text: record.text.clone(),
+            sent_at: rfc3339_ms(record.sent_at),
+        }
+    }
+
+    fn history(&self, id: &RoomId) -> Result<Vec<MessageInfo>, String> {
+        let room = self.rooms.get(id).ok_or("unknown room")?;
+        let stored = self.store.messages(&id.0).map_err(|e| e.to_string())?;
+        let mut out = Vec::with_capacity(stored.len());
+        for bytes in stored {
+            match MessageRecord::from_bytes(&bytes) {
+                Ok(record) => out.push(Self::message_info(room, &record)),
+                Err(e) => tracing::warn!("skipping a damaged stored message: {e}"),
+            }
+        }
+        Ok(out)
+    }
+
+    fn follow(&mut self, query: &str) -> Result<Following, String> {
+        let id = self.resolve(query)?;
+        let history = self.history(&id)?;
+        let (tx, rx) = mpsc::channel(FOLLOW_QUEUE);
+        self.followers.entry(id).or_default().push(tx);
+        Ok((history, rx))
+    }
+
+    fn notify(&mut self, id: &RoomId, record: &MessageRecord) {
+        let Some(room) = self.rooms.get(id) else {
+            return;
+        };
+        let info = Self::message_info(room, record);
+        if let Some(followers) = self.followers.get_mut(id) {
+            followers.retain(|f| f.try_send(info.clone()).is_ok());
+        }
+    }
+
+    fn invite_addresses(&self) -> Vec<String> {
+        let mut addrs: Vec<String> = self
+            .swarm
+            .external_addresses()
+            .map(|a| a.to_string())
+            .collect();
+        for a in &self.listen {
+            if !addrs.contains(a) {
+                addrs.push(a.clone());
+            }
+        }
+        addrs.truncate(confer_room::invite::MAX_ADDRESSES);
+        addrs
+    }
+
+    fn handle_request(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
+        let answer = match request {
+            Request::Join { code, display_name } => {
+                // Answered later, when the facilitator responds.
+                if let Err(message) = self.start_join(&code, &display_name, reply) {
+                    tracing::debug!("join refused locally: {message}");
+                }
+                return;
+            }
+            Request::Status => Reply::Status(StatusInfo {
+                peer_id: self.swarm.local_peer_id().to_string(),
+                listen: self.listen.clone(),
+                rooms: self.summaries(),
+                dropped: self.dropped,
+            }),
+            Request::ListRooms => Reply::Rooms {
+                rooms: self.summaries(),
+            },
+            Request::CreateRoom { name, display_name } => self.create_room(&name, display_name),
+            Request::Invite {
+                room,
+                expires_in_secs,
+            } => self.invite(&room, expires_in_secs),
+            Request::Send { room, text } => self.send(&room, &text),
+            Request::Read { room, follow: _ } => {
+                match self.resolve(&room).and_then(|id| self.history(&id)) {
+                    Ok(messages) => Reply::History { messages },
+                    Err(message) => error(message),
+                }
+            }
+            Request::Members { room } => match self.resolve(&room) {
+                Ok(id) => {
+                    let room = &self.rooms[&id];
+                    Reply::Members {
+                        members: room
+                            .members()
+                            .iter()
+                            .map(|m| MemberInfo {
+                                member_id: m.public.id.to_hex(),
+                                name: m.display_name.clone(),
+                                role: m.role.as_str().to_owned(),
+                            })
+                            .collect(),
+                    }
+                }
+                Err(message) => error(message),
+            },
+        };
+        let _ = reply.send(answer);
+    }
+
+    fn create_room(&mut self, name: &str, display_name: Option<String>) -> Reply {
+        let display_name = display_name.unwrap_or_else(|| self.profile_name.clone());
+        let peer = self.swarm.local_peer_id().to_bytes();
+        let room = match Room::create(name, &display_name, peer, now_ms(), &mut rng()) {
+            Ok(room) => room,
+            Err(e) => return error(e),
+        };
+        let id = room.id();
+        let info = RoomInfo {
+            room_id: id.to_hex(),
+            name: room.name().to_owned(),
+        };
+        self.rooms.insert(id, room);
+        if let Err(e) = self.save_room(&id) {
+            self.rooms.remove(&id);
+            return error(e);
+        }
+        self.subscribe(id);
+        Reply::Room(info)
+    }
+
+    fn invite(&mut self, query: &str, expires_in_secs: u64) -> Reply {
+        let id = match self.resolve(query) {
+            Ok(id) => id,
+            Err(message) => return error(message),
+        };
+        let expires_at = now_ms() / 1000 + expires_in_secs;
+        let addresses = self.invite_addresses();
+        let peer = self.swarm.local_peer_id().to_bytes();
+        let Some(room) = self.rooms.get_mut(&id) else {
+            return error("unknown room");
+        };
+        let before = room.clone();
+        let invite = match room.issue_invite(addresses, peer, expires_at, &mut rng()) {
+            Ok(invite) => invite,
+            Err(e) => return error(e),
+        };
+        if let Err(e) = self.save_room(&id) {
+            self.rooms.insert(id, before);
+            return error(e);
+        }
+        Reply::Invite(InviteInfo {
+            code: invite.to_code(),
+            expires_at: rfc3339_ms(expires_at * 1000),
+        })
+    }
+
+    fn send(&mut self, query: &str, text: &str) -> Reply {
+        let id = match self.resolve(query) {
+            Ok(id) => id,
+            Err(message) => return error(message),
+        };
+        let Some(room) = self.rooms.get(&id) else {
+            return error("unknown room");
+        };
+        let (envelope, record) = match room.seal_message(text, now_ms(), &mut rng()) {
+            Ok(sealed) => sealed,
+            Err(e) => return error(e),
+        };
+        let topic = IdentTopic::new(room.topic());
+        let stored = self
+            .store
+            .insert_message(&id.0, &record.id, record.sent_at, &record.to_bytes())
+            .and_then(|_| self.store.flush());
+        if let Err(e) = stored {
+            return error(e);
+        }
+        self.notify(&id, &record);
+        self.remember(id, &envelope);
+        self.publish(id, topic, envelope);
+        Reply::Sent {
+            message_id: hex::encode(record.id),
+        }
+    }
+
+    /// Publishes, or keeps the envelope for when a room peer subscribes.
+    fn publish(&mut self, id: RoomId, topic: IdentTopic, envelope: Vec<u8>) {
+        match self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, envelope.clone())
+        {
+            Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+            Err(e) => {
+                tracing::debug!("publish deferred until a room peer is reachable: {e}");
+                let queue = self.outbox.entry(id).or_default();
+                if queue.len() >= OUTBOX_LIMIT {
+                    queue.pop_front();
+                }
+                queue.push_back(envelope);
+            }
+        }
+    }
+
+    fn flush_outbox(&mut self, id: RoomId) {
+        let Some(queue) = self.outbox.remove(&id) else {
+            return;
+        };
+        let Some(room) = self.rooms.get(&id) else {
+            return;
+        };
+        let topic = IdentTopic::new(room.topic());
+        for envelope in queue {
+            self.publish(id, topic.clone(), envelope);
+        }
+    }
+
+    fn start_join(
+        &mut self,
+        code: &str,
+        display_name: &str,
+        reply: oneshot::Sender<Reply>,
+    ) -> Result<(), String> {
+        let refuse = |reply: oneshot::Sender<Reply>, message: String| {
+            let _ = reply.send(error(&message));
+            Err(message)
+        };
+        let invite = match Invite::from_code(code) {
+            Ok(invite) => invite,
+            Err(e) => return refuse(reply, e.to_string()),
+        };
+        if let Err(e) = invite.check_expiry(now_ms() / 1000) {
+            return refuse(reply, e.to_string());
+        }
+        if let Err(e) = confer_room::invite::check_display_name(display_name) {
+            return refuse(reply, format!("display name: {e}"));
+        }
+        if self.rooms.contains_key(&invite.body.room_id) {
+            return refuse(reply, "you are already a member of this room".into());
+        }
+        let Ok(peer) = PeerId::from_bytes(&invite.body.facilitator_peer) else {
+            return refuse(reply, InviteError::Malformed.to_string());
+        };
+        if peer == *self.swarm.local_peer_id() {
+            return refuse(
+                reply,
+                "this invite was issued by this node; give it to the person joining".into(),
+            );
+        }
+        let mut dialable = 0;
+        for addr in &invite.body.addresses {
+            if let Ok(addr) = addr.parse::<Multiaddr>() {
+                self.swarm.add_peer_address(peer, addr);
+                dialable += 1;
+            }
+        }
+        if dialable == 0 {
+            return refuse(
+                reply,
+                "the invite lists no address at which the facilitator can be reached".into(),
+            );
+        }
+        let keys = MemberKeys::generate(&mut rng());
+        let body = JoinBody {
+            room_id: invite.body.room_id,
+            invite_id: invite.body.invite_id,
+            secret: invite.body.secret.clone(),
+            member: keys.public(),
+            display_name: display_name.to_owned(),
+            peer: self.swarm.local_peer_id().to_bytes(),
+        };
+        let request = match JoinRequest::new(body, &keys) {
+            Ok(request) => request,
+            Err(e) => return refuse(reply, e.to_string()),
+        };
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .join
+            .send_request(&peer, request.to_bytes());
+        self.pending_joins.insert(
+            id,
+            PendingJoin {
+                invite,
+                keys,
+                reply,
+            },
+        );
+        Ok(())
+    }
+
+    fn finish_join(&mut self, pending: PendingJoin, response: &[u8]) {
+        let PendingJoin {
+            invite,
+            keys,
+            reply,
+        } = pending;
+        let answer = match JoinResponse::from_bytes(response) {
+            Ok(JoinResponse::Welcome(sealed)) => match Room::from_welcome(&invite, keys, &sealed) {
+                Ok(room) => {
+                    let id = room.id();
+                    let info = RoomInfo {
+                        room_id: id.to_hex(),
+                        name: room.name().to_owned(),
+                    };
+                    self.rooms.insert(id, room);
+                    match self.save_room(&id) {
+                        Ok(()) => {
+                            self.subscribe(id);
+                            Reply::Room(info)
+                        }
+                        Err(e) => {
+                            self.rooms.remove(&id);
+                            error(e)
+                        }
+                    }
+                }
+                Err(e) => error(e),
+            },
+            Ok(JoinResponse::Refused(reason)) => error(reason),
+            Err(_) => {
+                self.dropped += 1;
+                error("the facilitator's node sent an answer that could not be read")
+            }
+        };
+        let _ = reply.send(answer);
+    }
+
+    fn admit(&mut self, from: PeerId, bytes: &[u8], channel: ResponseChannel<Vec<u8>>) {
+        let response = match JoinRequest::from_bytes(bytes) {
+            Err(e) => {
+                self.dropped += 1;
+                JoinResponse::Refused(e)
+            }
+            Ok(request) if request.body.peer != from.to_bytes() => {
+                self.dropped += 1;
+                JoinResponse::Refused(InviteError::BadRequest)
+            }
+            Ok(request) => {
+                let id = request.body.room_id;
+                match self.rooms.get_mut(&id) {
+                    None => JoinResponse::Refused(InviteError::Unknown),
+                    Some(room) => {
+                        let before = room.clone();
+                        match room.admit(&request, now_ms(), &mut rng()) {
+                            Err(reason) => JoinResponse::Refused(reason),
+                            Ok(admission) => {
+                                // Persist before answering, so a crash cannot make the
+                                // invite usable twice.
+                                if let Err(e) = self.save_room(&id) {
+                                    tracing::error!("could not record an admission: {e}");
+                                    self.rooms.insert(id, before);
+                                    JoinResponse::Refused(InviteError::BadRequest)
+                                } else {
+                                    let topic = IdentTopic::new(self.rooms[&id].topic());
+                                    self.remember(id, &admission.announcement);
+                                    self.publish(id, topic, admission.announcement);
+                                    admission.response
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if self
+            .swarm
+            .behaviour_mut()
+            .join
+            .send_response(channel, response.to_bytes())
+            .is_err()
+        {
+            tracing::debug!("the joiner went away before the answer was sent");
+        }
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.handle_gossip(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Join(event)) => self.handle_join(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.handle_sync(event),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let address = address.to_string();
+                if !self.listen.contains(&address) {
+                    self.listen.push(address);
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                let address = address.to_string();
+                self.listen.retain(|a| *a != address);
+            }
+            _ => {}
+        }
+    }
+
+    fn handle_join(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    self.admit(peer, &request, channel);
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    if let Some(pending) = self.pending_joins.remove(&request_id) {
+                        self.finish_join(pending, &response);
+                    }
+                }
+            },
+            request_response::Event::OutboundFailure {
+                request_id,
+                error: e,
+                ..
+            } => {
+                if let Some(pending) = self.pending_joins.remove(&request_id) {
+                    let _ = pending.reply.send(error(format!(
+                        "could not reach the facilitator's node ({e}); check that it is running and reachable, then try again"
+                    )));
+                }
+            }
+            request_response::Event::InboundFailure { error: e, .. } => {
+                self.dropped += 1;
+                tracing::debug!("inbound join request failed: {e}");
+            }
+            request_response::Event::ResponseSent { .. } => {}
+        }
+    }
+
+    fn handle_gossip(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let acceptance = match self.topics.get(&message.topic).copied() {
+                    None => {
+                        self.dropped += 1;
+                        MessageAcceptance::Ignore
+                    }
+                    Some(id) => self.receive(id, message.data),
+                };
+                tracing::debug!(?acceptance, "room traffic received");
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+            }
+            gossipsub::Event::Subscribed { peer_id, topic, .. } => {
+                if let Some(id) = self.topics.get(&topic).copied() {
+                    self.flush_outbox(id);
+                    self.push_recent(id, peer_id);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Opens, verifies, stores and shows one envelope from a room's topic.
+    fn receive(&mut self, id: RoomId, data: Vec<u8>) -> MessageAcceptance {
+        let Some(room) = self.rooms.get_mut(&id) else {
+            return MessageAcceptance::Ignore;
+        };
+        match room.open(&data) {
+            Ok(Incoming::Message(record)) => {
+                let stored = self
+                    .store
+                    .insert_message(&id.0, &record.id, record.sent_at, &record.to_bytes())
+                    .and_then(|new| self.store.flush().map(|()| new));
+                match stored {
+                    Ok(true) => {
+                        self.notify(&id, &record);
+                        self.remember(id, &data);
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::error!("could not store a message: {e}");
+                        return MessageAcceptance::Ignore;
+                    }
+                }
+                MessageAcceptance::Accept
+            }
+            Ok(Incoming::Op { new }) => {
+                if new {
+                    self.remember(id, &data);
+                    if let Err(e) = self.save_room(&id) {
+                        tracing::error!("could not store a membership change: {e}");
+                    }
+                    self.retry_unknown_authors(id);
+                }
+                MessageAcceptance::Accept
+            }
+            Err(OpenError::UnknownAuthor) => {
+                // The author's admission may arrive after their first message.
+                if self.unknown_author.len() >= UNKNOWN_AUTHOR_LIMIT {
+                    self.unknown_author.pop_front();
+                    self.dropped += 1;
+                }
+                self.unknown_author.push_back((id, data));
+                MessageAcceptance::Ignore
+            }
+            Err(e) => {
+                self.dropped += 1;
+                tracing::debug!("dropped room traffic: {e}");
+                MessageAcceptance::Reject
+            }
+        }
+    }
+
+    fn retry_unknown_authors(&mut self, id: RoomId) {
+        let waiting: Vec<(RoomId, Vec<u8>)> = std::mem::take(&mut self.unknown_author).into();
+        for (room, data) in waiting {
+            if room == id {
+                let _ = self.receive(room, data);
+            } else {
+                self.unknown_author.push_back((room, data));
+            }
+        }
+    }
+
+    /// Keeps an accepted envelope so it can be pushed to members who subscribe later.
+    fn remember(&mut self, id: RoomId, envelope: &[u8]) {
+        let Some(room) = self.rooms.get(&id) else {
+            return;
+        };
+        let audience = room.members().iter().map(|m| m.peer.clone()).collect();
+        let recent = self.recent.entry(id).or_default();
+        if recent.len() >= RECENT_LIMIT {
+            recent.pop_front();
+        }
+        recent.push_back(Recent {
+            envelope: envelope.to_vec(),
+            audience,
+        });
+    }
+
+    /// Sends `peer` the recent envelopes it should have, if it is a member: gossip does
+    /// not route to a peer until its subscription has been seen, so anything published
+    /// in that window would otherwise miss it.
+    fn push_recent(&mut self, id: RoomId, peer: PeerId) {
+        let Some(room) = self.rooms.get(&id) else {
+            return;
+        };
+        let peer_bytes = peer.to_bytes();
+        if !room.members().iter().any(|m| m.peer == peer_bytes) {
+            return;
+        }
+        let topic = room.topic();
+        let Some(recent) = self.recent.get(&id) else {
+            return;
+        };
+        let mut batch = Vec::new();
+        let mut size = 0;
+        let budget = net::MAX_REQUEST - 1024;
+        let mut batches = Vec::new();
+        for r in recent.iter().filter(|r| r.audience.contains(&peer_bytes)) {
+            if size + r.envelope.len() + 16 > budget && !batch.is_empty() {
+                batches.push(std::mem::take(&mut batch));
+                size = 0;
+            }
+            size += r.envelope.len() + 16;
+            batch.push(r.envelope.clone());
+        }
+        if !batch.is_empty() {
+            batches.push(batch);
+        }
+        for envelopes in batches {
+            let push = SyncPush {
+                topic: topic.clone(),
+                envelopes,
+            };
+            if let Ok(bytes) = confer_room::wire::encode(&push) {
+                self.swarm.behaviour_mut().sync.send_request(&peer, bytes);
+            }
+        }
+    }
+
+    fn handle_sync(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                self.receive_push(peer, &request);
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, Vec::new());
+            }
+            request_response::Event::InboundFailure { .. } => self.dropped += 1,
+            _ => {}
+        }
+    }
+
+    fn receive_push(&mut self, from: PeerId, bytes: &[u8]) {
+        let Ok(push) = confer_room::wire::decode::<SyncPush>(bytes, net::MAX_REQUEST) else {
+            self.dropped += 1;
+            return;
+        };
+        let Some(id) = self
+            .topics
+            .get(&IdentTopic::new(push.topic).hash())
+            .copied()
+        else {
+            self.dropped += 1;
+            return;
+        };
+        let from = from.to_bytes();
+        let is_member = self
+            .rooms
+            .get(&id)
+            .is_some_and(|r| r.members().iter().any(|m| m.peer == from));
+        if !is_member {
+            self.dropped += 1;
+            return;
+        }
+        for envelope in push.envelopes {
+            let _ = self.receive(id, envelope);
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Helpers for Confer's multi-node tests: start real nodes on loopback with real,
+//! temporary profile directories, and wait for events instead of sleeping.
+#![deny(missing_docs)]
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use confer_node::api::{MessageInfo, Reply, Request};
+use confer_node::net::NetConfig;
+use confer_node::{Node, NodeConfig};
+use confer_store::Profile;
+use tempfile::TempDir;
+
+/// The passphrase every test profile uses.
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// How long any single awaited event may take before the test fails.
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running node with its own temporary profile directory.
+#[derive(Debug)]
+pub struct TestNode {
+    /// The node handle.
+    pub node: Node,
+    /// The profile directory (deleted on drop).
+    pub home: TempDir,
+}
+
+impl TestNode {
+    /// Creates a profile named `name` and starts a node for it on 127.0.0.1.
+    pub async fn start(name: &str) -> TestNode {
+        init_tracing();
+        let home = tempfile::tempdir().expect("temporary directory");
+        let profile = Profile::create(home.path(), PASSPHRASE, name).expect("create profile");
+        let node = start_node(profile).await;
+        TestNode { node, home }
+    }
+
+    /// Sends a request that must succeed.
+    pub async fn ok(&self, request: Request) -> Reply {
+        match self.node.request(request.clone()).await {
+            Reply::Error { message } => panic!("{request:?} failed: {message}"),
+            reply => reply,
+        }
+    }
+
+    /// Sends a request that must fail, and returns the error sentence.
+    pub async fn err(&self, request: Request) -> String {
+        match self.node.request(request.clone()).await {
+            Reply::Error { message } => message,
+            reply => panic!("{request:?} should have failed, got {reply:?}"),
+        }
+    }
+
+    /// The room's history as this node shows it.
+    pub async fn history(&self, room: &str) -> Vec<MessageInfo> {
+        match self
+            .ok(Request::Read {
+                room: room.into(),
+                follow: false,
+            })
+            .await
+        {
+            Reply::History { messages } => messages,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// The profile directory.
+    pub fn home(&self) -> &Path {
+        self.home.path()
+    }
+}
+
+/// Starts a node for an unlocked profile on 127.0.0.1 with a short gossip heartbeat.
+pub async fn start_node(profile: Profile) -> Node {
+    let config = NodeConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        net: NetConfig::for_tests(),
+        control_socket: true,
+    };
+    Node::start(profile, config).await.expect("start node")
+}
+
+/// Awaits `future`, failing the test with `what` if it takes longer than [`EVENT_TIMEOUT`].
+pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(EVENT_TIMEOUT, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// Every file below `dir`, recursively.
+pub fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+/// Panics if any file below `dir` contains any of `needles` (as UTF-8 bytes).
+pub fn assert_no_plaintext(dir: &Path, needles: &[&str]) {
+    let files = files_below(dir);
+    assert!(!files.is_empty(), "nothing stored under {}", dir.display());
+    for file in files {
+        let Ok(bytes) = std::fs::read(&file) else {
+            continue;
+        };
+        for needle in needles {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle.as_bytes()),
+                "{} contains the plaintext {needle:?}",
+                file.display()
+            );
+        }
+    }
+}
+
+/// Logs to the test output when `RUST_LOG` is set.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
