@@ -36,6 +36,8 @@ const FOLLOW_QUEUE: usize = 256;
 const OUTBOX_LIMIT: usize = 1024;
 /// Envelopes from authors not yet known (their admission may still be on its way).
 const UNKNOWN_AUTHOR_LIMIT: usize = 256;
+/// The longest an invite may stay valid: 365 days.
+const MAX_INVITE_SECS: u64 = 365 * 24 * 3600;
 /// Recent envelopes kept per room for pushing to members who (re)subscribe.
 const RECENT_LIMIT: usize = 256;
 
@@ -555,6 +557,9 @@ impl EventLoop {
             Ok(id) => id,
             Err(message) => return error(message),
         };
+        if expires_in_secs == 0 || expires_in_secs > MAX_INVITE_SECS {
+            return error("an invite's expiry must be between 1 second and 365 days");
+        }
         let expires_at = now_ms() / 1000 + expires_in_secs;
         let addresses = self.invite_addresses();
         let peer = self.swarm.local_peer_id().to_bytes();

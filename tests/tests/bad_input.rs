@@ -1,0 +1,261 @@
+//! Bad input at the node: every refusal is one clear sentence and changes nothing, and
+//! bytes from strangers on the network are dropped and counted, never a panic.
+
+use std::time::Duration;
+
+use confer_node::api::{Reply, Request};
+use confer_node::net::{self, NetConfig};
+use confer_tests::{TestNode, within};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, identity};
+
+async fn invite(node: &TestNode, room: &str, expires_in_secs: u64) -> String {
+    match node
+        .ok(Request::Invite {
+            room: room.into(),
+            expires_in_secs,
+        })
+        .await
+    {
+        Reply::Invite(info) => info.code,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn create(node: &TestNode, name: &str) {
+    node.ok(Request::CreateRoom {
+        name: name.into(),
+        display_name: None,
+    })
+    .await;
+}
+
+async fn rooms(node: &TestNode) -> usize {
+    match node.ok(Request::ListRooms).await {
+        Reply::Rooms { rooms } => rooms.len(),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_invites_are_refused_with_one_sentence_and_change_nothing() {
+    let fac = TestNode::start("Fac").await;
+    let joiner = TestNode::start("Joiner").await;
+    create(&fac, "Monthly group").await;
+    let code = invite(&fac, "Monthly group", 3600).await;
+
+    let join = |code: String| Request::Join {
+        code,
+        display_name: "Jo".into(),
+    };
+    let cases = [
+        ("hello".to_string(), "not a valid invite code"),
+        (
+            code[..code.len() - 10].to_string(),
+            "not a valid invite code",
+        ),
+        (
+            code.replace("confer1", "confer2"),
+            "not a valid invite code",
+        ),
+    ];
+    for (bad, expected) in cases {
+        let message = joiner.err(join(bad)).await;
+        assert!(message.contains(expected), "{message}");
+        assert!(!message.contains('\n'), "one sentence: {message}");
+    }
+    // Flip one byte inside the signed body: detected as an alteration.
+    let mut bytes = bs58::decode(&code[7..]).into_vec().unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    let altered = format!("confer1{}", bs58::encode(bytes).into_string());
+    let message = joiner.err(join(altered)).await;
+    assert!(
+        message.contains("altered") || message.contains("not a valid"),
+        "{message}"
+    );
+    assert_eq!(rooms(&joiner).await, 0, "nothing changed");
+
+    // Unknown rooms, bad text, invites by non-facilitators.
+    let message = joiner
+        .err(Request::Send {
+            room: "No such room".into(),
+            text: "x".into(),
+        })
+        .await;
+    assert!(message.contains("no room called"), "{message}");
+    let message = fac
+        .err(Request::Send {
+            room: "Monthly group".into(),
+            text: String::new(),
+        })
+        .await;
+    assert!(message.contains("between 1 and"), "{message}");
+    let message = fac
+        .err(Request::Invite {
+            room: "Monthly group".into(),
+            expires_in_secs: 0,
+        })
+        .await;
+    assert!(message.contains("expiry"), "{message}");
+
+    within("join", joiner.node.request(join(code.clone()))).await;
+    let message = joiner
+        .err(Request::Invite {
+            room: "Monthly group".into(),
+            expires_in_secs: 60,
+        })
+        .await;
+    assert!(message.contains("only the room's facilitator"), "{message}");
+    let message = joiner.err(join(code)).await;
+    assert!(message.contains("already a member"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_invite_is_refused() {
+    let fac = TestNode::start("Fac").await;
+    let joiner = TestNode::start("Joiner").await;
+    create(&fac, "Group").await;
+    let code = invite(&fac, "Group", 1).await;
+    // Expiry is a matter of wall-clock time: waiting for it is the test.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let message = joiner
+        .err(Request::Join {
+            code,
+            display_name: "Late".into(),
+        })
+        .await;
+    assert!(message.contains("expired"), "{message}");
+    assert_eq!(rooms(&joiner).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_never_exceeds_eight_members() {
+    let fac = TestNode::start("Fac").await;
+    create(&fac, "Eight").await;
+    // Issue all invites while there is space, then redeem them all.
+    let mut codes = Vec::new();
+    for _ in 0..8 {
+        codes.push(invite(&fac, "Eight", 3600).await);
+    }
+    let mut joiners = Vec::new();
+    for (i, code) in codes.into_iter().enumerate() {
+        let node = TestNode::start(&format!("Member {i}")).await;
+        let reply = within(
+            "join",
+            node.node.request(Request::Join {
+                code,
+                display_name: format!("M{i}"),
+            }),
+        )
+        .await;
+        if i < 7 {
+            assert!(matches!(reply, Reply::Room(_)), "member {i}: {reply:?}");
+        } else {
+            let Reply::Error { message } = reply else {
+                panic!("ninth member admitted: {reply:?}")
+            };
+            assert!(message.contains("room is full"), "{message}");
+            assert_eq!(rooms(&node).await, 0);
+        }
+        joiners.push(node);
+    }
+    match fac
+        .ok(Request::Members {
+            room: "Eight".into(),
+        })
+        .await
+    {
+        Reply::Members { members } => assert_eq!(members.len(), 8),
+        other => panic!("unexpected {other:?}"),
+    }
+    let message = fac
+        .err(Request::Invite {
+            room: "Eight".into(),
+            expires_in_secs: 60,
+        })
+        .await;
+    assert!(message.contains("room is full"), "{message}");
+}
+
+async fn dropped(node: &TestNode) -> u64 {
+    match node.ok(Request::Status).await {
+        Reply::Status(status) => status.dropped,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A stranger with an ordinary libp2p stack connects, learns the room's opaque topic from
+/// the subscription announcement, and sends garbage every way it can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_from_a_stranger_is_dropped_and_counted() {
+    let member = TestNode::start("Member").await;
+    create(&member, "Private").await;
+    member
+        .ok(Request::Send {
+            room: "Private".into(),
+            text: "kept".into(),
+        })
+        .await;
+    let addr: Multiaddr = member.node.listen_addrs()[0].parse().unwrap();
+
+    let mut stranger = net::build_swarm(
+        identity::Keypair::generate_ed25519(),
+        &NetConfig::for_tests(),
+    )
+    .unwrap();
+    stranger.dial(addr).unwrap();
+    let topic = within("the member's subscription", async {
+        loop {
+            if let SwarmEvent::Behaviour(net::BehaviourEvent::Gossipsub(
+                gossipsub::Event::Subscribed { topic, .. },
+            )) = stranger.select_next_some().await
+            {
+                return topic;
+            }
+        }
+    })
+    .await;
+    let member_peer: libp2p::PeerId = member.node.peer_id().parse().unwrap();
+    let topic = IdentTopic::new(topic.into_string());
+    stranger
+        .behaviour_mut()
+        .gossipsub
+        .publish(topic.clone(), vec![0xAB; 300])
+        .unwrap();
+    stranger
+        .behaviour_mut()
+        .gossipsub
+        .publish(topic, b"not an envelope at all".to_vec())
+        .unwrap();
+    stranger
+        .behaviour_mut()
+        .join
+        .send_request(&member_peer, vec![0xFF; 100]);
+    stranger
+        .behaviour_mut()
+        .sync
+        .send_request(&member_peer, vec![0x00; 50]);
+    let driver = tokio::spawn(async move {
+        loop {
+            stranger.select_next_some().await;
+        }
+    });
+
+    within("the garbage to be counted", async {
+        while dropped(&member).await < 4 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    driver.abort();
+    assert_eq!(member.history("Private").await.len(), 1, "nothing stored");
+    member
+        .ok(Request::Send {
+            room: "Private".into(),
+            text: "still working".into(),
+        })
+        .await;
+}
