@@ -1,0 +1,206 @@
+//! The command line, as clap sees it. The doc comments here are the `--help` text, so they
+//! are written for the people who use Confer, not for its developers.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::duration::parse_invite_lifetime;
+
+/// Confer: small, private discussion rooms for professionals who work alone.
+///
+/// Rooms hold at most eight people. Everything is end-to-end encrypted, travels directly
+/// between the members' computers (there is no server) and is stored encrypted on disk.
+///
+/// Start with `confer init --name NAME`, then keep `confer node run` going in one terminal
+/// and use the other commands from another. Try `confer demo` to see a whole session.
+#[derive(Debug, Parser)]
+#[command(name = "confer", version, propagate_version = true)]
+pub struct Cli {
+    /// The directory holding your profile and your encrypted history
+    /// [default: your data directory, e.g. ~/.local/share/confer]
+    #[arg(long, global = true, env = "CONFER_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// `--json`, shared by every command that prints data.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct Output {
+    /// Print exactly one JSON document on standard output instead of text for people.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create your profile: your device key, protected by a passphrase.
+    ///
+    /// The passphrase is asked for twice, or taken from the CONFER_PASSPHRASE environment
+    /// variable. Without it, nobody (including whoever copies the directory) can read
+    /// anything Confer stores. It cannot be recovered if you forget it.
+    Init {
+        /// Your name as offered to rooms by default (each room can show a different one).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// Run your node: the program that talks to the other members.
+    #[command(subcommand)]
+    Node(NodeCommand),
+
+    /// Show this node's network identity, addresses and rooms.
+    Status {
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// Create or list rooms.
+    #[command(subcommand)]
+    Room(RoomCommand),
+
+    /// Invite one person to a room you facilitate.
+    ///
+    /// Prints a code to give to that person over a channel you trust. The code works
+    /// once, only until it expires, and only while your node is running.
+    Invite {
+        /// The room: its name, or the first characters of its id.
+        room: String,
+        /// How long the code stays valid: a number followed by s, m, h or d
+        /// (seconds, minutes, hours, days), e.g. 90s, 30m, 24h, 7d; at most 365d.
+        #[arg(long, value_name = "DURATION", default_value = "7d",
+              value_parser = parse_invite_lifetime)]
+        expires: u64,
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// Join a room with an invite code you were given.
+    ///
+    /// Your node contacts the facilitator's node, which must be running; this can take
+    /// a few seconds. You appear in the room under a new identity that is not linked to
+    /// your other rooms.
+    Join {
+        /// The invite code, exactly as you received it.
+        code: String,
+        /// The name the other members will see for you in this room.
+        #[arg(long = "as", value_name = "DISPLAY_NAME")]
+        display_name: String,
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// Send a message to a room.
+    Send {
+        /// The room: its name, or the first characters of its id.
+        room: String,
+        /// The message; use - to read it from standard input (at most 32 KiB).
+        text: String,
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// Show a room's discussion, oldest first.
+    Read {
+        /// The room: its name, or the first characters of its id.
+        room: String,
+        /// Keep running and show new messages as they arrive (stop with Ctrl-C).
+        ///
+        /// With --json, each message is printed as its own JSON object on its own line
+        /// (JSON Lines), history first, instead of one JSON array.
+        #[arg(long, short)]
+        follow: bool,
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// List a room's members and their roles.
+    Members {
+        /// The room: its name, or the first characters of its id.
+        room: String,
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// Watch a complete session between three people, on this computer only.
+    ///
+    /// Starts three nodes with temporary profiles, creates a room, invites two people,
+    /// lets them join and hold a short check-in, and shows that all three see the same
+    /// discussion. Nothing is kept afterwards and nothing leaves this computer.
+    Demo,
+}
+
+/// `confer node …`
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Run your node in the foreground until you press Ctrl-C (or it receives SIGTERM).
+    ///
+    /// Asks for your passphrase (or reads CONFER_PASSPHRASE), then prints its network
+    /// identity and addresses once it is ready. While it runs, the other commands work.
+    Run {
+        /// An address to listen on, as a multiaddr; repeat for several.
+        #[arg(long, value_name = "MULTIADDR", default_value = "/ip4/0.0.0.0/tcp/0")]
+        listen: Vec<String>,
+        /// Print the readiness line as JSON: {"peer_id": ..., "listen": [...]}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `confer room …`
+#[derive(Debug, Subcommand)]
+pub enum RoomCommand {
+    /// Create a room; you become its facilitator.
+    ///
+    /// The name is only ever shown to the room's members; it is never sent in clear.
+    Create {
+        /// The room's name, e.g. "Monthly peer supervision".
+        name: String,
+        /// The name the members will see for you in this room [default: your profile's name].
+        #[arg(long = "as", value_name = "DISPLAY_NAME")]
+        display_name: Option<String>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// List the rooms you are in.
+    List {
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn listen_defaults_to_all_interfaces() {
+        let cli = Cli::try_parse_from(["confer", "node", "run"]).unwrap();
+        let Command::Node(NodeCommand::Run { listen, json }) = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(listen, vec!["/ip4/0.0.0.0/tcp/0".to_owned()]);
+        assert!(!json);
+    }
+
+    #[test]
+    fn invite_defaults_to_seven_days() {
+        let cli = Cli::try_parse_from(["confer", "invite", "room"]).unwrap();
+        let Command::Invite { expires, .. } = cli.command else {
+            panic!("wrong command");
+        };
+        assert_eq!(expires, 7 * 24 * 60 * 60);
+    }
+}

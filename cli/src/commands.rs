@@ -1,0 +1,339 @@
+//! The commands that talk to a running node over its control socket.
+//!
+//! Each one sends one [`Request`], checks that the [`Reply`] is the kind it expects, and
+//! prints it: as JSON with `--json`, as a few plain lines otherwise. Any decision about
+//! rooms, invites or messages is the node's; a [`Reply::Error`] becomes
+//! [`Error::Refused`] with the node's sentence unchanged.
+
+use std::io::Read as _;
+use std::path::Path;
+
+use confer_node::api::{
+    InviteInfo, MemberInfo, MessageInfo, Reply, Request, RoomInfo, RoomSummary, StatusInfo,
+};
+use confer_node::client::Client;
+
+use crate::error::Error;
+use crate::output::{self, safe_line};
+
+/// The longest message accepted, in bytes of UTF-8.
+pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
+
+/// How long `join` waits for an answer before telling the user it is still working.
+const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Sends `request` to the node for `home` and returns its reply; `Reply::Error` is an error.
+async fn ask(home: &Path, request: &Request) -> Result<Reply, Error> {
+    refused(Client::call(home, request).await?)
+}
+
+fn refused(reply: Reply) -> Result<Reply, Error> {
+    match reply {
+        Reply::Error { message } => Err(Error::Refused(message)),
+        other => Ok(other),
+    }
+}
+
+fn unexpected(reply: &Reply) -> Error {
+    tracing::debug!(?reply, "unexpected reply");
+    Error::usage(
+        "the node gave an answer this command did not expect; \
+         make sure the node and this `confer` are the same version",
+    )
+}
+
+/// `confer status`
+pub async fn status(home: &Path, json: bool) -> Result<(), Error> {
+    let info: StatusInfo = match ask(home, &Request::Status).await? {
+        Reply::Status(info) => info,
+        other => return Err(unexpected(&other)),
+    };
+    if json {
+        return output::json(&info);
+    }
+    output::line(&format!("Peer id: {}", safe_line(&info.peer_id)))?;
+    output::line("Listening on:")?;
+    for addr in &info.listen {
+        output::line(&format!("  {}", safe_line(addr)))?;
+    }
+    if info.listen.is_empty() {
+        output::line("  (no addresses)")?;
+    }
+    print_rooms(&info.rooms)
+}
+
+/// `confer room create`
+pub async fn create_room(
+    home: &Path,
+    name: String,
+    display_name: Option<String>,
+    json: bool,
+) -> Result<(), Error> {
+    let room = match ask(home, &Request::CreateRoom { name, display_name }).await? {
+        Reply::Room(room) => room,
+        other => return Err(unexpected(&other)),
+    };
+    if json {
+        return output::json(&room);
+    }
+    let RoomInfo { room_id, name } = &room;
+    output::line(&format!(
+        "Created the room \"{}\" (id {}).",
+        safe_line(name),
+        safe_line(room_id)
+    ))?;
+    output::line("You are its facilitator. Invite someone with:")?;
+    output::line(&format!(
+        "  confer invite '{}'",
+        safe_line(name).replace('\'', "'\\''")
+    ))
+}
+
+/// `confer room list`
+pub async fn list_rooms(home: &Path, json: bool) -> Result<(), Error> {
+    let rooms = match ask(home, &Request::ListRooms).await? {
+        Reply::Rooms { rooms } => rooms,
+        other => return Err(unexpected(&other)),
+    };
+    if json {
+        return output::json(&rooms);
+    }
+    print_rooms(&rooms)
+}
+
+fn print_rooms(rooms: &[RoomSummary]) -> Result<(), Error> {
+    if rooms.is_empty() {
+        return output::line(
+            "You are not in any room yet. Create one with `confer room create NAME`.",
+        );
+    }
+    output::line("Rooms:")?;
+    for room in rooms {
+        let people = if room.members == 1 {
+            "member"
+        } else {
+            "members"
+        };
+        output::line(&format!(
+            "  {}  ({} {people})  id {}",
+            safe_line(&room.name),
+            room.members,
+            safe_line(&room.room_id)
+        ))?;
+    }
+    Ok(())
+}
+
+/// `confer invite`
+pub async fn invite(
+    home: &Path,
+    room: String,
+    expires_in_secs: u64,
+    json: bool,
+) -> Result<(), Error> {
+    let invite: InviteInfo = match ask(
+        home,
+        &Request::Invite {
+            room,
+            expires_in_secs,
+        },
+    )
+    .await?
+    {
+        Reply::Invite(invite) => invite,
+        other => return Err(unexpected(&other)),
+    };
+    if json {
+        return output::json(&invite);
+    }
+    output::line(&safe_line(&invite.code))?;
+    output::line(&format!(
+        "This code admits one person, until {}. Send it over a channel you trust, \
+         and keep your node running so they can join.",
+        safe_line(&invite.expires_at)
+    ))
+}
+
+/// `confer join`
+pub async fn join(
+    home: &Path,
+    code: String,
+    display_name: String,
+    json: bool,
+) -> Result<(), Error> {
+    let mut client = Client::connect(home).await?;
+    client.send(&Request::Join { code, display_name }).await?;
+    // Admission takes a round trip to the facilitator's node, which can take seconds. Say
+    // so, but only if it does: a code the node rejects at once gets just its error line.
+    let reply = client.next();
+    tokio::pin!(reply);
+    let reply = tokio::select! {
+        reply = &mut reply => reply,
+        () = tokio::time::sleep(PROGRESS_AFTER) => {
+            if !json {
+                eprintln!("Contacting the facilitator…");
+            }
+            reply.await
+        }
+    };
+    let reply = reply?.ok_or_else(|| {
+        Error::usage("the node stopped before the facilitator answered; you have not joined")
+    })?;
+    let room = match refused(reply)? {
+        Reply::Room(room) => room,
+        other => return Err(unexpected(&other)),
+    };
+    if json {
+        return output::json(&room);
+    }
+    output::line(&format!(
+        "You have joined \"{}\" (id {}).",
+        safe_line(&room.name),
+        safe_line(&room.room_id)
+    ))
+}
+
+/// `confer send`; `text` is `-` to read standard input.
+pub async fn send(home: &Path, room: String, text: String, json: bool) -> Result<(), Error> {
+    let text = if text == "-" {
+        read_stdin_message()?
+    } else {
+        text
+    };
+    check_message(&text)?;
+    let message_id = match ask(home, &Request::Send { room, text }).await? {
+        Reply::Sent { message_id } => message_id,
+        other => return Err(unexpected(&other)),
+    };
+    if json {
+        return output::json(&serde_json::json!({ "message_id": message_id }));
+    }
+    output::line(&format!("Sent (message id {}).", safe_line(&message_id)))
+}
+
+/// Reads a message from standard input: at most [`MAX_MESSAGE_BYTES`] of UTF-8, with
+/// one trailing newline (as `echo` adds) removed.
+fn read_stdin_message() -> Result<String, Error> {
+    let mut bytes = Vec::new();
+    std::io::stdin()
+        .lock()
+        .take(MAX_MESSAGE_BYTES as u64 + 2)
+        .read_to_end(&mut bytes)
+        .map_err(|e| {
+            Error::usage(format!(
+                "could not read the message from standard input: {e}"
+            ))
+        })?;
+    if bytes.ends_with(b"\n") {
+        bytes.pop();
+        if bytes.ends_with(b"\r") {
+            bytes.pop();
+        }
+    }
+    String::from_utf8(bytes)
+        .map_err(|_| Error::usage("the message on standard input is not UTF-8 text"))
+}
+
+fn check_message(text: &str) -> Result<(), Error> {
+    if text.len() > MAX_MESSAGE_BYTES {
+        return Err(Error::usage(format!(
+            "the message is {} bytes long, more than the limit of 32 KiB; shorten it or send it in parts",
+            text.len()
+        )));
+    }
+    if text.trim().is_empty() {
+        return Err(Error::usage("the message is empty; nothing was sent"));
+    }
+    Ok(())
+}
+
+/// `confer read`
+pub async fn read(home: &Path, room: String, follow: bool, json: bool) -> Result<(), Error> {
+    let mut client = Client::connect(home).await?;
+    client.send(&Request::Read { room, follow }).await?;
+    let first = client
+        .next()
+        .await?
+        .ok_or_else(|| Error::usage("the node closed the connection without answering"))?;
+    let history = match refused(first)? {
+        Reply::History { messages } => messages,
+        other => return Err(unexpected(&other)),
+    };
+    if !follow {
+        if json {
+            return output::json(&history);
+        }
+        if history.is_empty() {
+            return output::line("No messages yet.");
+        }
+        return history.iter().try_for_each(print_message);
+    }
+
+    // Following: one JSON object per line (JSON Lines), or one text line per message.
+    for message in &history {
+        if json {
+            output::json(message)?
+        } else {
+            print_message(message)?
+        }
+    }
+    loop {
+        match client.next().await? {
+            Some(Reply::Message(message)) => {
+                if json {
+                    output::json(&message)?
+                } else {
+                    print_message(&message)?
+                }
+            }
+            Some(Reply::Error { message }) => return Err(Error::Refused(message)),
+            Some(other) => return Err(unexpected(&other)),
+            None => {
+                eprintln!("The node stopped; no more messages will arrive.");
+                return Ok(());
+            }
+        }
+    }
+}
+
+fn print_message(message: &MessageInfo) -> Result<(), Error> {
+    output::line(&output::message_line(
+        &message.sent_at,
+        &message.author,
+        &message.text,
+    ))
+}
+
+/// `confer members`
+pub async fn members(home: &Path, room: String, json: bool) -> Result<(), Error> {
+    let members: Vec<MemberInfo> = match ask(home, &Request::Members { room }).await? {
+        Reply::Members { members } => members,
+        other => return Err(unexpected(&other)),
+    };
+    if json {
+        return output::json(&members);
+    }
+    for member in &members {
+        output::line(&format!(
+            "{}  ({})  id {}",
+            safe_line(&member.name),
+            safe_line(&member.role),
+            safe_line(&member.member_id)
+        ))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_limits() {
+        assert!(check_message("hello").is_ok());
+        assert!(check_message(&"x".repeat(MAX_MESSAGE_BYTES)).is_ok());
+        assert!(check_message(&"x".repeat(MAX_MESSAGE_BYTES + 1)).is_err());
+        assert!(check_message("").is_err());
+        assert!(check_message(" \n ").is_err());
+    }
+}

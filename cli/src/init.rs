@@ -1,0 +1,39 @@
+//! `confer init`: create the profile through the store crate.
+
+use std::path::Path;
+
+use confer_store::{Profile, StoreError};
+
+use crate::error::Error;
+use crate::output::{self, safe_line};
+use crate::passphrase;
+
+/// Creates the profile in `home`. Refuses, without asking for a passphrase and without
+/// changing anything, if one is already there.
+pub fn run(home: &Path, name: &str, json: bool) -> Result<(), Error> {
+    if Profile::exists(home) {
+        return Err(StoreError::AlreadyExists {
+            dir: home.to_path_buf(),
+        }
+        .into());
+    }
+    let passphrase = passphrase::new_profile()?;
+    let profile = Profile::create(home, &passphrase, name)?;
+    let shown =
+        std::fs::canonicalize(profile.home()).unwrap_or_else(|_| profile.home().to_path_buf());
+    if json {
+        return output::json(&serde_json::json!({
+            "home": shown.to_string_lossy(),
+            "name": profile.name(),
+        }));
+    }
+    output::line(&format!(
+        "Created the profile for {} in {}.",
+        safe_line(profile.name()),
+        safe_line(&shown.to_string_lossy())
+    ))?;
+    output::line(
+        "Its contents are encrypted with your passphrase; keep the passphrase safe, it cannot be recovered.",
+    )?;
+    output::line("Next, start your node with `confer node run`.")
+}

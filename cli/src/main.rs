@@ -1,0 +1,124 @@
+//! `confer`: the command-line front end of Confer.
+//!
+//! This binary is deliberately thin. It parses arguments, sets up tracing (to stderr,
+//! level `warn` unless `RUST_LOG` says otherwise), reads passphrases, and then either
+//! - creates the profile through the store crate (`init`),
+//! - runs a node from the node crate in this process (`node run`, `demo`), or
+//! - sends one request to the running node over its control socket (everything else).
+//!
+//! It knows nothing of rooms, invites or encryption; those decisions belong to the node.
+//!
+//! Exit status: 0 on success; 1 with one sentence on stderr, prefixed `error: `, when a
+//! command fails (nothing is changed); 2 for a command line clap cannot accept.
+
+mod args;
+mod commands;
+mod demo;
+mod duration;
+mod error;
+mod init;
+mod node_run;
+mod output;
+mod passphrase;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+
+use crate::args::{Cli, Command, NodeCommand, RoomCommand};
+use crate::error::Error;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        // Whoever was reading our output has gone (e.g. `confer read ROOM | head`).
+        Err(Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Error> {
+    if let Command::Demo = cli.command {
+        return demo::run();
+    }
+    let home = home(cli.home)?;
+    let home = home.as_path();
+    match cli.command {
+        Command::Demo => demo::run(),
+        Command::Init { name, output } => init::run(home, &name, output.json),
+        Command::Node(NodeCommand::Run { listen, json }) => node_run::run(home, listen, json),
+        Command::Status { output } => client(commands::status(home, output.json)),
+        Command::Room(RoomCommand::Create {
+            name,
+            display_name,
+            output,
+        }) => client(commands::create_room(home, name, display_name, output.json)),
+        Command::Room(RoomCommand::List { output }) => {
+            client(commands::list_rooms(home, output.json))
+        }
+        Command::Invite {
+            room,
+            expires,
+            output,
+        } => client(commands::invite(home, room, expires, output.json)),
+        Command::Join {
+            code,
+            display_name,
+            output,
+        } => client(commands::join(home, code, display_name, output.json)),
+        Command::Send { room, text, output } => {
+            client(commands::send(home, room, text, output.json))
+        }
+        Command::Read {
+            room,
+            follow,
+            output,
+        } => client(commands::read(home, room, follow, output.json)),
+        Command::Members { room, output } => client(commands::members(home, room, output.json)),
+    }
+}
+
+/// The profile directory: `--home`, else `CONFER_HOME` (clap reads both), else the
+/// platform's data directory.
+fn home(given: Option<PathBuf>) -> Result<PathBuf, Error> {
+    match given {
+        Some(dir) if dir.as_os_str().is_empty() => Err(Error::usage(
+            "the profile directory (--home or CONFER_HOME) is empty",
+        )),
+        Some(dir) => Ok(dir),
+        None => dirs::data_dir()
+            .map(|dir| dir.join("confer"))
+            .ok_or_else(|| {
+                Error::usage("could not find your data directory; choose one with --home DIR")
+            }),
+    }
+}
+
+/// A runtime for the commands that run nodes in this process.
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Error> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::usage(format!("could not start the async runtime: {e}")))
+}
+
+/// Runs one control-socket command on a small single-threaded runtime.
+fn client(command: impl std::future::Future<Output = Result<(), Error>>) -> Result<(), Error> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::usage(format!("could not start the async runtime: {e}")))?
+        .block_on(command)
+}

@@ -1,0 +1,73 @@
+//! `confer node run`: unlock the profile, start the node from the node crate, and keep it
+//! running until SIGINT or SIGTERM, then shut it down cleanly.
+
+use std::path::Path;
+
+use confer_node::{Node, NodeConfig};
+use confer_store::{Profile, StoreError};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::error::Error;
+use crate::output::{self, safe_line};
+use crate::passphrase;
+
+/// Unlocks the profile in `home` (blocking: Argon2 is deliberately slow), then runs the
+/// node on a new runtime until it is asked to stop.
+pub fn run(home: &Path, listen: Vec<String>, json: bool) -> Result<(), Error> {
+    if !Profile::exists(home) {
+        return Err(StoreError::NotInitialised {
+            dir: home.to_path_buf(),
+        }
+        .into());
+    }
+    let passphrase = passphrase::existing_profile()?;
+    let profile = Profile::unlock(home, &passphrase)?;
+    drop(passphrase);
+    crate::runtime()?.block_on(serve(profile, listen, json))
+}
+
+async fn serve(profile: Profile, listen: Vec<String>, json: bool) -> Result<(), Error> {
+    // Install the handlers before announcing readiness: whoever reads the readiness line
+    // may signal us at once, and a signal without a handler would kill us uncleanly.
+    let signal_error =
+        |e: std::io::Error| Error::usage(format!("could not watch for stop signals: {e}"));
+    let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
+
+    let node = Node::start(profile, NodeConfig::new(listen)).await?;
+    if let Err(e) = announce(&node, json) {
+        node.shutdown().await;
+        return Err(e);
+    }
+
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    if !json {
+        eprintln!("Stopping the node…");
+    }
+    // A second signal while shutting down means "now": leave without waiting.
+    tokio::select! {
+        () = node.shutdown() => Ok(()),
+        _ = terminate.recv() => Err(Error::usage("stopped before the node had shut down cleanly")),
+        _ = interrupt.recv() => Err(Error::usage("stopped before the node had shut down cleanly")),
+    }
+}
+
+/// Prints the node's identity and addresses: the readiness signal scripts wait for.
+fn announce(node: &Node, json: bool) -> Result<(), Error> {
+    let (peer_id, addrs) = (node.peer_id(), node.listen_addrs());
+    if json {
+        return output::json(&serde_json::json!({ "peer_id": peer_id, "listen": addrs }));
+    }
+    output::line(&format!(
+        "Your node is running. Peer id: {}",
+        safe_line(&peer_id)
+    ))?;
+    output::line("Listening on:")?;
+    for addr in &addrs {
+        output::line(&format!("  {}", safe_line(addr)))?;
+    }
+    output::line("Use the other `confer` commands from another terminal; press Ctrl-C to stop.")
+}

@@ -1,0 +1,237 @@
+//! The `confer` binary without any network: profiles, argument checking, and what every
+//! command says when no node is running.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{PASSPHRASE, confer, fails, init, ok, ok_json, run};
+
+#[test]
+fn init_creates_a_profile_and_a_second_init_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("profile-home");
+    let created = ok_json(&home, &["init", "--name", "Sam"]);
+    assert_eq!(created["name"], "Sam");
+    let shown = std::path::PathBuf::from(created["home"].as_str().unwrap());
+    assert_eq!(shown, home.canonicalize().unwrap());
+
+    let profile = home.join("profile");
+    let before = std::fs::read(&profile).unwrap();
+    let files_before: Vec<_> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+
+    let out = confer(&home)
+        .args(["init", "--name", "Someone else"])
+        .env("CONFER_PASSPHRASE", "a different passphrase")
+        .output()
+        .unwrap();
+    let line = fails(&out);
+    assert!(line.contains("already exists"), "{line}");
+
+    assert_eq!(
+        std::fs::read(&profile).unwrap(),
+        before,
+        "the profile was modified"
+    );
+    let files_after: Vec<_> = std::fs::read_dir(&home)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(files_before, files_after);
+}
+
+#[test]
+fn init_prints_where_the_profile_is() {
+    let dir = tempfile::tempdir().unwrap();
+    let stdout = ok(dir.path(), &["init", "--name", "Priya"]);
+    let canonical = dir.path().canonicalize().unwrap();
+    assert!(stdout.contains(&*canonical.to_string_lossy()), "{stdout}");
+}
+
+#[test]
+fn init_without_a_terminal_or_passphrase_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = confer(dir.path())
+        .args(["init", "--name", "Sam"])
+        .env_remove("CONFER_PASSPHRASE")
+        .output()
+        .unwrap();
+    // Under a test harness there may or may not be a controlling terminal; either way
+    // nothing may block, and if it fails it says how to fix it.
+    if !out.status.success() {
+        let line = fails(&out);
+        assert!(line.contains("CONFER_PASSPHRASE"), "{line}");
+        assert!(!dir.path().join("profile").exists());
+    }
+}
+
+#[test]
+fn node_run_with_the_wrong_passphrase_fails_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path(), "Sam");
+    let out = confer(dir.path())
+        .args(["node", "run", "--listen", "/ip4/127.0.0.1/tcp/0"])
+        .env("CONFER_PASSPHRASE", format!("{PASSPHRASE}!"))
+        .output()
+        .unwrap();
+    let line = fails(&out);
+    assert!(line.contains("wrong passphrase"), "{line}");
+    assert!(!dir.path().join("control.sock").exists());
+}
+
+#[test]
+fn node_run_without_a_profile_says_to_run_init() {
+    let dir = tempfile::tempdir().unwrap();
+    let line = fails(&run(dir.path(), &["node", "run"]));
+    assert!(line.contains("confer init"), "{line}");
+}
+
+#[test]
+fn commands_without_a_running_node_say_how_to_start_one() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path(), "Sam");
+    let commands: &[&[&str]] = &[
+        &["status"],
+        &["status", "--json"],
+        &["room", "create", "Peer group"],
+        &["room", "list", "--json"],
+        &["invite", "Peer group"],
+        &["join", "some-code", "--as", "Sam"],
+        &["join", "some-code", "--as", "Sam", "--json"],
+        &["send", "Peer group", "hello"],
+        &["read", "Peer group"],
+        &["read", "Peer group", "--follow"],
+        &["members", "Peer group"],
+    ];
+    for args in commands {
+        let line = fails(&run(dir.path(), args));
+        assert!(
+            line.contains("no node is running"),
+            "confer {args:?}: {line}"
+        );
+        assert!(
+            line.contains("confer node run --home"),
+            "confer {args:?}: {line}"
+        );
+    }
+}
+
+#[test]
+fn bad_invite_lifetimes_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [
+        "0s", "0d", "366d", "9000h", "7", "7w", "-1d", "1.5h", "soon", "",
+    ] {
+        let out = run(
+            dir.path(),
+            &["invite", "Peer group", &format!("--expires={bad}")],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--expires {bad:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "--expires {bad:?}: {stderr}");
+        assert!(stderr.contains("--expires"), "--expires {bad:?}: {stderr}");
+        assert!(
+            !stderr.contains("no node is running"),
+            "--expires {bad:?}: {stderr}"
+        );
+    }
+    // Good values get as far as looking for the node.
+    for good in ["90s", "30m", "24h", "7d", "365d"] {
+        let line = fails(&run(
+            dir.path(),
+            &["invite", "Peer group", "--expires", good],
+        ));
+        assert!(
+            line.contains("no node is running"),
+            "--expires {good}: {line}"
+        );
+    }
+}
+
+#[test]
+fn an_overlong_message_on_stdin_is_refused_before_sending() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = confer(dir.path())
+        .args(["send", "Peer group", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // The binary stops reading after the limit, so a broken pipe here is fine.
+    let _ = stdin.write_all(&vec![b'x'; 40 * 1024]);
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    let line = fails(&out);
+    assert!(line.contains("32 KiB"), "{line}");
+}
+
+#[test]
+fn usage_errors_exit_with_2() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["join", "code"][..], &["init"], &["frobnicate"], &["room"]] {
+        let out = run(dir.path(), args);
+        assert_eq!(out.status.code(), Some(2), "confer {args:?}");
+    }
+}
+
+#[test]
+fn every_command_has_help() {
+    let dir = tempfile::tempdir().unwrap();
+    let commands: &[&[&str]] = &[
+        &[],
+        &["init"],
+        &["node"],
+        &["node", "run"],
+        &["status"],
+        &["room"],
+        &["room", "create"],
+        &["room", "list"],
+        &["invite"],
+        &["join"],
+        &["send"],
+        &["read"],
+        &["members"],
+        &["demo"],
+    ];
+    for args in commands {
+        let mut full = args.to_vec();
+        full.push("--help");
+        let help = ok(dir.path(), &full);
+        assert!(
+            help.contains("Usage: confer"),
+            "confer {args:?} --help: {help}"
+        );
+    }
+    let read_help = ok(dir.path(), &["read", "--help"]);
+    assert!(read_help.contains("JSON Lines"), "{read_help}");
+}
+
+#[test]
+fn demo_walks_through_a_session_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let started = std::time::Instant::now();
+    let stdout = ok(dir.path(), &["demo"]);
+    for step in [
+        "creates the room",
+        "invite",
+        "admitted",
+        "writes",
+        "sees 4 messages",
+        "same four messages",
+    ] {
+        assert!(
+            stdout.contains(step),
+            "the demo did not print {step:?}:\n{stdout}"
+        );
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "the demo took {:?}",
+        started.elapsed()
+    );
+}

@@ -1,0 +1,175 @@
+//! Helpers shared by the integration tests: running `confer` with a temporary home, and
+//! running `confer node run` as a child process.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+pub const PASSPHRASE: &str = "correct horse battery staple";
+
+/// `confer --home HOME …` with the test passphrase and a quiet log.
+pub fn confer(home: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_confer"));
+    cmd.arg("--home")
+        .arg(home)
+        .env("CONFER_PASSPHRASE", PASSPHRASE)
+        .env_remove("CONFER_HOME")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `confer --home HOME args…` to completion.
+pub fn run(home: &Path, args: &[&str]) -> Output {
+    confer(home).args(args).output().unwrap()
+}
+
+/// Runs a command that must succeed and returns its stdout.
+pub fn ok(home: &Path, args: &[&str]) -> String {
+    let out = run(home, args);
+    assert!(
+        out.status.success(),
+        "confer {args:?} failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Runs a `--json` command that must succeed and parses its single JSON document.
+pub fn ok_json(home: &Path, args: &[&str]) -> serde_json::Value {
+    let mut args = args.to_vec();
+    args.push("--json");
+    let stdout = ok(home, &args);
+    serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("confer {args:?} printed invalid JSON ({e}): {stdout}"))
+}
+
+/// Asserts a failure with exit code 1 and exactly one `error: ` line on stderr; returns it.
+pub fn fails(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected exit 1, got {}; stderr: {stderr}",
+        out.status
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "expected one line on stderr, got: {stderr}");
+    assert!(
+        lines[0].starts_with("error: "),
+        "stderr does not start with `error: `: {stderr}"
+    );
+    assert!(
+        out.stdout.is_empty(),
+        "stdout not empty: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    lines[0].to_owned()
+}
+
+/// Creates a profile named `name` in `home`.
+pub fn init(home: &Path, name: &str) {
+    ok(home, &["init", "--name", name]);
+}
+
+/// A `confer node run --json` child process, stopped (SIGKILL) if still running when dropped.
+pub struct NodeProcess {
+    pub child: Child,
+    pub peer_id: String,
+    pub listen: Vec<String>,
+}
+
+impl NodeProcess {
+    /// Starts a node on loopback for the profile in `home` and waits for its readiness line.
+    pub fn start(home: &Path) -> NodeProcess {
+        let mut child = confer(home)
+            .args(["node", "run", "--listen", "/ip4/127.0.0.1/tcp/0", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let line = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => line,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("the node printed no readiness line within 60 s");
+            }
+        };
+        let ready: serde_json::Value = match serde_json::from_str(&line) {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = child.kill();
+                let status = child.wait().unwrap();
+                panic!("the node's readiness line is not JSON ({e}): {line:?}; exit {status}");
+            }
+        };
+        let peer_id = ready["peer_id"].as_str().unwrap().to_owned();
+        let listen = ready["listen"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_owned())
+            .collect();
+        NodeProcess {
+            child,
+            peer_id,
+            listen,
+        }
+    }
+
+    /// Sends SIGTERM (through kill(1): this workspace forbids `unsafe`) and waits for exit.
+    pub fn terminate(mut self) -> ExitStatus {
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the node did not stop within 30 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for NodeProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `check` every 50 ms until it returns `Some`, failing after `limit`.
+pub fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

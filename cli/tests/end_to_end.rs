@@ -1,0 +1,212 @@
+//! Three real `confer node run` processes on loopback, driven only through the `confer`
+//! binary: create a room, invite two people, let them join, discuss, and check that all
+//! three nodes show the same history; then stop the nodes with SIGTERM.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{NodeProcess, eventually, fails, init, ok, ok_json, run};
+use serde_json::Value;
+
+const ROOM: &str = "Peer group";
+
+fn read(home: &Path, room: &str) -> Vec<Value> {
+    ok_json(home, &["read", room]).as_array().unwrap().clone()
+}
+
+/// Sends `text` from `from` and waits until every home in `others` shows it.
+fn send_and_wait(from: &Path, room: &str, text: &str, others: &[&Path]) -> String {
+    let sent = ok_json(from, &["send", room, text]);
+    let id = sent["message_id"].as_str().unwrap().to_owned();
+    for home in others {
+        eventually(
+            &format!("{text:?} to reach {}", home.display()),
+            Duration::from_secs(20),
+            || {
+                read(home, room)
+                    .iter()
+                    .any(|m| m["message_id"] == id.as_str())
+                    .then_some(())
+            },
+        );
+    }
+    id
+}
+
+#[test]
+fn three_nodes_discuss_through_the_binary() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [sam, priya, jo] = [dirs[0].path(), dirs[1].path(), dirs[2].path()];
+    for (home, name) in [(sam, "Sam"), (priya, "Priya"), (jo, "Jo")] {
+        init(home, name);
+    }
+    let nodes: Vec<NodeProcess> = [sam, priya, jo]
+        .iter()
+        .map(|h| NodeProcess::start(h))
+        .collect();
+    for node in &nodes {
+        assert!(node.peer_id.starts_with("12D3KooW"), "{}", node.peer_id);
+        assert!(
+            node.listen
+                .iter()
+                .any(|a| a.starts_with("/ip4/127.0.0.1/tcp/")),
+            "{:?}",
+            node.listen
+        );
+    }
+
+    let status = ok_json(sam, &["status"]);
+    assert_eq!(status["peer_id"], nodes[0].peer_id.as_str());
+    assert!(status["listen"].is_array() && status["rooms"].as_array().unwrap().is_empty());
+
+    let room = ok_json(sam, &["room", "create", ROOM]);
+    assert_eq!(room["name"], ROOM);
+    let room_id = room["room_id"].as_str().unwrap().to_owned();
+
+    for (home, name) in [(priya, "Priya"), (jo, "Jo")] {
+        let invite = ok_json(sam, &["invite", ROOM, "--expires", "1h"]);
+        let code = invite["code"].as_str().unwrap();
+        assert!(invite["expires_at"].is_string());
+        let joined = ok_json(home, &["join", code, "--as", name]);
+        assert_eq!(joined["room_id"], room_id.as_str());
+        assert_eq!(joined["name"], ROOM);
+    }
+
+    // Human output of invite: the code alone on the first line.
+    let human = ok(sam, &["invite", ROOM, "--expires", "90s"]);
+    let first = human.lines().next().unwrap();
+    assert!(!first.contains(' ') && !first.is_empty(), "{human}");
+
+    let members = ok_json(sam, &["members", ROOM]);
+    let members = members.as_array().unwrap();
+    assert_eq!(members.len(), 3);
+    assert_eq!(members[0]["role"], "facilitator");
+    assert_eq!(members[0]["name"], "Sam");
+    for m in members {
+        assert!(m["member_id"].is_string() && m["name"].is_string() && m["role"].is_string());
+    }
+
+    let list = ok_json(jo, &["room", "list"]);
+    assert_eq!(list[0]["room_id"], room_id.as_str());
+    assert_eq!(list[0]["members"], 3);
+
+    // Each member speaks in turn, waiting until the others have it, so the order is defined.
+    let prefix = &room_id[..8];
+    let ids = [
+        send_and_wait(
+            sam,
+            ROOM,
+            "Welcome both. Check-in: how are you arriving today?",
+            &[priya, jo],
+        ),
+        send_and_wait(
+            priya,
+            prefix,
+            "A full week; I would like time on a grievance.",
+            &[sam, jo],
+        ),
+        send_and_wait(
+            jo,
+            ROOM,
+            "Steady. Happy for Priya to go first.",
+            &[sam, priya],
+        ),
+    ];
+
+    let histories: Vec<Vec<Value>> = [sam, priya, jo].iter().map(|h| read(h, ROOM)).collect();
+    for history in &histories {
+        assert_eq!(
+            history, &histories[0],
+            "the nodes disagree about the history"
+        );
+    }
+    let got: Vec<&str> = histories[0]
+        .iter()
+        .map(|m| m["message_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ids.iter().map(String::as_str).collect::<Vec<_>>());
+    let authors: Vec<&str> = histories[0]
+        .iter()
+        .map(|m| m["author"].as_str().unwrap())
+        .collect();
+    assert_eq!(authors, ["Sam", "Priya", "Jo"]);
+    assert!(
+        histories[0]
+            .iter()
+            .all(|m| m["sent_at"].is_string() && m["text"].is_string())
+    );
+
+    // Human read output.
+    let human = ok(jo, &["read", ROOM]);
+    assert!(human.contains("] Priya: A full week"), "{human}");
+
+    let status = ok_json(priya, &["status"]);
+    assert_eq!(status["rooms"][0]["room_id"], room_id.as_str());
+
+    // Following prints the history, then each new message, one JSON object per line.
+    let mut follower = common::confer(sam)
+        .args(["read", ROOM, "--follow", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || -> Value {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .expect("no line from read --follow");
+        serde_json::from_str(&line).unwrap()
+    };
+    for id in &ids {
+        assert_eq!(next()["message_id"], id.as_str());
+    }
+    let later = ok_json(priya, &["send", ROOM, "Thank you, that helped."]);
+    assert_eq!(next()["message_id"], later["message_id"]);
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    // An unknown room is one clear sentence.
+    fails(&run(jo, &["read", "No such room"]));
+
+    for node in nodes {
+        let status = node.terminate();
+        assert!(
+            status.success(),
+            "the node exited with {status} after SIGTERM"
+        );
+    }
+    for home in [sam, priya, jo] {
+        assert!(
+            !home.join("control.sock").exists(),
+            "the control socket was left behind"
+        );
+    }
+}
+
+#[test]
+fn a_malformed_invite_is_one_clear_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path(), "Priya");
+    let node = NodeProcess::start(dir.path());
+    for code in ["not-an-invite", "confer1", "confer1!!!!", ""] {
+        let out = run(dir.path(), &["join", code, "--as", "Priya"]);
+        let line = fails(&out);
+        assert!(line.len() > "error: ".len() + 10, "{line}");
+        let out = run(dir.path(), &["join", code, "--as", "Priya", "--json"]);
+        fails(&out);
+    }
+    let rooms = ok_json(dir.path(), &["room", "list"]);
+    assert_eq!(rooms, serde_json::json!([]));
+    assert!(node.terminate().success());
+}
