@@ -307,7 +307,7 @@ fn print_message(message: &MessageInfo) -> Result<(), Error> {
 /// `confer members`
 pub async fn members(home: &Path, room: String, json: bool) -> Result<(), Error> {
     let members: Vec<MemberInfo> = match ask(home, &Request::Members { room }).await? {
-        Reply::Members { members } => members,
+        Reply::Members { members, .. } => members,
         other => return Err(unexpected(&other)),
     };
     if json {

@@ -150,7 +150,7 @@ async fn session(people: &[Person; 3]) -> Result<(), Error> {
         ))?;
     }
 
-    if let Reply::Members { members } = ask(
+    if let Reply::Members { members, .. } = ask(
         sam,
         Request::Members {
             room: room.room_id.clone(),

@@ -66,6 +66,42 @@ pub enum Request {
         /// A room name or a unique prefix of its id.
         room: String,
     },
+    /// Leave a room (members; the facilitator hands over first).
+    Leave {
+        /// A room name or a unique prefix of its id.
+        room: String,
+    },
+    /// Remove a member and rotate the room key (facilitator only).
+    Remove {
+        /// A room name or a unique prefix of its id.
+        room: String,
+        /// The member's display name or a prefix of their member id.
+        member: String,
+    },
+    /// Start a new key epoch.
+    Rotate {
+        /// A room name or a unique prefix of its id.
+        room: String,
+    },
+    /// Hand the facilitator role to another member (facilitator only).
+    Handover {
+        /// A room name or a unique prefix of its id.
+        room: String,
+        /// The member's display name or a prefix of their member id.
+        member: String,
+    },
+    /// Withdraw an outstanding invite (facilitator only).
+    RevokeInvite {
+        /// A room name or a unique prefix of its id.
+        room: String,
+        /// The invite code, or a prefix of the invite id.
+        invite: String,
+    },
+    /// The invites this node issued for a room that can still be redeemed.
+    ListInvites {
+        /// A room name or a unique prefix of its id.
+        room: String,
+    },
 }
 
 /// The node's answer to a [`Request`].
@@ -97,8 +133,17 @@ pub enum Reply {
     Message(MessageInfo),
     /// Answer to [`Request::Members`].
     Members {
+        /// The current key epoch.
+        epoch: u64,
         /// The members, facilitator first.
         members: Vec<MemberInfo>,
+    },
+    /// Answer to a membership change (leave, remove, rotate, handover, revoke).
+    Changed(ChangeInfo),
+    /// Answer to [`Request::ListInvites`].
+    Invites {
+        /// Outstanding invites, soonest expiry first.
+        invites: Vec<InviteSummary>,
     },
     /// The request failed; `message` is one sentence meant for the user.
     Error {
@@ -173,4 +218,24 @@ pub struct MemberInfo {
     pub name: String,
     /// `facilitator` or `member`.
     pub role: String,
+}
+
+/// The state of a room after a membership change.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChangeInfo {
+    /// The room id (hex).
+    pub room_id: String,
+    /// The key epoch now current (as far as this node knows).
+    pub epoch: u64,
+    /// How many members the room has now.
+    pub members: usize,
+}
+
+/// An invite that can still be redeemed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InviteSummary {
+    /// The invite id (hex).
+    pub invite_id: String,
+    /// When it expires, RFC 3339 UTC.
+    pub expires_at: String,
 }

@@ -24,7 +24,8 @@ use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::api::{
-    InviteInfo, MemberInfo, MessageInfo, Reply, Request, RoomInfo, RoomSummary, StatusInfo,
+    ChangeInfo, InviteInfo, InviteSummary, MemberInfo, MessageInfo, Reply, Request, RoomInfo,
+    RoomSummary, StatusInfo,
 };
 use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
 
@@ -36,6 +37,13 @@ const FOLLOW_QUEUE: usize = 256;
 const OUTBOX_LIMIT: usize = 1024;
 /// Envelopes from authors not yet known (their admission may still be on its way).
 const UNKNOWN_AUTHOR_LIMIT: usize = 256;
+/// How often the event loop looks for due rotations and expired keys.
+const TICK: Duration = Duration::from_secs(1);
+/// How long a member other than the facilitator waits for someone else to rotate after a
+/// departure before rotating itself (concurrent rotations combine, so racing is safe).
+const ROTATION_GRACE: Duration = Duration::from_secs(3);
+/// Expired epoch keys are deleted every this many ticks.
+const PRUNE_EVERY_TICKS: u64 = 60;
 /// The longest an invite may stay valid: 365 days.
 const MAX_INVITE_SECS: u64 = 365 * 24 * 3600;
 /// Recent envelopes kept per room for pushing to members who (re)subscribe.
@@ -200,11 +208,14 @@ impl Node {
             outbox: HashMap::new(),
             unknown_author: VecDeque::new(),
             recent: HashMap::new(),
+            room_topics: HashMap::new(),
+            rotation_due: HashMap::new(),
+            ticks: 0,
             dropped: 0,
         };
         let ids: Vec<RoomId> = event_loop.rooms.keys().copied().collect();
         for id in ids {
-            event_loop.subscribe(id);
+            event_loop.sync_topics(id);
         }
         let task = tokio::spawn(event_loop.run(receiver));
         let node = Node {
@@ -319,16 +330,22 @@ struct EventLoop {
     listen: Vec<String>,
     pending_joins: HashMap<OutboundRequestId, PendingJoin>,
     followers: HashMap<RoomId, Vec<mpsc::Sender<MessageInfo>>>,
-    outbox: HashMap<RoomId, VecDeque<Vec<u8>>>,
+    outbox: HashMap<RoomId, VecDeque<(String, Vec<u8>)>>,
     unknown_author: VecDeque<(RoomId, Vec<u8>)>,
     recent: HashMap<RoomId, VecDeque<Recent>>,
+    room_topics: HashMap<RoomId, Vec<String>>,
+    rotation_due: HashMap<RoomId, std::time::Instant>,
+    ticks: u64,
     dropped: u64,
 }
 
 impl EventLoop {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = tick.tick() => self.on_tick(),
                 command = commands.recv() => match command {
                     Some(Command::Request(request, reply)) => self.handle_request(request, reply),
                     Some(Command::Follow(room, reply)) => {
@@ -355,15 +372,131 @@ impl EventLoop {
         }
     }
 
-    fn subscribe(&mut self, id: RoomId) {
+    /// Listens on the topic of every epoch key the room holds, and stops listening on
+    /// topics whose keys were deleted.
+    fn sync_topics(&mut self, id: RoomId) {
+        let wanted = self.rooms.get(&id).map(Room::topics).unwrap_or_default();
+        let held = self.room_topics.remove(&id).unwrap_or_default();
+        for old in held.iter().filter(|t| !wanted.contains(t)) {
+            let topic = IdentTopic::new(old.clone());
+            self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
+            self.topics.remove(&topic.hash());
+        }
+        for new in wanted.iter().filter(|t| !held.contains(t)) {
+            let topic = IdentTopic::new(new.clone());
+            if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
+                tracing::warn!("could not subscribe to a room topic: {e}");
+            }
+            self.topics.insert(topic.hash(), id);
+        }
+        self.room_topics.insert(id, wanted);
+    }
+
+    /// Once a second: rotate where a departure is waiting for a new key (the facilitator
+    /// at once, anyone else after a grace period), and delete expired epoch keys.
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        let due: Vec<RoomId> = self
+            .rotation_due
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= ROTATION_GRACE)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.rotation_due.remove(&id);
+            if self
+                .rooms
+                .get(&id)
+                .is_some_and(|r| r.is_member() && r.needs_rotation())
+            {
+                let _ = self.change(id, |room, now, rng| room.rotate(now, rng));
+            }
+        }
+        if self.ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
+            let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
+            for id in ids {
+                let pruned = self.rooms.get_mut(&id).is_some_and(|r| r.prune(now_ms()));
+                if pruned {
+                    if let Err(e) = self.save_room(&id) {
+                        tracing::error!("could not store a room after deleting old keys: {e}");
+                    }
+                    self.sync_topics(id);
+                }
+            }
+        }
+    }
+
+    /// If the room's log asks for a new epoch: the facilitator rotates now, any other
+    /// member after [`ROTATION_GRACE`] if nobody has by then.
+    fn maybe_rotate(&mut self, id: RoomId) {
         let Some(room) = self.rooms.get(&id) else {
             return;
         };
-        let topic = IdentTopic::new(room.topic());
-        if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
-            tracing::warn!("could not subscribe to a room topic: {e}");
+        if !room.is_member() || !room.needs_rotation() {
+            self.rotation_due.remove(&id);
+            return;
         }
-        self.topics.insert(topic.hash(), id);
+        if room.is_facilitator() {
+            self.rotation_due.remove(&id);
+            let _ = self.change(id, |room, now, rng| room.rotate(now, rng));
+        } else {
+            self.rotation_due
+                .entry(id)
+                .or_insert_with(std::time::Instant::now);
+        }
+    }
+
+    fn change_by(
+        &mut self,
+        query: &str,
+        f: impl FnOnce(
+            &mut Room,
+            u64,
+            &mut UnwrapErr<SysRng>,
+        ) -> Result<Vec<u8>, confer_room::RoomError>,
+    ) -> Reply {
+        match self.resolve(query) {
+            Ok(id) => self.change(id, f),
+            Err(message) => error(message),
+        }
+    }
+
+    /// Applies one membership change authored here: persists it, publishes it on the
+    /// topic of the epoch it was sealed under, and follows the room to its new epoch.
+    fn change(
+        &mut self,
+        id: RoomId,
+        f: impl FnOnce(
+            &mut Room,
+            u64,
+            &mut UnwrapErr<SysRng>,
+        ) -> Result<Vec<u8>, confer_room::RoomError>,
+    ) -> Reply {
+        let Some(room) = self.rooms.get_mut(&id) else {
+            return error("unknown room");
+        };
+        let Some(topic) = room.topic() else {
+            return error(confer_room::RoomError::NoKey);
+        };
+        let before = room.clone();
+        let envelope = match f(room, now_ms(), &mut rng()) {
+            Ok(envelope) => envelope,
+            Err(e) => return error(e),
+        };
+        if let Err(e) = self.save_room(&id) {
+            self.rooms.insert(id, before);
+            return error(e);
+        }
+        self.remember(id, &envelope);
+        self.publish(id, topic, envelope);
+        self.sync_topics(id);
+        self.maybe_rotate(id);
+        let room = &self.rooms[&id];
+        Reply::Changed(ChangeInfo {
+            room_id: id.to_hex(),
+            epoch: room.epoch_number(),
+            members: room.members().len(),
+        })
     }
 
     fn save_room(&mut self, id: &RoomId) -> Result<(), confer_store::StoreError> {
@@ -510,10 +643,38 @@ impl EventLoop {
                     Err(message) => error(message),
                 }
             }
+            Request::Leave { room } => self.change_by(&room, |r, now, rng| r.leave(now, rng)),
+            Request::Remove { room, member } => {
+                self.change_by(&room, |r, now, rng| r.remove(&member, now, rng))
+            }
+            Request::Rotate { room } => self.change_by(&room, |r, now, rng| r.rotate(now, rng)),
+            Request::Handover { room, member } => {
+                self.change_by(&room, |r, now, rng| r.handover(&member, now, rng))
+            }
+            Request::RevokeInvite { room, invite } => {
+                self.change_by(&room, |r, now, rng| r.revoke_invite(&invite, now, rng))
+            }
+            Request::ListInvites { room } => match self.resolve(&room) {
+                Ok(id) => {
+                    let mut invites = self.rooms[&id].outstanding_invites(now_ms());
+                    invites.sort_by_key(|i| i.expires_at);
+                    Reply::Invites {
+                        invites: invites
+                            .into_iter()
+                            .map(|i| InviteSummary {
+                                invite_id: hex::encode(i.id),
+                                expires_at: rfc3339_ms(i.expires_at * 1000),
+                            })
+                            .collect(),
+                    }
+                }
+                Err(message) => error(message),
+            },
             Request::Members { room } => match self.resolve(&room) {
                 Ok(id) => {
                     let room = &self.rooms[&id];
                     Reply::Members {
+                        epoch: room.epoch_number(),
                         members: room
                             .members()
                             .iter()
@@ -548,7 +709,7 @@ impl EventLoop {
             self.rooms.remove(&id);
             return error(e);
         }
-        self.subscribe(id);
+        self.sync_topics(id);
         Reply::Room(info)
     }
 
@@ -593,7 +754,9 @@ impl EventLoop {
             Ok(sealed) => sealed,
             Err(e) => return error(e),
         };
-        let topic = IdentTopic::new(room.topic());
+        let Some(topic) = room.topic() else {
+            return error(confer_room::RoomError::NoKey);
+        };
         let stored = self
             .store
             .insert_message(&id.0, &record.id, record.sent_at, &record.to_bytes())
@@ -610,12 +773,12 @@ impl EventLoop {
     }
 
     /// Publishes, or keeps the envelope for when a room peer subscribes.
-    fn publish(&mut self, id: RoomId, topic: IdentTopic, envelope: Vec<u8>) {
+    fn publish(&mut self, id: RoomId, topic: String, envelope: Vec<u8>) {
         match self
             .swarm
             .behaviour_mut()
             .gossipsub
-            .publish(topic, envelope.clone())
+            .publish(IdentTopic::new(topic.clone()), envelope.clone())
         {
             Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
             Err(e) => {
@@ -624,7 +787,7 @@ impl EventLoop {
                 if queue.len() >= OUTBOX_LIMIT {
                     queue.pop_front();
                 }
-                queue.push_back(envelope);
+                queue.push_back((topic, envelope));
             }
         }
     }
@@ -633,12 +796,8 @@ impl EventLoop {
         let Some(queue) = self.outbox.remove(&id) else {
             return;
         };
-        let Some(room) = self.rooms.get(&id) else {
-            return;
-        };
-        let topic = IdentTopic::new(room.topic());
-        for envelope in queue {
-            self.publish(id, topic.clone(), envelope);
+        for (topic, envelope) in queue {
+            self.publish(id, topic, envelope);
         }
     }
 
@@ -723,27 +882,29 @@ impl EventLoop {
             reply,
         } = pending;
         let answer = match JoinResponse::from_bytes(response) {
-            Ok(JoinResponse::Welcome(sealed)) => match Room::from_welcome(&invite, keys, &sealed) {
-                Ok(room) => {
-                    let id = room.id();
-                    let info = RoomInfo {
-                        room_id: id.to_hex(),
-                        name: room.name().to_owned(),
-                    };
-                    self.rooms.insert(id, room);
-                    match self.save_room(&id) {
-                        Ok(()) => {
-                            self.subscribe(id);
-                            Reply::Room(info)
-                        }
-                        Err(e) => {
-                            self.rooms.remove(&id);
-                            error(e)
+            Ok(JoinResponse::Welcome(sealed)) => {
+                match Room::from_welcome(&invite, keys, &sealed, now_ms()) {
+                    Ok(room) => {
+                        let id = room.id();
+                        let info = RoomInfo {
+                            room_id: id.to_hex(),
+                            name: room.name().to_owned(),
+                        };
+                        self.rooms.insert(id, room);
+                        match self.save_room(&id) {
+                            Ok(()) => {
+                                self.sync_topics(id);
+                                Reply::Room(info)
+                            }
+                            Err(e) => {
+                                self.rooms.remove(&id);
+                                error(e)
+                            }
                         }
                     }
+                    Err(e) => error(e),
                 }
-                Err(e) => error(e),
-            },
+            }
             Ok(JoinResponse::Refused(reason)) => error(reason),
             Err(_) => {
                 self.dropped += 1;
@@ -779,7 +940,7 @@ impl EventLoop {
                                     self.rooms.insert(id, before);
                                     JoinResponse::Refused(InviteError::BadRequest)
                                 } else {
-                                    let topic = IdentTopic::new(self.rooms[&id].topic());
+                                    let topic = self.rooms[&id].topic().unwrap_or_default();
                                     self.remember(id, &admission.announcement);
                                     self.publish(id, topic, admission.announcement);
                                     admission.response
@@ -880,7 +1041,7 @@ impl EventLoop {
             gossipsub::Event::Subscribed { peer_id, topic, .. } => {
                 if let Some(id) = self.topics.get(&topic).copied() {
                     self.flush_outbox(id);
-                    self.push_recent(id, peer_id);
+                    self.push_recent(id, peer_id, topic.as_str());
                 }
             }
             _ => {}
@@ -892,7 +1053,7 @@ impl EventLoop {
         let Some(room) = self.rooms.get_mut(&id) else {
             return MessageAcceptance::Ignore;
         };
-        match room.open(&data) {
+        match room.open(&data, now_ms()) {
             Ok(Incoming::Message(record)) => {
                 let stored = self
                     .store
@@ -917,12 +1078,15 @@ impl EventLoop {
                     if let Err(e) = self.save_room(&id) {
                         tracing::error!("could not store a membership change: {e}");
                     }
+                    self.sync_topics(id);
                     self.retry_unknown_authors(id);
+                    self.maybe_rotate(id);
                 }
                 MessageAcceptance::Accept
             }
-            Err(OpenError::UnknownAuthor) => {
-                // The author's admission may arrive after their first message.
+            Err(OpenError::Pending) => {
+                // The author's admission, or an operation the message names, may arrive
+                // after the message itself.
                 if self.unknown_author.len() >= UNKNOWN_AUTHOR_LIMIT {
                     self.unknown_author.pop_front();
                     self.dropped += 1;
@@ -968,7 +1132,7 @@ impl EventLoop {
     /// Sends `peer` the recent envelopes it should have, if it is a member: gossip does
     /// not route to a peer until its subscription has been seen, so anything published
     /// in that window would otherwise miss it.
-    fn push_recent(&mut self, id: RoomId, peer: PeerId) {
+    fn push_recent(&mut self, id: RoomId, peer: PeerId, topic: &str) {
         let Some(room) = self.rooms.get(&id) else {
             return;
         };
@@ -976,7 +1140,11 @@ impl EventLoop {
         if !room.members().iter().any(|m| m.peer == peer_bytes) {
             return;
         }
-        let topic = room.topic();
+        // Push once, when the peer joins the current epoch's topic.
+        if room.topic().as_deref() != Some(topic) {
+            return;
+        }
+        let topic = topic.to_owned();
         let Some(recent) = self.recent.get(&id) else {
             return;
         };

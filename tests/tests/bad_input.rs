@@ -168,7 +168,7 @@ async fn a_room_never_exceeds_eight_members() {
         })
         .await
     {
-        Reply::Members { members } => assert_eq!(members.len(), 8),
+        Reply::Members { members, .. } => assert_eq!(members.len(), 8),
         other => panic!("unexpected {other:?}"),
     }
     let message = fac

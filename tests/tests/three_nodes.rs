@@ -29,7 +29,7 @@ async fn invite(node: &TestNode) -> String {
 
 async fn members(node: &TestNode, room: &str) -> Vec<MemberInfo> {
     match node.ok(Request::Members { room: room.into() }).await {
-        Reply::Members { members } => members,
+        Reply::Members { members, .. } => members,
         other => panic!("unexpected {other:?}"),
     }
 }

@@ -1,32 +1,51 @@
-//! A room as one member holds it: its log, its current epoch key, and (for the
+//! A room as one member holds it: its log, the epoch keys it can use, and (for the
 //! facilitator) the invites it has issued. Pure state plus functions; no IO.
 //!
 //! ## Traffic on the wire
 //!
-//! Everything a room sends over gossip is an [`Envelope`]: a nonce and a ciphertext,
-//! nothing else. Inside, sealed with XChaCha20-Poly1305 under the epoch's message key
-//! (associated data: room id and epoch number), is a payload — a message or a
-//! membership operation — with its author's id and their ed25519 signature over
-//! the room id, epoch and payload. So the network sees neither author, room nor
-//! kind of payload, and a member cannot forge another member's words.
+//! Everything a room sends over gossip is an [`Envelope`]: an 8-byte key id, a nonce and a
+//! ciphertext. Inside, sealed with XChaCha20-Poly1305 under the epoch's message key
+//! (associated data: room id and epoch id), is a payload — a message or a membership
+//! operation — with its author's id and their ed25519 signature over the room id, epoch id
+//! and payload. The network sees neither author, room nor kind of payload, and a member
+//! cannot forge another member's words. The key id only says which of a member's epoch
+//! keys to try; every envelope of an epoch carries the same one, and it changes with the
+//! epoch, as the topic does.
 //!
 //! ## Epoch keys
 //!
-//! An epoch has a 32-byte random secret. From it, HKDF-SHA256 derives (with the room
-//! id as salt and distinct labels) the message key and the gossip topic name, so the
-//! topic is opaque and changes whenever the secret does.
+//! The log's keying frontier (see [`crate::log`]) names the operations whose secrets make
+//! up the current epoch. The epoch key is
+//! `HKDF-SHA256(ikm = secret_1 || … || secret_n in frontier hash order, salt = room id,
+//! "confer/v1/epoch-key")`, and from it, with distinct labels, the message key, the key id
+//! and the gossip topic name. A member who lacks any frontier secret — as a removed member
+//! lacks its removal's — cannot compute the key.
+//!
+//! Old epoch keys are kept for the room's retention period after they are replaced, so a
+//! message sent just before a rotation can still be opened, and then deleted: forward
+//! secrecy for whatever was recorded off the wire.
+//!
+//! ## Messages and causality
+//!
+//! A message names the log heads its author had seen (`context`). A receiver refuses a
+//! message whose context includes a departure that its epoch does not descend from: once a
+//! member knows of a removal it must use a later key.
+
+use std::collections::BTreeMap;
 
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::crypto::{self, CryptoError, Sealed, SealedBox};
-use crate::identity::{MemberId, MemberKeys};
+use crate::crypto::{self, Sealed, SealedBox};
+use crate::identity::{MemberId, MemberKeys, MemberPublic};
 use crate::invite::{
     Invite, InviteBody, InviteError, InviteId, IssuedInvite, JoinRequest, JoinResponse,
     check_display_name,
 };
-use crate::log::{LogError, MAX_MEMBERS, Member, Membership, Op, OpBody, SignedOp};
+use crate::log::{
+    LogError, MAX_MEMBERS, Member, Membership, Op, OpBody, OpHash, Role, Rotation, Share, SignedOp,
+};
 use crate::secret::Secret32;
 use crate::wire;
 
@@ -36,10 +55,15 @@ pub const MAX_TEXT: usize = 32 * 1024;
 pub const MAX_ENVELOPE: usize = 64 * 1024;
 /// The largest stored room record accepted, in bytes.
 pub const MAX_ROOM_RECORD: usize = wire::MAX_WIRE;
+/// How long old epoch keys are kept by default: seven days.
+pub const DEFAULT_RETENTION_SECS: u64 = 7 * 24 * 3600;
+/// The most context hashes a message may name.
+const MAX_CONTEXT: usize = 64;
 
 const ENVELOPE_LABEL: &[u8] = b"confer/v1/envelope";
 const PAYLOAD_LABEL: &[u8] = b"confer/v1/payload";
 const WELCOME_LABEL: &[u8] = b"confer/v1/welcome";
+const SHARE_LABEL: &[u8] = b"confer/v1/share";
 
 /// A room's id: 32 random bytes. Never derived from its name.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -70,12 +94,32 @@ pub enum RoomError {
     /// Only the facilitator may do this.
     #[error("only the room's facilitator can do that")]
     NotFacilitator,
+    /// This profile is no longer in the room.
+    #[error("you are no longer a member of this room")]
+    NotMember,
+    /// The facilitator cannot leave without handing over.
+    #[error(
+        "the facilitator cannot leave; hand the role to another member first (`confer handover`)"
+    )]
+    FacilitatorCannotLeave,
+    /// No such member.
+    #[error("no current member matches that")]
+    NoSuchMember,
+    /// The facilitator cannot remove or hand over to themself.
+    #[error("you cannot do that to yourself")]
+    NotYourself,
     /// The room is full.
     #[error("the room is full (at most 8 members)")]
     RoomFull,
     /// The message is empty or too long.
     #[error("a message must be between 1 and {MAX_TEXT} bytes")]
     BadText,
+    /// The current epoch's key is not available yet (a rotation is on its way).
+    #[error("this room's new key has not reached this node yet; try again in a moment")]
+    NoKey,
+    /// No outstanding invite matches.
+    #[error("no outstanding invite matches that")]
+    NoSuchInvite,
     /// The welcome from the facilitator did not check out.
     #[error("the facilitator's answer could not be verified")]
     BadWelcome,
@@ -93,45 +137,85 @@ pub enum OpenError {
     /// Too large or not an envelope.
     #[error("undecodable envelope")]
     Malformed,
-    /// Not sealed under this room's current key (another room, old epoch, or altered).
-    #[error("envelope does not open with the room key")]
+    /// Not sealed under any key this member holds (another room, a deleted or a future
+    /// epoch, or altered).
+    #[error("envelope does not open with any room key held")]
     Crypto,
-    /// The author is not (yet) a member; the caller may retry after applying operations.
-    #[error("author is not a member")]
-    UnknownAuthor,
+    /// The author is not known yet, or the message names operations not yet received;
+    /// the caller may offer it again after applying operations.
+    #[error("author or context not yet known")]
+    Pending,
+    /// The author has left or been removed.
+    #[error("author is no longer a member")]
+    Departed,
+    /// Sealed under an epoch older than its own context allows (after a removal).
+    #[error("sealed with a key retired by a departure the sender knew of")]
+    StaleEpoch,
     /// The author's signature does not verify.
     #[error("bad signature")]
     BadSignature,
-    /// The content breaks a rule (e.g. text too long).
+    /// The content breaks a rule (e.g. text too long, an operation for another room).
     #[error("invalid content")]
     Invalid,
 }
 
-/// The current key epoch.
+/// One epoch key this member holds.
 #[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Epoch {
-    /// Counts up from 0 at creation.
+pub struct EpochKey {
+    /// Hash of the frontier that defines the epoch.
+    pub id: [u8; 32],
+    /// The epoch number (longest chain of keying operations).
     pub number: u64,
-    /// The epoch secret; never leaves a member except sealed to another member.
-    pub secret: Secret32,
+    /// The keying operations whose secrets make up the key.
+    pub frontier: Vec<OpHash>,
+    key: Secret32,
+    /// When this epoch was replaced, Unix milliseconds.
+    pub retired_at: Option<u64>,
 }
 
-impl std::fmt::Debug for Epoch {
+impl std::fmt::Debug for EpochKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Epoch")
+        f.debug_struct("EpochKey")
             .field("number", &self.number)
             .finish_non_exhaustive()
     }
 }
 
-/// What a gossip message carries: a nonce and a ciphertext, nothing in clear.
+impl EpochKey {
+    fn derive(&self, room: &RoomId, label: &[u8]) -> Secret32 {
+        crypto::derive(self.key.expose(), &room.0, label)
+    }
+
+    fn message_key(&self, room: &RoomId) -> Secret32 {
+        self.derive(room, b"confer/v1/epoch/message-key")
+    }
+
+    fn key_id(&self, room: &RoomId) -> [u8; 8] {
+        let k = self.derive(room, b"confer/v1/epoch/key-id");
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&k.expose()[..8]);
+        id
+    }
+
+    /// The gossip topic of this epoch: opaque, derived from the epoch key.
+    pub fn topic(&self, room: &RoomId) -> String {
+        let t = self.derive(room, b"confer/v1/epoch/topic");
+        format!("confer-{}", hex::encode(&t.expose()[..16]))
+    }
+}
+
+/// What a gossip message carries: a key id, a nonce and a ciphertext.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Envelope(pub Sealed);
+pub struct Envelope {
+    key_id: [u8; 8],
+    sealed: Sealed,
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 struct MessageBody {
     sent_at: u64,
     salt: [u8; 16],
+    context: Vec<OpHash>,
     text: String,
 }
 
@@ -178,9 +262,9 @@ impl MessageRecord {
 pub enum Incoming {
     /// A verified message.
     Message(MessageRecord),
-    /// A membership operation that was applied (false: already known).
+    /// A membership operation (`new`: it changed the log).
     Op {
-        /// Whether the operation was new.
+        /// Whether the operation was new to this member.
         new: bool,
     },
 }
@@ -190,7 +274,7 @@ pub enum Incoming {
 struct Welcome {
     room_name: String,
     ops: Vec<SignedOp>,
-    epoch: Epoch,
+    secrets: Vec<(OpHash, Secret32)>,
 }
 
 /// The result of admitting a joiner.
@@ -202,22 +286,33 @@ pub struct Admission {
     pub announcement: Vec<u8>,
 }
 
+/// An invite issued by this member that can still be redeemed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutstandingInvite {
+    /// The invite's id.
+    pub id: InviteId,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
 /// A room as one member holds it.
 #[derive(Clone)]
 pub struct Room {
     name: String,
     me: MemberKeys,
     log: Membership,
-    epoch: Epoch,
-    invites: std::collections::BTreeMap<InviteId, IssuedInvite>,
+    secrets: BTreeMap<OpHash, Secret32>,
+    /// Epoch keys, oldest first; the last is current when it matches the log's frontier.
+    epochs: Vec<EpochKey>,
+    invites: BTreeMap<InviteId, IssuedInvite>,
 }
 
 impl std::fmt::Debug for Room {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Room")
             .field("id", &self.id())
-            .field("members", &self.log.len())
-            .field("epoch", &self.epoch.number)
+            .field("members", &self.log.state().members().len())
+            .field("epoch", &self.epoch_number())
             .finish_non_exhaustive()
     }
 }
@@ -227,8 +322,41 @@ struct RoomRecord {
     name: String,
     me: MemberKeys,
     ops: Vec<SignedOp>,
-    epoch: Epoch,
+    secrets: Vec<(OpHash, Secret32)>,
+    epochs: Vec<EpochKey>,
     invites: Vec<(InviteId, IssuedInvite)>,
+}
+
+fn share_aad(room: &RoomId, member: &MemberId) -> Vec<u8> {
+    let mut aad = SHARE_LABEL.to_vec();
+    aad.extend_from_slice(&room.0);
+    aad.extend_from_slice(&member.0);
+    aad
+}
+
+fn make_rotation<R: CryptoRng + ?Sized>(
+    room: &RoomId,
+    recipients: &[MemberPublic],
+    secret: &Secret32,
+    rng: &mut R,
+) -> Rotation {
+    let shares = recipients
+        .iter()
+        .filter_map(|m| {
+            crypto::seal_to(&m.agreement, &share_aad(room, &m.id), secret.expose(), rng)
+                .ok()
+                .map(|sealed| Share {
+                    member: m.id,
+                    sealed,
+                })
+        })
+        .collect();
+    Rotation { shares }
+}
+
+fn epoch_id(frontier: &[OpHash]) -> [u8; 32] {
+    let parts: Vec<&[u8]> = frontier.iter().map(|h| h.as_slice()).collect();
+    crypto::hash(b"confer/v1/epoch-id", &parts)
 }
 
 impl Room {
@@ -244,10 +372,13 @@ impl Room {
         check_display_name(display_name)?;
         let mut id = [0u8; 32];
         rng.fill_bytes(&mut id);
+        let room_id = RoomId(id);
         let me = MemberKeys::generate(rng);
+        let secret = Secret32::random(rng);
+        let rotation = make_rotation(&room_id, &[me.public()], &secret, rng);
         let genesis = SignedOp::sign(
             Op {
-                room_id: RoomId(id),
+                room_id,
                 parents: Vec::new(),
                 author: me.id(),
                 created_at: now_ms,
@@ -255,20 +386,22 @@ impl Room {
                     facilitator: me.public(),
                     display_name: display_name.to_owned(),
                     peer,
+                    retention_secs: DEFAULT_RETENTION_SECS,
+                    rotation,
                 },
             },
             &me,
         );
-        Ok(Self {
+        let mut room = Self {
             name: name.to_owned(),
             log: Membership::from_genesis(genesis)?,
             me,
-            epoch: Epoch {
-                number: 0,
-                secret: Secret32::random(rng),
-            },
-            invites: Default::default(),
-        })
+            secrets: BTreeMap::new(),
+            epochs: Vec::new(),
+            invites: BTreeMap::new(),
+        };
+        room.refresh(now_ms);
+        Ok(room)
     }
 
     /// The room's id.
@@ -286,14 +419,19 @@ impl Room {
         self.me.id()
     }
 
+    /// Whether this profile is still a member.
+    pub fn is_member(&self) -> bool {
+        self.log.state().member(&self.me.id()).is_some()
+    }
+
     /// Whether this member is the facilitator.
     pub fn is_facilitator(&self) -> bool {
-        self.log.role_of(&self.me.id()) == Some(crate::log::Role::Facilitator)
+        self.log.state().facilitator() == Some(self.me.id())
     }
 
     /// Current members, facilitator first.
     pub fn members(&self) -> Vec<&Member> {
-        self.log.members()
+        self.log.state().members()
     }
 
     /// The membership log.
@@ -303,68 +441,156 @@ impl Room {
 
     /// The current epoch number.
     pub fn epoch_number(&self) -> u64 {
-        self.epoch.number
+        self.log.state().epoch_number()
     }
 
-    /// A display name for `id`: the member's name, or a short id for a non-member.
+    /// Whether the log asks for a new epoch (see [`crate::log::State::needs_rotation`]).
+    pub fn needs_rotation(&self) -> bool {
+        self.log.state().needs_rotation()
+    }
+
+    /// A display name for `id`: the member's name, marked if they have left.
     pub fn display_name_of(&self, id: &MemberId) -> String {
-        match self.log.member(id) {
-            Some(m) => m.display_name.clone(),
-            None => format!("(former member {})", &id.to_hex()[..8]),
+        let state = self.log.state();
+        match (state.member(id), state.former_member(id)) {
+            (Some(m), _) => m.display_name.clone(),
+            (None, Some(m)) => format!("{} (left)", m.display_name),
+            (None, None) => format!("(unknown {})", &id.to_hex()[..8]),
         }
     }
 
-    fn message_key(&self) -> Secret32 {
-        crypto::derive(
-            self.epoch.secret.expose(),
-            &self.id().0,
-            b"confer/v1/epoch/message-key",
-        )
+    /// The current epoch key, if this member holds it.
+    fn current(&self) -> Option<&EpochKey> {
+        let frontier = self.log.state().frontier();
+        self.epochs.last().filter(|e| e.frontier == frontier)
     }
 
-    /// The gossip topic for the current epoch: opaque, derived from the epoch secret.
-    pub fn topic(&self) -> String {
-        let t = crypto::derive(
-            self.epoch.secret.expose(),
-            &self.id().0,
-            b"confer/v1/epoch/topic",
-        );
-        format!("confer-{}", hex::encode(&t.expose()[..16]))
+    /// The gossip topic of the current epoch, if this member holds its key.
+    pub fn topic(&self) -> Option<String> {
+        self.current().map(|e| e.topic(&self.id()))
     }
 
-    fn envelope_aad(&self) -> Vec<u8> {
-        let mut aad = self.id().0.to_vec();
-        aad.extend_from_slice(&self.epoch.number.to_le_bytes());
+    /// Topics of every epoch key held (current last): a node listens on retired ones until
+    /// their keys are deleted, for messages sent just before a rotation.
+    pub fn topics(&self) -> Vec<String> {
+        self.epochs.iter().map(|e| e.topic(&self.id())).collect()
+    }
+
+    /// Takes in what the log now says: opens shares addressed to this member, and moves to
+    /// the new epoch if the frontier changed and all its secrets are known.
+    fn refresh(&mut self, now_ms: u64) {
+        let room = self.id();
+        let me = self.me.id();
+        let agreement = self.me.agreement_secret();
+        for op in self.log.ops() {
+            let hash = op.hash();
+            if self.secrets.contains_key(&hash) {
+                continue;
+            }
+            let Some(rotation) = op.op.body.rotation() else {
+                continue;
+            };
+            if let Some(share) = rotation.shares.iter().find(|s| s.member == me)
+                && let Ok(bytes) =
+                    crypto::open_from(&agreement, &share_aad(&room, &me), &share.sealed)
+                && let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice())
+            {
+                self.secrets.insert(hash, Secret32::from_bytes(secret));
+            }
+        }
+        let state = self.log.state();
+        let frontier = state.frontier().to_vec();
+        if self.epochs.last().is_some_and(|e| e.frontier == frontier) {
+            return;
+        }
+        let mut ikm = Vec::with_capacity(32 * frontier.len());
+        for k in &frontier {
+            match self.secrets.get(k) {
+                Some(s) => ikm.extend_from_slice(s.expose()),
+                None => {
+                    zeroize::Zeroize::zeroize(&mut ikm);
+                    return;
+                }
+            }
+        }
+        let key = crypto::derive(&ikm, &room.0, b"confer/v1/epoch-key");
+        zeroize::Zeroize::zeroize(&mut ikm);
+        for e in &mut self.epochs {
+            e.retired_at.get_or_insert(now_ms);
+        }
+        self.epochs.push(EpochKey {
+            id: epoch_id(&frontier),
+            number: state.epoch_number(),
+            frontier,
+            key,
+            retired_at: None,
+        });
+    }
+
+    /// Deletes retired epoch keys (and the secrets only they needed) older than the room's
+    /// retention period. Returns whether anything was deleted.
+    pub fn prune(&mut self, now_ms: u64) -> bool {
+        let retention_ms = self.log.state().retention_secs().saturating_mul(1000);
+        let before = self.epochs.len();
+        self.epochs.retain(|e| {
+            e.retired_at
+                .is_none_or(|t| now_ms.saturating_sub(t) < retention_ms)
+        });
+        let keep: std::collections::BTreeSet<OpHash> = self
+            .epochs
+            .iter()
+            .flat_map(|e| e.frontier.iter().copied())
+            .chain(self.log.state().frontier().iter().copied())
+            .collect();
+        self.secrets.retain(|h, _| keep.contains(h));
+        self.epochs.len() != before
+    }
+
+    /// How many epoch keys this member holds (current and retired).
+    pub fn epochs_held(&self) -> usize {
+        self.epochs.len()
+    }
+
+    fn aad(&self, epoch: &EpochKey) -> Vec<u8> {
+        let mut aad = ENVELOPE_LABEL.to_vec();
+        aad.extend_from_slice(&self.id().0);
+        aad.extend_from_slice(&epoch.id);
         aad
     }
 
-    fn payload_signed_bytes(&self, payload: &Payload) -> Vec<u8> {
-        let mut bytes = self.envelope_aad();
+    fn payload_signed_bytes(&self, epoch: &EpochKey, payload: &Payload) -> Vec<u8> {
+        let mut bytes = self.id().0.to_vec();
+        bytes.extend_from_slice(&epoch.id);
         bytes.extend_from_slice(&wire::encode(payload).unwrap_or_default());
         bytes
     }
 
     fn seal_payload<R: CryptoRng + ?Sized>(
         &self,
+        epoch: &EpochKey,
         payload: Payload,
         rng: &mut R,
     ) -> (Vec<u8>, Vec<u8>) {
         let signature = self
             .me
-            .sign(PAYLOAD_LABEL, &self.payload_signed_bytes(&payload));
+            .sign(PAYLOAD_LABEL, &self.payload_signed_bytes(epoch, &payload));
         let inner = SignedPayload {
             author: self.me.id(),
             payload,
             signature,
         };
         let plaintext = wire::encode(&inner).unwrap_or_default();
-        let mut aad = ENVELOPE_LABEL.to_vec();
-        aad.extend_from_slice(&self.envelope_aad());
-        let sealed = crypto::seal(&self.message_key(), &aad, &plaintext, rng);
-        (
-            wire::encode(&Envelope(sealed)).unwrap_or_default(),
-            plaintext,
-        )
+        let sealed = crypto::seal(
+            &epoch.message_key(&self.id()),
+            &self.aad(epoch),
+            &plaintext,
+            rng,
+        );
+        let envelope = Envelope {
+            key_id: epoch.key_id(&self.id()),
+            sealed,
+        };
+        (wire::encode(&envelope).unwrap_or_default(), plaintext)
     }
 
     /// Seals a message for the room's topic. Returns the envelope bytes to publish and
@@ -375,17 +601,24 @@ impl Room {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<(Vec<u8>, MessageRecord), RoomError> {
+        if !self.is_member() {
+            return Err(RoomError::NotMember);
+        }
         if text.is_empty() || text.len() > MAX_TEXT {
             return Err(RoomError::BadText);
         }
+        let epoch = self.current().ok_or(RoomError::NoKey)?;
         let mut salt = [0u8; 16];
         rng.fill_bytes(&mut salt);
+        let mut context = self.log.heads();
+        context.truncate(MAX_CONTEXT);
         let body = MessageBody {
             sent_at: now_ms,
             salt,
+            context,
             text: text.to_owned(),
         };
-        let (envelope, plaintext) = self.seal_payload(Payload::Message(body), rng);
+        let (envelope, plaintext) = self.seal_payload(epoch, Payload::Message(body), rng);
         let record = MessageRecord {
             id: crypto::hash(b"confer/v1/message-id", &[&plaintext]),
             author: self.me.id(),
@@ -395,33 +628,39 @@ impl Room {
         Ok((envelope, record))
     }
 
-    /// Opens an envelope from the room's topic: decrypts, verifies the author is a
-    /// member and the signature holds, and applies membership operations.
-    pub fn open(&mut self, bytes: &[u8]) -> Result<Incoming, OpenError> {
-        let Envelope(sealed) =
+    /// Opens an envelope from the room's topics: finds the epoch key by its id, decrypts,
+    /// verifies the signature, then either checks a message against the log (author a
+    /// current member, context known, epoch not older than the context allows) or takes a
+    /// membership operation into the log.
+    pub fn open(&mut self, bytes: &[u8], now_ms: u64) -> Result<Incoming, OpenError> {
+        let envelope: Envelope =
             wire::decode(bytes, MAX_ENVELOPE).map_err(|_| OpenError::Malformed)?;
-        let mut aad = ENVELOPE_LABEL.to_vec();
-        aad.extend_from_slice(&self.envelope_aad());
-        let plaintext =
-            crypto::open(&self.message_key(), &aad, &sealed).map_err(|_| OpenError::Crypto)?;
+        let room = self.id();
+        let epoch = self
+            .epochs
+            .iter()
+            .find(|e| e.key_id(&room) == envelope.key_id)
+            .ok_or(OpenError::Crypto)?;
+        let plaintext = crypto::open(
+            &epoch.message_key(&room),
+            &self.aad(epoch),
+            &envelope.sealed,
+        )
+        .map_err(|_| OpenError::Crypto)?;
         let inner: SignedPayload =
             wire::decode(&plaintext, MAX_ENVELOPE).map_err(|_| OpenError::Malformed)?;
-        if self.log.member(&inner.author).is_none() {
-            return Err(OpenError::UnknownAuthor);
-        }
         inner
             .author
             .verify(
                 PAYLOAD_LABEL,
-                &self.payload_signed_bytes(&inner.payload),
+                &self.payload_signed_bytes(epoch, &inner.payload),
                 &inner.signature,
             )
             .map_err(|_| OpenError::BadSignature)?;
         match inner.payload {
             Payload::Message(body) => {
-                if body.text.is_empty() || body.text.len() > MAX_TEXT {
-                    return Err(OpenError::Invalid);
-                }
+                let epoch_frontier = epoch.frontier.clone();
+                self.check_message(&inner.author, &body, &epoch_frontier)?;
                 Ok(Incoming::Message(MessageRecord {
                     id: crypto::hash(b"confer/v1/message-id", &[&plaintext]),
                     author: inner.author,
@@ -429,12 +668,234 @@ impl Room {
                     text: body.text,
                 }))
             }
-            Payload::Op(op) => match self.log.apply(*op) {
-                Ok(new) => Ok(Incoming::Op { new }),
-                Err(LogError::MissingParents) => Err(OpenError::UnknownAuthor),
+            Payload::Op(op) => match self.log.insert(*op) {
+                Ok(new) => {
+                    if new {
+                        self.refresh(now_ms);
+                    }
+                    Ok(Incoming::Op { new })
+                }
+                Err(LogError::MissingParents) => Err(OpenError::Pending),
                 Err(_) => Err(OpenError::Invalid),
             },
         }
+    }
+
+    fn check_message(
+        &self,
+        author: &MemberId,
+        body: &MessageBody,
+        epoch_frontier: &[OpHash],
+    ) -> Result<(), OpenError> {
+        if body.text.is_empty() || body.text.len() > MAX_TEXT || body.context.len() > MAX_CONTEXT {
+            return Err(OpenError::Invalid);
+        }
+        let state = self.log.state();
+        if state.member(author).is_none() {
+            return Err(if state.former_member(author).is_some() {
+                OpenError::Departed
+            } else {
+                OpenError::Pending
+            });
+        }
+        if body.context.iter().any(|h| !self.log.contains(h)) {
+            return Err(OpenError::Pending);
+        }
+        // Every departure the author knew of must be behind the epoch it sealed with.
+        for d in state.departures() {
+            let known = body
+                .context
+                .iter()
+                .any(|c| c == d || self.log.is_ancestor(d, c));
+            let covered = epoch_frontier
+                .iter()
+                .any(|k| k == d || self.log.is_ancestor(d, k));
+            if known && !covered {
+                return Err(OpenError::StaleEpoch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Authors a membership operation on the current heads, applies it, and returns it
+    /// sealed under the epoch that was current *before* it (so every member who has not
+    /// yet seen it can open it).
+    fn author_op<R: CryptoRng + ?Sized>(
+        &mut self,
+        body: OpBody,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, RoomError> {
+        let epoch = self.current().cloned().ok_or(RoomError::NoKey)?;
+        let op = SignedOp::sign(
+            Op {
+                room_id: self.id(),
+                parents: self.log.heads(),
+                author: self.me.id(),
+                created_at: now_ms,
+                body,
+            },
+            &self.me,
+        );
+        self.log.insert(op.clone())?;
+        self.refresh(now_ms);
+        Ok(self.seal_payload(&epoch, Payload::Op(Box::new(op)), rng).0)
+    }
+
+    fn member_by(&self, query: &str) -> Result<MemberId, RoomError> {
+        let q = query.to_lowercase();
+        let members = self.members();
+        let by_name: Vec<MemberId> = members
+            .iter()
+            .filter(|m| m.display_name.to_lowercase() == q)
+            .map(|m| m.public.id)
+            .collect();
+        if by_name.len() == 1 {
+            return Ok(by_name[0]);
+        }
+        let by_id: Vec<MemberId> = members
+            .iter()
+            .filter(|m| q.len() >= 4 && m.public.id.to_hex().starts_with(&q))
+            .map(|m| m.public.id)
+            .collect();
+        if by_id.len() == 1 {
+            Ok(by_id[0])
+        } else {
+            Err(RoomError::NoSuchMember)
+        }
+    }
+
+    /// Leaves the room. The returned envelope must be published; afterwards this member
+    /// can neither read nor post anything new.
+    pub fn leave<R: CryptoRng + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, RoomError> {
+        if !self.is_member() {
+            return Err(RoomError::NotMember);
+        }
+        if self.is_facilitator() {
+            return Err(RoomError::FacilitatorCannotLeave);
+        }
+        self.author_op(OpBody::Leave, now_ms, rng)
+    }
+
+    /// Removes a member (facilitator only) and starts a new epoch whose secret is sealed
+    /// to the remaining members only. `member` is a display name or a member-id prefix.
+    pub fn remove<R: CryptoRng + ?Sized>(
+        &mut self,
+        member: &str,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, RoomError> {
+        if !self.is_facilitator() {
+            return Err(RoomError::NotFacilitator);
+        }
+        let target = self.member_by(member)?;
+        if target == self.me() {
+            return Err(RoomError::NotYourself);
+        }
+        let remaining: Vec<MemberPublic> = self
+            .members()
+            .iter()
+            .filter(|m| m.public.id != target)
+            .map(|m| m.public)
+            .collect();
+        let secret = Secret32::random(rng);
+        let rotation = make_rotation(&self.id(), &remaining, &secret, rng);
+        self.author_op(
+            OpBody::Remove {
+                member: target,
+                rotation,
+            },
+            now_ms,
+            rng,
+        )
+    }
+
+    /// Starts a new epoch with a fresh random secret sealed to every current member.
+    pub fn rotate<R: CryptoRng + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, RoomError> {
+        if !self.is_member() {
+            return Err(RoomError::NotMember);
+        }
+        let recipients: Vec<MemberPublic> = self.members().iter().map(|m| m.public).collect();
+        let secret = Secret32::random(rng);
+        let rotation = make_rotation(&self.id(), &recipients, &secret, rng);
+        self.author_op(OpBody::Rotate { rotation }, now_ms, rng)
+    }
+
+    /// Hands the facilitator role to another member.
+    pub fn handover<R: CryptoRng + ?Sized>(
+        &mut self,
+        member: &str,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, RoomError> {
+        if !self.is_facilitator() {
+            return Err(RoomError::NotFacilitator);
+        }
+        let to = self.member_by(member)?;
+        if to == self.me() {
+            return Err(RoomError::NotYourself);
+        }
+        self.author_op(OpBody::Handover { to }, now_ms, rng)
+    }
+
+    /// Invites this member issued that are neither used, revoked nor expired.
+    pub fn outstanding_invites(&self, now_ms: u64) -> Vec<OutstandingInvite> {
+        let state = self.log.state();
+        self.invites
+            .iter()
+            .filter(|(id, i)| {
+                !i.used
+                    && now_ms / 1000 < i.expires_at
+                    && !state.is_revoked(id)
+                    && !state.is_used(id)
+            })
+            .map(|(id, i)| OutstandingInvite {
+                id: *id,
+                expires_at: i.expires_at,
+            })
+            .collect()
+    }
+
+    /// Revokes an outstanding invite (facilitator only), by full code or id prefix (hex).
+    pub fn revoke_invite<R: CryptoRng + ?Sized>(
+        &mut self,
+        which: &str,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, RoomError> {
+        if !self.is_facilitator() {
+            return Err(RoomError::NotFacilitator);
+        }
+        let which = which.trim();
+        let id = match Invite::from_code(which) {
+            Ok(invite) if invite.body.room_id == self.id() => invite.body.invite_id,
+            Ok(_) => return Err(RoomError::NoSuchInvite),
+            Err(_) => {
+                let q = which.to_lowercase();
+                let matches: Vec<InviteId> = self
+                    .outstanding_invites(now_ms)
+                    .into_iter()
+                    .filter(|i| q.len() >= 4 && hex::encode(i.id).starts_with(&q))
+                    .map(|i| i.id)
+                    .collect();
+                if matches.len() != 1 {
+                    return Err(RoomError::NoSuchInvite);
+                }
+                matches[0]
+            }
+        };
+        if !self.outstanding_invites(now_ms).iter().any(|i| i.id == id) {
+            return Err(RoomError::NoSuchInvite);
+        }
+        self.author_op(OpBody::RevokeInvite { invite_id: id }, now_ms, rng)
     }
 
     /// Issues an invite (facilitator only). `addresses` are the facilitator node's
@@ -449,7 +910,7 @@ impl Room {
         if !self.is_facilitator() {
             return Err(RoomError::NotFacilitator);
         }
-        if self.log.len() >= MAX_MEMBERS {
+        if self.members().len() >= MAX_MEMBERS {
             return Err(RoomError::RoomFull);
         }
         let mut invite_id = [0u8; 16];
@@ -494,21 +955,22 @@ impl Room {
             .invites
             .get(&body.invite_id)
             .ok_or(InviteError::Unknown)?;
-        if issued.secret != body.secret {
+        if issued.secret != body.secret || self.log.state().is_revoked(&body.invite_id) {
             return Err(InviteError::Unknown);
         }
-        if issued.used {
+        if issued.used || self.log.state().is_used(&body.invite_id) {
             return Err(InviteError::AlreadyUsed);
         }
         if now_ms / 1000 >= issued.expires_at {
             return Err(InviteError::Expired);
         }
-        if self.log.len() >= MAX_MEMBERS {
+        if self.members().len() >= MAX_MEMBERS {
             return Err(InviteError::RoomFull);
         }
-        if self.log.member(&body.member.id).is_some() {
-            return Err(InviteError::BadRequest);
-        }
+        let Some(epoch) = self.current().cloned() else {
+            return Err(InviteError::Unknown);
+        };
+        let mut after = self.clone();
         let op = SignedOp::sign(
             Op {
                 room_id: self.id(),
@@ -524,15 +986,30 @@ impl Room {
             },
             &self.me,
         );
-        let mut log = self.log.clone();
-        log.apply(op.clone()).map_err(|e| match e {
-            LogError::RoomFull => InviteError::RoomFull,
-            _ => InviteError::BadRequest,
-        })?;
+        let hash = op.hash();
+        after
+            .log
+            .insert(op.clone())
+            .map_err(|_| InviteError::BadRequest)?;
+        if !after.log.state().is_valid(&hash) {
+            return Err(if after.members().len() >= MAX_MEMBERS {
+                InviteError::RoomFull
+            } else {
+                InviteError::BadRequest
+            });
+        }
+        after.refresh(now_ms);
+        let secrets = after
+            .log
+            .state()
+            .frontier()
+            .iter()
+            .filter_map(|k| after.secrets.get(k).map(|s| (*k, s.clone())))
+            .collect();
         let welcome = Welcome {
             room_name: self.name.clone(),
-            ops: log.ops().to_vec(),
-            epoch: self.epoch.clone(),
+            ops: after.log.ops(),
+            secrets,
         };
         let plaintext = wire::encode(&welcome).map_err(|_| InviteError::BadRequest)?;
         let sealed = crypto::seal_to(
@@ -542,11 +1019,11 @@ impl Room {
             rng,
         )
         .map_err(|_| InviteError::BadRequest)?;
-        self.log = log;
-        if let Some(issued) = self.invites.get_mut(&body.invite_id) {
+        if let Some(issued) = after.invites.get_mut(&body.invite_id) {
             issued.used = true;
         }
-        let (announcement, _) = self.seal_payload(Payload::Op(Box::new(op)), rng);
+        *self = after;
+        let (announcement, _) = self.seal_payload(&epoch, Payload::Op(Box::new(op)), rng);
         Ok(Admission {
             response: JoinResponse::Welcome(sealed),
             announcement,
@@ -558,6 +1035,7 @@ impl Room {
         invite: &Invite,
         me: MemberKeys,
         sealed: &SealedBox,
+        now_ms: u64,
     ) -> Result<Self, RoomError> {
         let room_id = invite.body.room_id;
         let plaintext = crypto::open_from(
@@ -565,25 +1043,40 @@ impl Room {
             &welcome_aad(&room_id, &me.id()),
             sealed,
         )
-        .map_err(|_: CryptoError| RoomError::BadWelcome)?;
+        .map_err(|_| RoomError::BadWelcome)?;
         let welcome: Welcome =
             wire::decode(&plaintext, wire::MAX_WIRE).map_err(|_| RoomError::BadWelcome)?;
         let log = Membership::replay(welcome.ops).map_err(|_| RoomError::BadWelcome)?;
         let created_by = log.ops().first().map(|op| op.op.author);
         if log.room_id() != room_id
             || created_by != Some(invite.body.facilitator)
-            || log.member(&me.id()).is_none()
+            || log.state().member(&me.id()).is_none()
             || check_display_name(&welcome.room_name).is_err()
         {
             return Err(RoomError::BadWelcome);
         }
-        Ok(Self {
+        let mut room = Self {
             name: welcome.room_name,
             me,
             log,
-            epoch: welcome.epoch,
-            invites: Default::default(),
-        })
+            secrets: welcome.secrets.into_iter().collect(),
+            epochs: Vec::new(),
+            invites: BTreeMap::new(),
+        };
+        room.refresh(now_ms);
+        if room.current().is_none() {
+            return Err(RoomError::BadWelcome);
+        }
+        Ok(room)
+    }
+
+    /// Takes in operations received outside an envelope (e.g. from a peer's log).
+    pub fn merge_ops(&mut self, ops: Vec<SignedOp>, now_ms: u64) -> bool {
+        let changed = self.log.insert_all(ops);
+        if changed {
+            self.refresh(now_ms);
+        }
+        changed
     }
 
     /// Encodes the whole room, secrets included, for the (encrypted) store.
@@ -591,8 +1084,9 @@ impl Room {
         let record = RoomRecord {
             name: self.name.clone(),
             me: self.me.clone(),
-            ops: self.log.ops().to_vec(),
-            epoch: self.epoch.clone(),
+            ops: self.log.ops(),
+            secrets: self.secrets.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            epochs: self.epochs.clone(),
             invites: self.invites.iter().map(|(k, v)| (*k, v.clone())).collect(),
         };
         wire::encode(&record).unwrap_or_default()
@@ -606,9 +1100,15 @@ impl Room {
             name: record.name,
             me: record.me,
             log: Membership::replay(record.ops).map_err(|_| RoomError::BadRecord)?,
-            epoch: record.epoch,
+            secrets: record.secrets.into_iter().collect(),
+            epochs: record.epochs,
             invites: record.invites.into_iter().collect(),
         })
+    }
+
+    /// This member's role, if a member.
+    pub fn my_role(&self) -> Option<Role> {
+        self.log.state().member(&self.me.id()).map(|m| m.role)
     }
 }
 
@@ -674,7 +1174,7 @@ mod tests {
             panic!("refused")
         };
         (
-            Room::from_welcome(&inv, keys, &sealed).unwrap(),
+            Room::from_welcome(&inv, keys, &sealed, NOW).unwrap(),
             admission.announcement,
         )
     }
@@ -686,12 +1186,12 @@ mod tests {
         let (mut bob, _) = join(&mut alice, "Bob", &mut r);
         let (mut carol, announce_carol) = join(&mut alice, "Carol", &mut r);
         assert_eq!(
-            bob.open(&announce_carol).unwrap(),
+            bob.open(&announce_carol, NOW).unwrap(),
             Incoming::Op { new: true }
         );
         // Replay of the announcement is recognised and changes nothing.
         assert_eq!(
-            bob.open(&announce_carol).unwrap(),
+            bob.open(&announce_carol, NOW).unwrap(),
             Incoming::Op { new: false }
         );
         for room in [&alice, &bob, &carol] {
@@ -704,10 +1204,13 @@ mod tests {
             assert_eq!(room.topic(), alice.topic());
             assert_eq!(room.name(), "Case review");
         }
-        assert!(!alice.topic().contains(&alice.id().to_hex()[..8]));
+        assert!(!alice.topic().unwrap().contains(&alice.id().to_hex()[..8]));
         let (env, rec) = bob.seal_message("hello", NOW + 1, &mut r).unwrap();
         for room in [&mut alice, &mut carol] {
-            assert_eq!(room.open(&env).unwrap(), Incoming::Message(rec.clone()));
+            assert_eq!(
+                room.open(&env, NOW).unwrap(),
+                Incoming::Message(rec.clone())
+            );
         }
         assert_eq!(alice.display_name_of(&rec.author), "Bob");
         // The envelope carries neither the text nor the author's key.
@@ -815,12 +1318,11 @@ mod tests {
             },
             &bob.me,
         );
-        let (env, _) = bob.seal_payload(Payload::Op(Box::new(forged.clone())), &mut r);
-        assert_eq!(alice.open(&env), Err(OpenError::Invalid));
-        assert_eq!(
-            alice.log.clone().apply(forged),
-            Err(LogError::NotFacilitator)
-        );
+        let epoch = bob.current().unwrap().clone();
+        let (env, _) = bob.seal_payload(&epoch, Payload::Op(Box::new(forged.clone())), &mut r);
+        // The operation is signed by Bob, so it enters the log, but it has no effect.
+        assert_eq!(alice.open(&env, NOW), Ok(Incoming::Op { new: true }));
+        assert!(!alice.log.state().is_valid(&forged.hash()));
         assert_eq!(alice.members().len(), 2);
     }
 
@@ -833,42 +1335,53 @@ mod tests {
         let payload = Payload::Message(MessageBody {
             sent_at: NOW,
             salt: [0; 16],
+            context: bob.log.heads(),
             text: "I quit".into(),
         });
+        let epoch = bob.current().unwrap().clone();
         let signature = bob
             .me
-            .sign(PAYLOAD_LABEL, &bob.payload_signed_bytes(&payload));
+            .sign(PAYLOAD_LABEL, &bob.payload_signed_bytes(&epoch, &payload));
         let inner = SignedPayload {
             author: alice.me(),
             payload,
             signature,
         };
-        let mut aad = ENVELOPE_LABEL.to_vec();
-        aad.extend_from_slice(&bob.envelope_aad());
         let sealed = crypto::seal(
-            &bob.message_key(),
-            &aad,
+            &epoch.message_key(&bob.id()),
+            &bob.aad(&epoch),
             &wire::encode(&inner).unwrap(),
             &mut r,
         );
-        let env = wire::encode(&Envelope(sealed)).unwrap();
-        assert_eq!(alice.open(&env), Err(OpenError::BadSignature));
+        let env = wire::encode(&Envelope {
+            key_id: epoch.key_id(&bob.id()),
+            sealed,
+        })
+        .unwrap();
+        assert_eq!(alice.open(&env, NOW), Err(OpenError::BadSignature));
 
         // Someone who got hold of the key but is not in the log.
         let mut outsider = bob.clone();
         outsider.me = MemberKeys::generate(&mut r);
-        let (env, _) = outsider.seal_message("hi", NOW, &mut r).unwrap();
-        assert_eq!(bob.open(&env), Err(OpenError::UnknownAuthor));
+        let body = MessageBody {
+            sent_at: NOW,
+            salt: [1; 16],
+            context: vec![],
+            text: "hi".into(),
+        };
+        let epoch = outsider.current().unwrap().clone();
+        let (env, _) = outsider.seal_payload(&epoch, Payload::Message(body), &mut r);
+        assert_eq!(bob.open(&env, NOW), Err(OpenError::Pending));
 
         // Another room's traffic, or altered bytes, do not open.
         let other = facilitator(&mut r);
         let (env, _) = other.seal_message("hi", NOW, &mut r).unwrap();
-        assert_eq!(alice.open(&env), Err(OpenError::Crypto));
+        assert_eq!(alice.open(&env, NOW), Err(OpenError::Crypto));
         let (mut env, _) = bob.seal_message("hi", NOW, &mut r).unwrap();
         let last = env.len() - 1;
         env[last] ^= 1;
-        assert_eq!(alice.open(&env), Err(OpenError::Crypto));
-        assert_eq!(alice.open(&[1, 2, 3]), Err(OpenError::Malformed));
+        assert_eq!(alice.open(&env, NOW), Err(OpenError::Crypto));
+        assert_eq!(alice.open(&[1, 2, 3], NOW), Err(OpenError::Malformed));
     }
 
     #[test]
@@ -882,7 +1395,7 @@ mod tests {
         };
         let eve = MemberKeys::generate(&mut r);
         assert_eq!(
-            Room::from_welcome(&inv, eve, &sealed).unwrap_err(),
+            Room::from_welcome(&inv, eve, &sealed, NOW).unwrap_err(),
             RoomError::BadWelcome
         );
         // A welcome replayed against an invite from another facilitator is refused.
@@ -890,10 +1403,10 @@ mod tests {
         let mut foreign = invite(&mut other, &mut r);
         foreign.body.room_id = inv.body.room_id;
         assert_eq!(
-            Room::from_welcome(&foreign, keys.clone(), &sealed).unwrap_err(),
+            Room::from_welcome(&foreign, keys.clone(), &sealed, NOW).unwrap_err(),
             RoomError::BadWelcome
         );
-        assert!(Room::from_welcome(&inv, keys, &sealed).is_ok());
+        assert!(Room::from_welcome(&inv, keys, &sealed, NOW).is_ok());
     }
 
     #[test]
@@ -906,13 +1419,17 @@ mod tests {
         assert_eq!(restored.members().len(), 2);
         assert!(restored.is_facilitator());
         let (env, rec) = bob.seal_message("after restart", NOW, &mut r).unwrap();
-        assert_eq!(restored.clone().open(&env).unwrap(), Incoming::Message(rec));
+        assert_eq!(
+            restored.clone().open(&env, NOW).unwrap(),
+            Incoming::Message(rec)
+        );
         assert_eq!(
             Room::from_bytes(&[0xFF; 10]).unwrap_err(),
             RoomError::BadRecord
         );
-        let debug = format!("{alice:?} {:?}", alice.epoch);
-        assert!(!debug.contains(&hex::encode(alice.epoch.secret.expose())));
+        let epoch = alice.current().unwrap();
+        let debug = format!("{alice:?} {epoch:?}");
+        assert!(!debug.contains(&hex::encode(epoch.key.expose())));
     }
 
     #[test]

@@ -27,7 +27,7 @@ proptest! {
     fn network_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
         let _ = JoinRequest::from_bytes(&bytes);
         let _ = JoinResponse::from_bytes(&bytes);
-        let _ = room().open(&bytes);
+        let _ = room().open(&bytes, 0);
     }
 
     #[test]
