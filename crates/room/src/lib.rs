@@ -17,6 +17,9 @@ pub mod invite;
 pub mod log;
 pub mod room;
 pub mod secret;
+#[cfg(any(test, feature = "test_utils"))]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub mod test_utils;
 pub mod wire;
 
 pub use identity::{MemberId, MemberKeys, MemberPublic};

@@ -48,3 +48,13 @@ proptest! {
         prop_assert!(Invite::from_code(&altered).is_err());
     }
 }
+
+#[test]
+fn a_room_of_eight_agrees_on_members_and_topic() {
+    let mut rng = StdRng::seed_from_u64(1);
+    let rooms = confer_room::test_utils::room_of(8, &mut rng);
+    for room in &rooms {
+        assert_eq!(room.members().len(), 8);
+        assert_eq!(room.topic(), rooms[0].topic());
+    }
+}
