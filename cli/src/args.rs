@@ -65,13 +65,29 @@ pub enum Command {
     #[command(subcommand)]
     Room(RoomCommand),
 
-    /// Invite one person to a room you facilitate.
+    /// Invite one person to a room you facilitate, or list or revoke your invites.
     ///
-    /// Prints a code to give to that person over a channel you trust. The code works
-    /// once, only until it expires, and only while your node is running.
+    /// `confer invite ROOM` prints a code to give to that person over a channel you trust.
+    /// The code works once, only until it expires, and only while your node is running.
+    ///
+    /// `confer invite list ROOM` shows the codes you issued that can still be used, and
+    /// `confer invite revoke ROOM CODE` withdraws one so that nobody can join with it.
+    ///
+    /// A room that is literally named "list" or "revoke" must be given here by the first
+    /// characters of its id (see `confer room list`).
+    #[command(
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true,
+        subcommand_value_name = "COMMAND",
+        disable_help_subcommand = true
+    )]
     Invite {
+        /// List or revoke invites instead of issuing one.
+        #[command(subcommand)]
+        action: Option<InviteCommand>,
         /// The room: its name, or the first characters of its id.
-        room: String,
+        #[arg(required = true)]
+        room: Option<String>,
         /// How long the code stays valid: a number followed by s, m, h or d
         /// (seconds, minutes, hours, days), e.g. 90s, 30m, 24h, 7d; at most 365d.
         #[arg(long, value_name = "DURATION", default_value = "7d",
@@ -120,10 +136,68 @@ pub enum Command {
         output: Output,
     },
 
-    /// List a room's members and their roles.
+    /// List a room's members, their roles, and the room's current key epoch.
+    ///
+    /// The key epoch is a number that goes up each time the room's key changes: whenever
+    /// someone leaves or is removed, and whenever a member runs `confer rotate`.
     Members {
         /// The room: its name, or the first characters of its id.
         room: String,
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// Leave a room.
+    ///
+    /// You can still read what was said while you were a member, but you will receive
+    /// nothing new: the others change the room's key as soon as they learn you have gone.
+    /// Leaving cannot be undone; to come back you need a new invite. The facilitator
+    /// cannot leave; hand the role to another member first with `confer handover`.
+    Leave {
+        /// The room: its name, or the first characters of its id.
+        room: String,
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// Remove someone from a room you facilitate.
+    ///
+    /// Removal also changes the room's key, so the person removed cannot read anything
+    /// sent afterwards (what they received before stays with them). Anything they send
+    /// after the removal is ignored by the other members.
+    Remove {
+        /// The room: its name, or the first characters of its id.
+        room: String,
+        /// Who to remove: their name in this room, or the first characters of their id
+        /// as shown by `confer members`.
+        member: String,
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// Change a room's key now.
+    ///
+    /// Messages sent from now on are sealed with a fresh key, made at random and given
+    /// only to the current members. Confer already does this by itself whenever someone
+    /// leaves or is removed. Changing it now and then as well limits how much a single
+    /// stolen key could reveal.
+    Rotate {
+        /// The room: its name, or the first characters of its id.
+        room: String,
+        #[command(flatten)]
+        output: Output,
+    },
+
+    /// Make another member the facilitator of a room you facilitate.
+    ///
+    /// They can then invite and remove people; you stay in the room as an ordinary
+    /// member (and may then leave it).
+    Handover {
+        /// The room: its name, or the first characters of its id.
+        room: String,
+        /// The new facilitator: their name in this room, or the first characters of
+        /// their id as shown by `confer members`.
+        member: String,
         #[command(flatten)]
         output: Output,
     },
@@ -150,6 +224,32 @@ pub enum NodeCommand {
         /// Print the readiness line as JSON: {"peer_id": ..., "listen": [...]}.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `confer invite …`
+#[derive(Debug, Subcommand)]
+pub enum InviteCommand {
+    /// List the invites to a room that can still be used, soonest expiry first.
+    ///
+    /// Only the invites issued from this node are shown; each has an id, which
+    /// `confer invite revoke` accepts instead of the code.
+    List {
+        /// The room: its name, or the first characters of its id.
+        room: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Withdraw an invite so that nobody can join with it.
+    Revoke {
+        /// The room: its name, or the first characters of its id.
+        room: String,
+        /// The invite: its code as printed by `confer invite`, or the first characters
+        /// of its id as shown by `confer invite list`.
+        #[arg(value_name = "CODE|ID")]
+        invite: String,
+        #[command(flatten)]
+        output: Output,
     },
 }
 
@@ -193,6 +293,60 @@ mod tests {
         };
         assert_eq!(listen, vec!["/ip4/0.0.0.0/tcp/0".to_owned()]);
         assert!(!json);
+    }
+
+    #[test]
+    fn invite_room_still_issues_an_invite() {
+        let cli = Cli::try_parse_from(["confer", "invite", "room", "--expires", "1h"]).unwrap();
+        let Command::Invite {
+            action: None,
+            room: Some(room),
+            expires,
+            ..
+        } = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!((room.as_str(), expires), ("room", 3600));
+    }
+
+    #[test]
+    fn invite_list_and_revoke_are_subcommands() {
+        let cli = Cli::try_parse_from(["confer", "invite", "list", "room", "--json"]).unwrap();
+        let Command::Invite {
+            action: Some(InviteCommand::List { room, output }),
+            room: None,
+            ..
+        } = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!(room, "room");
+        assert!(output.json);
+
+        let cli = Cli::try_parse_from(["confer", "invite", "revoke", "room", "abc"]).unwrap();
+        let Command::Invite {
+            action: Some(InviteCommand::Revoke { room, invite, .. }),
+            ..
+        } = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!((room.as_str(), invite.as_str()), ("room", "abc"));
+    }
+
+    #[test]
+    fn invite_needs_a_room_or_a_subcommand() {
+        for args in [
+            &["confer", "invite"][..],
+            &["confer", "invite", "--expires", "1h"],
+            &["confer", "invite", "list"],
+            &["confer", "invite", "revoke", "room"],
+            &["confer", "invite", "room", "list"],
+            &["confer", "invite", "list", "room", "--expires", "1h"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?} was accepted");
+        }
     }
 
     #[test]

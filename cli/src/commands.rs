@@ -9,11 +9,14 @@ use std::io::Read as _;
 use std::path::Path;
 
 use confer_node::api::{
-    InviteInfo, MemberInfo, MessageInfo, Reply, Request, RoomInfo, RoomSummary, StatusInfo,
+    ChangeInfo, InviteInfo, InviteSummary, MemberInfo, MessageInfo, Reply, Request, RoomInfo,
+    RoomSummary, StatusInfo,
 };
 use confer_node::client::Client;
 
 use crate::error::Error;
+use serde::Serialize;
+
 use crate::output::{self, safe_line};
 
 /// The longest message accepted, in bytes of UTF-8.
@@ -305,14 +308,19 @@ fn print_message(message: &MessageInfo) -> Result<(), Error> {
 }
 
 /// `confer members`
+///
+/// The JSON stays an array of members, as before key epochs existed; each member object
+/// carries the room's current `epoch` (the same for all).
 pub async fn members(home: &Path, room: String, json: bool) -> Result<(), Error> {
-    let members: Vec<MemberInfo> = match ask(home, &Request::Members { room }).await? {
-        Reply::Members { members, .. } => members,
-        other => return Err(unexpected(&other)),
-    };
+    let (epoch, members) = members_of(home, room).await?;
     if json {
+        let members: Vec<MemberLine<'_>> = members
+            .iter()
+            .map(|member| MemberLine { member, epoch })
+            .collect();
         return output::json(&members);
     }
+    output::line(&format!("Key epoch: {epoch}"))?;
     for member in &members {
         output::line(&format!(
             "{}  ({})  id {}",
@@ -322,6 +330,180 @@ pub async fn members(home: &Path, room: String, json: bool) -> Result<(), Error>
         ))?;
     }
     Ok(())
+}
+
+/// One element of `confer members --json`.
+#[derive(Serialize)]
+struct MemberLine<'a> {
+    #[serde(flatten)]
+    member: &'a MemberInfo,
+    epoch: u64,
+}
+
+async fn members_of(home: &Path, room: String) -> Result<(u64, Vec<MemberInfo>), Error> {
+    match ask(home, &Request::Members { room }).await? {
+        Reply::Members { epoch, members } => Ok((epoch, members)),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Sends a membership change and returns the room's state afterwards.
+async fn change(home: &Path, request: &Request) -> Result<ChangeInfo, Error> {
+    match ask(home, request).await? {
+        Reply::Changed(info) => Ok(info),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `confer leave`
+pub async fn leave(home: &Path, room: String, json: bool) -> Result<(), Error> {
+    let info = change(home, &Request::Leave { room: room.clone() }).await?;
+    if json {
+        return output::json(&info);
+    }
+    // The room's name, for the sentence only; the argument may have been an id prefix.
+    let name = match ask(home, &Request::ListRooms).await {
+        Ok(Reply::Rooms { rooms }) => rooms
+            .into_iter()
+            .find(|r| r.room_id == info.room_id)
+            .map_or(room, |r| r.name),
+        _ => room,
+    };
+    output::line(&left_sentence(&name))
+}
+
+fn left_sentence(room_name: &str) -> String {
+    format!(
+        "You have left \"{}\". You can still read what was said before you left, \
+         but you will not receive anything new.",
+        safe_line(room_name)
+    )
+}
+
+/// `confer remove`
+pub async fn remove(home: &Path, room: String, member: String, json: bool) -> Result<(), Error> {
+    // For the human sentence: who the node actually removed, as the difference between
+    // the member lists before and after (the node, not this binary, resolves MEMBER).
+    let before = if json {
+        None
+    } else {
+        members_of(home, room.clone()).await.ok()
+    };
+    let info = change(
+        home,
+        &Request::Remove {
+            room: room.clone(),
+            member: member.clone(),
+        },
+    )
+    .await?;
+    if json {
+        return output::json(&info);
+    }
+    let after = members_of(home, room).await.ok();
+    let who = match (before, after) {
+        (Some((_, before)), Some((_, after))) => {
+            let mut gone = before
+                .into_iter()
+                .filter(|b| !after.iter().any(|a| a.member_id == b.member_id));
+            match (gone.next(), gone.next()) {
+                (Some(only), None) => only.name,
+                _ => member,
+            }
+        }
+        _ => member,
+    };
+    output::line(&removed_sentence(&who, &info))
+}
+
+fn removed_sentence(who: &str, info: &ChangeInfo) -> String {
+    format!(
+        "Removed {} from the room, which now has {} {}. The room key has changed \
+         (key epoch {}): they cannot read anything sent from now on.",
+        safe_line(who),
+        info.members,
+        if info.members == 1 {
+            "member"
+        } else {
+            "members"
+        },
+        info.epoch
+    )
+}
+
+/// `confer rotate`
+pub async fn rotate(home: &Path, room: String, json: bool) -> Result<(), Error> {
+    let info = change(home, &Request::Rotate { room }).await?;
+    if json {
+        return output::json(&info);
+    }
+    output::line(&format!(
+        "The room has a new key (key epoch {}); messages sent from now on use it.",
+        info.epoch
+    ))
+}
+
+/// `confer handover`
+pub async fn handover(home: &Path, room: String, member: String, json: bool) -> Result<(), Error> {
+    let info = change(
+        home,
+        &Request::Handover {
+            room: room.clone(),
+            member: member.clone(),
+        },
+    )
+    .await?;
+    if json {
+        return output::json(&info);
+    }
+    let who = match members_of(home, room).await {
+        Ok((_, members)) => members
+            .into_iter()
+            .find(|m| m.role == "facilitator")
+            .map_or(member, |m| m.name),
+        Err(_) => member,
+    };
+    output::line(&format!(
+        "{} is now the facilitator of the room; you are an ordinary member.",
+        safe_line(&who)
+    ))
+}
+
+/// `confer invite list`
+pub async fn list_invites(home: &Path, room: String, json: bool) -> Result<(), Error> {
+    let invites: Vec<InviteSummary> = match ask(home, &Request::ListInvites { room }).await? {
+        Reply::Invites { invites } => invites,
+        other => return Err(unexpected(&other)),
+    };
+    if json {
+        return output::json(&invites);
+    }
+    if invites.is_empty() {
+        return output::line("No invite to this room can still be used.");
+    }
+    output::line("Invites that can still be used:")?;
+    for invite in &invites {
+        output::line(&format!(
+            "  id {}  until {}",
+            safe_line(&invite.invite_id),
+            safe_line(&invite.expires_at)
+        ))?;
+    }
+    Ok(())
+}
+
+/// `confer invite revoke`
+pub async fn revoke_invite(
+    home: &Path,
+    room: String,
+    invite: String,
+    json: bool,
+) -> Result<(), Error> {
+    let info = change(home, &Request::RevokeInvite { room, invite }).await?;
+    if json {
+        return output::json(&info);
+    }
+    output::line("Revoked the invite; nobody can join with it any more.")
 }
 
 #[cfg(test)]
@@ -335,5 +517,44 @@ mod tests {
         assert!(check_message(&"x".repeat(MAX_MESSAGE_BYTES + 1)).is_err());
         assert!(check_message("").is_err());
         assert!(check_message(" \n ").is_err());
+    }
+
+    #[test]
+    fn members_json_keeps_the_array_and_adds_the_epoch() {
+        let member = MemberInfo {
+            member_id: "ab12".to_owned(),
+            name: "Sam".to_owned(),
+            role: "facilitator".to_owned(),
+        };
+        let line = MemberLine {
+            member: &member,
+            epoch: 3,
+        };
+        assert_eq!(
+            serde_json::to_value([line]).unwrap(),
+            serde_json::json!([
+                {"member_id": "ab12", "name": "Sam", "role": "facilitator", "epoch": 3}
+            ])
+        );
+    }
+
+    #[test]
+    fn change_sentences() {
+        let left = left_sentence("Peer\u{1b}group");
+        assert!(left.contains("\"Peer\\u{1b}group\""), "{left}");
+        assert!(
+            left.contains("still read") && left.contains("anything new"),
+            "{left}"
+        );
+        let info = ChangeInfo {
+            room_id: "ab".to_owned(),
+            epoch: 4,
+            members: 1,
+        };
+        assert_eq!(
+            removed_sentence("Jo", &info),
+            "Removed Jo from the room, which now has 1 member. The room key has changed \
+             (key epoch 4): they cannot read anything sent from now on."
+        );
     }
 }

@@ -27,7 +27,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::args::{Cli, Command, NodeCommand, RoomCommand};
+use crate::args::{Cli, Command, InviteCommand, NodeCommand, RoomCommand};
 use crate::error::Error;
 
 fn main() -> ExitCode {
@@ -69,10 +69,28 @@ fn run(cli: Cli) -> Result<(), Error> {
             client(commands::list_rooms(home, output.json))
         }
         Command::Invite {
+            action: Some(InviteCommand::List { room, output }),
+            ..
+        } => client(commands::list_invites(home, room, output.json)),
+        Command::Invite {
+            action:
+                Some(InviteCommand::Revoke {
+                    room,
+                    invite,
+                    output,
+                }),
+            ..
+        } => client(commands::revoke_invite(home, room, invite, output.json)),
+        Command::Invite {
+            action: None,
             room,
             expires,
             output,
-        } => client(commands::invite(home, room, expires, output.json)),
+        } => {
+            // clap requires ROOM when there is no subcommand.
+            let room = room.ok_or_else(|| Error::usage("say which room to invite to"))?;
+            client(commands::invite(home, room, expires, output.json))
+        }
         Command::Join {
             code,
             display_name,
@@ -87,6 +105,18 @@ fn run(cli: Cli) -> Result<(), Error> {
             output,
         } => client(commands::read(home, room, follow, output.json)),
         Command::Members { room, output } => client(commands::members(home, room, output.json)),
+        Command::Leave { room, output } => client(commands::leave(home, room, output.json)),
+        Command::Remove {
+            room,
+            member,
+            output,
+        } => client(commands::remove(home, room, member, output.json)),
+        Command::Rotate { room, output } => client(commands::rotate(home, room, output.json)),
+        Command::Handover {
+            room,
+            member,
+            output,
+        } => client(commands::handover(home, room, member, output.json)),
     }
 }
 

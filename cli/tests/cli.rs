@@ -104,6 +104,13 @@ fn commands_without_a_running_node_say_how_to_start_one() {
         &["read", "Peer group"],
         &["read", "Peer group", "--follow"],
         &["members", "Peer group"],
+        &["members", "Peer group", "--json"],
+        &["leave", "Peer group"],
+        &["remove", "Peer group", "Jo"],
+        &["rotate", "Peer group", "--json"],
+        &["handover", "Peer group", "Jo"],
+        &["invite", "list", "Peer group"],
+        &["invite", "revoke", "Peer group", "abc123"],
     ];
     for args in commands {
         let line = fails(&run(dir.path(), args));
@@ -173,7 +180,16 @@ fn an_overlong_message_on_stdin_is_refused_before_sending() {
 #[test]
 fn usage_errors_exit_with_2() {
     let dir = tempfile::tempdir().unwrap();
-    for args in [&["join", "code"][..], &["init"], &["frobnicate"], &["room"]] {
+    for args in [
+        &["join", "code"][..],
+        &["init"],
+        &["frobnicate"],
+        &["room"],
+        &["invite"],
+        &["invite", "list"],
+        &["invite", "--expires", "1h", "list", "Peer group"],
+        &["remove", "Peer group"],
+    ] {
         let out = run(dir.path(), args);
         assert_eq!(out.status.code(), Some(2), "confer {args:?}");
     }
@@ -196,6 +212,12 @@ fn every_command_has_help() {
         &["send"],
         &["read"],
         &["members"],
+        &["leave"],
+        &["remove"],
+        &["rotate"],
+        &["handover"],
+        &["invite", "list"],
+        &["invite", "revoke"],
         &["demo"],
     ];
     for args in commands {
@@ -209,6 +231,21 @@ fn every_command_has_help() {
     }
     let read_help = ok(dir.path(), &["read", "--help"]);
     assert!(read_help.contains("JSON Lines"), "{read_help}");
+    let invite_help = ok(dir.path(), &["invite", "--help"]);
+    for text in [
+        "confer invite [OPTIONS] <ROOM>",
+        "confer invite <COMMAND>",
+        "list",
+        "revoke",
+        "literally named \"list\" or \"revoke\"",
+    ] {
+        assert!(invite_help.contains(text), "{text:?} not in: {invite_help}");
+    }
+    let remove_help = ok(dir.path(), &["remove", "--help"]);
+    assert!(
+        remove_help.contains("cannot read anything sent afterwards"),
+        "{remove_help}"
+    );
 }
 
 #[test]

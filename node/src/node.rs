@@ -42,6 +42,8 @@ const TICK: Duration = Duration::from_secs(1);
 /// How long a member other than the facilitator waits for someone else to rotate after a
 /// departure before rotating itself (concurrent rotations combine, so racing is safe).
 const ROTATION_GRACE: Duration = Duration::from_secs(3);
+/// Each member's whole log is pushed to connected members every this many ticks.
+const LOG_SYNC_EVERY_TICKS: u64 = 15;
 /// Expired epoch keys are deleted every this many ticks.
 const PRUNE_EVERY_TICKS: u64 = 60;
 /// The longest an invite may stay valid: 365 days.
@@ -59,7 +61,11 @@ struct Recent {
 /// What a member pushes to another on [`net::SYNC_PROTOCOL`].
 #[derive(serde::Serialize, serde::Deserialize)]
 struct SyncPush {
-    topic: String,
+    /// The room's sync tag ([`Room::sync_tag`]), valid across epochs.
+    room: [u8; 16],
+    /// Membership operations (self-authenticating: each is signed by its author).
+    ops: Vec<confer_room::log::SignedOp>,
+    /// Recent room envelopes the receiver was entitled to.
     envelopes: Vec<Vec<u8>>,
 }
 
@@ -412,6 +418,25 @@ impl EventLoop {
                 let _ = self.change(id, |room, now, rng| room.rotate(now, rng));
             }
         }
+        if self.ticks.is_multiple_of(LOG_SYNC_EVERY_TICKS) {
+            // Anti-entropy: hand each connected member our whole log now and then, so a
+            // member that missed an operation (and so perhaps a key) catches up.
+            let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
+            for id in ids {
+                if !self.rooms[&id].is_member() {
+                    continue;
+                }
+                let peers: Vec<PeerId> = self
+                    .member_peers(&id)
+                    .into_iter()
+                    .filter(|p| self.swarm.is_connected(p))
+                    .collect();
+                if !peers.is_empty() {
+                    let ops = self.rooms[&id].log().ops();
+                    self.push(id, &peers, ops, Vec::new());
+                }
+            }
+        }
         if self.ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
             let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
             for id in ids {
@@ -475,7 +500,7 @@ impl EventLoop {
         let Some(room) = self.rooms.get_mut(&id) else {
             return error("unknown room");
         };
-        let Some(topic) = room.topic() else {
+        let Some(topic) = room.sending_topic() else {
             return error(confer_room::RoomError::NoKey);
         };
         let before = room.clone();
@@ -489,6 +514,16 @@ impl EventLoop {
         }
         self.remember(id, &envelope);
         self.publish(id, topic, envelope);
+        // Also hand the operation straight to every member it concerns: a member whose
+        // key is behind cannot open it from gossip.
+        // The new operation descends from every other, so it is last in log order.
+        let newest: Vec<_> = self
+            .rooms
+            .get(&id)
+            .map(|r| r.log().ops().into_iter().rev().take(1).collect())
+            .unwrap_or_default();
+        let peers = self.member_peers(&id);
+        self.push(id, &peers, newest, Vec::new());
         self.sync_topics(id);
         self.maybe_rotate(id);
         let room = &self.rooms[&id];
@@ -747,6 +782,16 @@ impl EventLoop {
             Ok(id) => id,
             Err(message) => return error(message),
         };
+        // After a departure nothing new may go out under the old key: rotate first.
+        if self
+            .rooms
+            .get(&id)
+            .is_some_and(|r| r.is_member() && r.needs_rotation())
+            && let Reply::Error { message } =
+                self.change(id, |room, now, rng| room.rotate(now, rng))
+        {
+            return error(message);
+        }
         let Some(room) = self.rooms.get(&id) else {
             return error("unknown room");
         };
@@ -1075,12 +1120,7 @@ impl EventLoop {
             Ok(Incoming::Op { new }) => {
                 if new {
                     self.remember(id, &data);
-                    if let Err(e) = self.save_room(&id) {
-                        tracing::error!("could not store a membership change: {e}");
-                    }
-                    self.sync_topics(id);
-                    self.retry_unknown_authors(id);
-                    self.maybe_rotate(id);
+                    self.after_log_change(id);
                 }
                 MessageAcceptance::Accept
             }
@@ -1140,38 +1180,105 @@ impl EventLoop {
         if !room.members().iter().any(|m| m.peer == peer_bytes) {
             return;
         }
-        // Push once, when the peer joins the current epoch's topic.
-        if room.topic().as_deref() != Some(topic) {
-            return;
-        }
-        let topic = topic.to_owned();
-        let Some(recent) = self.recent.get(&id) else {
+        // The whole log whenever a member joins any of our topics (it may be behind);
+        // recent envelopes once, when it joins the current epoch's topic.
+        let ops = room.log().ops();
+        let envelopes = if room.topic().as_deref() == Some(topic) {
+            self.recent
+                .get(&id)
+                .map(|recent| {
+                    recent
+                        .iter()
+                        .filter(|r| r.audience.contains(&peer_bytes))
+                        .map(|r| r.envelope.clone())
+                        .collect()
+                })
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        self.push(id, &[peer], ops, envelopes);
+    }
+
+    /// Sends operations and envelopes to `peers` over the sync protocol, in batches that
+    /// fit a request.
+    fn push(
+        &mut self,
+        id: RoomId,
+        peers: &[PeerId],
+        ops: Vec<confer_room::log::SignedOp>,
+        envelopes: Vec<Vec<u8>>,
+    ) {
+        let Some(room) = self.rooms.get(&id) else {
             return;
         };
-        let mut batch = Vec::new();
-        let mut size = 0;
+        let tag = room.sync_tag();
         let budget = net::MAX_REQUEST - 1024;
-        let mut batches = Vec::new();
-        for r in recent.iter().filter(|r| r.audience.contains(&peer_bytes)) {
-            if size + r.envelope.len() + 16 > budget && !batch.is_empty() {
-                batches.push(std::mem::take(&mut batch));
+        let mut batches = vec![SyncPush {
+            room: tag,
+            ops: Vec::new(),
+            envelopes: Vec::new(),
+        }];
+        let mut size = 0;
+        for op in ops {
+            let len = confer_room::wire::encode(&op)
+                .map(|b| b.len())
+                .unwrap_or(budget);
+            if size + len + 16 > budget {
+                batches.push(SyncPush {
+                    room: tag,
+                    ops: Vec::new(),
+                    envelopes: Vec::new(),
+                });
                 size = 0;
             }
-            size += r.envelope.len() + 16;
-            batch.push(r.envelope.clone());
-        }
-        if !batch.is_empty() {
-            batches.push(batch);
-        }
-        for envelopes in batches {
-            let push = SyncPush {
-                topic: topic.clone(),
-                envelopes,
-            };
-            if let Ok(bytes) = confer_room::wire::encode(&push) {
-                self.swarm.behaviour_mut().sync.send_request(&peer, bytes);
+            size += len + 16;
+            if let Some(last) = batches.last_mut() {
+                last.ops.push(op);
             }
         }
+        for envelope in envelopes {
+            if size + envelope.len() + 16 > budget {
+                batches.push(SyncPush {
+                    room: tag,
+                    ops: Vec::new(),
+                    envelopes: Vec::new(),
+                });
+                size = 0;
+            }
+            size += envelope.len() + 16;
+            if let Some(last) = batches.last_mut() {
+                last.envelopes.push(envelope);
+            }
+        }
+        for batch in batches
+            .into_iter()
+            .filter(|b| !b.ops.is_empty() || !b.envelopes.is_empty())
+        {
+            if let Ok(bytes) = confer_room::wire::encode(&batch) {
+                for peer in peers {
+                    self.swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_request(peer, bytes.clone());
+                }
+            }
+        }
+    }
+
+    /// Peers of the room's current members other than this node.
+    fn member_peers(&self, id: &RoomId) -> Vec<PeerId> {
+        let me = *self.swarm.local_peer_id();
+        self.rooms
+            .get(id)
+            .map(|room| {
+                room.members()
+                    .iter()
+                    .filter_map(|m| PeerId::from_bytes(&m.peer).ok())
+                    .filter(|p| *p != me)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     fn handle_sync(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
@@ -1202,24 +1309,55 @@ impl EventLoop {
             return;
         };
         let Some(id) = self
-            .topics
-            .get(&IdentTopic::new(push.topic).hash())
-            .copied()
+            .rooms
+            .values()
+            .find(|r| r.sync_tag() == push.room)
+            .map(Room::id)
         else {
             self.dropped += 1;
             return;
         };
         let from = from.to_bytes();
-        let is_member = self
-            .rooms
-            .get(&id)
-            .is_some_and(|r| r.members().iter().any(|m| m.peer == from));
-        if !is_member {
+        // Operations are self-authenticating, so they are taken from anyone who is or was
+        // a member (a member who just left pushes its own departure); envelopes only from
+        // current members.
+        let (known, current) = match self.rooms.get(&id) {
+            Some(r) => (
+                r.knows_peer(&from),
+                r.members().iter().any(|m| m.peer == from),
+            ),
+            None => (false, false),
+        };
+        if !known {
             self.dropped += 1;
             return;
         }
-        for envelope in push.envelopes {
-            let _ = self.receive(id, envelope);
+        if !push.ops.is_empty() {
+            let changed = self
+                .rooms
+                .get_mut(&id)
+                .is_some_and(|r| r.merge_ops(push.ops, now_ms()));
+            if changed {
+                self.after_log_change(id);
+            }
         }
+        if current {
+            for envelope in push.envelopes {
+                let _ = self.receive(id, envelope);
+            }
+        } else if !push.envelopes.is_empty() {
+            self.dropped += 1;
+        }
+    }
+
+    /// Follows a change in a room's log: persist, listen on the right topics, retry
+    /// waiting traffic, rotate if the log asks for it.
+    fn after_log_change(&mut self, id: RoomId) {
+        if let Err(e) = self.save_room(&id) {
+            tracing::error!("could not store a membership change: {e}");
+        }
+        self.sync_topics(id);
+        self.retry_unknown_authors(id);
+        self.maybe_rotate(id);
     }
 }

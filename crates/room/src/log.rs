@@ -266,6 +266,7 @@ pub struct State {
     used_invites: BTreeSet<InviteId>,
     retention_secs: u64,
     departures: Vec<OpHash>,
+    keying_depth: BTreeMap<OpHash, u64>,
 }
 
 impl State {
@@ -572,6 +573,7 @@ impl Membership {
         let mut keying: Vec<OpHash> = Vec::new();
         let mut departures: Vec<OpHash> = Vec::new();
         let mut ever: BTreeSet<MemberId> = BTreeSet::new();
+        let mut departed_by: BTreeMap<MemberId, OpHash> = BTreeMap::new();
         for h in &self.order {
             if excluded.contains(h) {
                 continue;
@@ -643,24 +645,25 @@ impl Membership {
                         if let Some(m) = s.members.remove(&author) {
                             s.former.insert(author, m);
                         }
+                        departed_by.insert(author, *h);
                         departures.push(*h);
                         s.departures.push(*h);
                     }
                     ok
                 }
                 OpBody::Remove { member, rotation } => {
-                    let mut remaining: BTreeSet<MemberId> = s.members.keys().copied().collect();
-                    remaining.remove(member);
                     let recipients = rotation.recipients();
                     let ok = is_facilitator
                         && *member != author
                         && s.members.contains_key(member)
+                        && !recipients.contains(member)
                         && recipients.contains(&author)
-                        && recipients.iter().all(|r| remaining.contains(r));
+                        && self.may_receive(h, &recipients, &s.members, &departed_by);
                     if ok {
                         if let Some(m) = s.members.remove(member) {
                             s.former.insert(*member, m);
                         }
+                        departed_by.insert(*member, *h);
                         keying.push(*h);
                         s.departures.push(*h);
                     }
@@ -670,7 +673,7 @@ impl Membership {
                     let recipients = rotation.recipients();
                     let ok = is_member
                         && recipients.contains(&author)
-                        && recipients.iter().all(|r| s.members.contains_key(r));
+                        && self.may_receive(h, &recipients, &s.members, &departed_by);
                     if ok {
                         keying.push(*h);
                     }
@@ -726,6 +729,7 @@ impl Membership {
             .copied()
             .max()
             .unwrap_or(0);
+        s.keying_depth = depth;
 
         // A rotation is needed if a departure has no keying descendant, or a current member
         // can open neither a share of, nor was welcomed after, some frontier operation.
@@ -746,6 +750,29 @@ impl Membership {
         s.needs_rotation = uncovered_departure || missing_secret;
         s.frontier = frontier;
         s
+    }
+
+    /// Whether a keying operation `op` may seal its secret to `recipients`: each must be a
+    /// current member, or one whose departure `op`'s author could not have known of (the
+    /// departure is not an ancestor of `op`). Sealing to someone whose departure the author
+    /// had seen makes the operation invalid. A secret that reached a concurrently departed
+    /// member is harmless: that departure still needs a keying descendant (see
+    /// `needs_rotation`), whose secret the departed member never gets.
+    fn may_receive(
+        &self,
+        op: &OpHash,
+        recipients: &BTreeSet<MemberId>,
+        members: &BTreeMap<MemberId, Member>,
+        departed_by: &BTreeMap<MemberId, OpHash>,
+    ) -> bool {
+        recipients.iter().all(|r| {
+            members.contains_key(r) || departed_by.get(r).is_some_and(|d| !self.is_ancestor(d, op))
+        })
+    }
+
+    /// The epoch number a valid keying operation starts (its depth among keying operations).
+    pub fn keying_depth(&self, op: &OpHash) -> Option<u64> {
+        self.state.keying_depth.get(op).copied()
     }
 
     /// The room this log belongs to.

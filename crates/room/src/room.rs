@@ -190,13 +190,6 @@ impl EpochKey {
         self.derive(room, b"confer/v1/epoch/message-key")
     }
 
-    fn key_id(&self, room: &RoomId) -> [u8; 8] {
-        let k = self.derive(room, b"confer/v1/epoch/key-id");
-        let mut id = [0u8; 8];
-        id.copy_from_slice(&k.expose()[..8]);
-        id
-    }
-
     /// The gossip topic of this epoch: opaque, derived from the epoch key.
     pub fn topic(&self, room: &RoomId) -> String {
         let t = self.derive(room, b"confer/v1/epoch/topic");
@@ -204,10 +197,11 @@ impl EpochKey {
     }
 }
 
-/// What a gossip message carries: a key id, a nonce and a ciphertext.
+/// What a gossip message carries: a sealed header naming the epoch (its frontier of
+/// keying operations) and the sealed body. Nothing is in clear.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Envelope {
-    key_id: [u8; 8],
+    header: Sealed,
     sealed: Sealed,
 }
 
@@ -354,6 +348,17 @@ fn make_rotation<R: CryptoRng + ?Sized>(
     Rotation { shares }
 }
 
+/// The key that seals envelope headers: derived from the room id, so any member (and
+/// anyone who ever held an invite) can read a header, which names only the frontier's
+/// operation hashes — meaningless without the secrets — and lets a member derive the key
+/// of an epoch it never had as its own current one (concurrent histories).
+fn header_key(room: &RoomId) -> Secret32 {
+    crypto::derive(&room.0, b"", b"confer/v1/header-key")
+}
+
+/// The most keying operations an epoch's frontier may name (concurrent rotations).
+const MAX_FRONTIER: usize = 64;
+
 fn epoch_id(frontier: &[OpHash]) -> [u8; 32] {
     let parts: Vec<&[u8]> = frontier.iter().map(|h| h.as_slice()).collect();
     crypto::hash(b"confer/v1/epoch-id", &parts)
@@ -470,6 +475,39 @@ impl Room {
         self.current().map(|e| e.topic(&self.id()))
     }
 
+    /// A tag naming the room between its members' nodes when they push operations and
+    /// envelopes to each other directly (over the authenticated, encrypted libp2p channel),
+    /// whatever epoch each is in. Derived from the room id; never sent on gossip.
+    pub fn sync_tag(&self) -> [u8; 16] {
+        let t = crypto::derive(&self.id().0, b"", b"confer/v1/sync-tag");
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&t.expose()[..16]);
+        tag
+    }
+
+    /// Whether `peer` (libp2p peer id bytes) belongs to a current or former member.
+    pub fn knows_peer(&self, peer: &[u8]) -> bool {
+        let state = self.log.state();
+        self.log.ops().iter().any(|op| {
+            state.is_valid(&op.hash())
+                && match &op.op.body {
+                    OpBody::Create { peer: p, .. } | OpBody::Admit { peer: p, .. } => p == peer,
+                    _ => false,
+                }
+        })
+    }
+
+    /// The newest epoch key held: the current one, or, while a new key has not reached
+    /// this member yet, the last one it had. Membership operations are sealed under it.
+    fn sending_epoch(&self) -> Option<&EpochKey> {
+        self.current().or(self.epochs.last())
+    }
+
+    /// The topic membership operations authored now are published on.
+    pub fn sending_topic(&self) -> Option<String> {
+        self.sending_epoch().map(|e| e.topic(&self.id()))
+    }
+
     /// Topics of every epoch key held (current last): a node listens on retired ones until
     /// their keys are deleted, for messages sent just before a rotation.
     pub fn topics(&self) -> Vec<String> {
@@ -498,33 +536,65 @@ impl Room {
                 self.secrets.insert(hash, Secret32::from_bytes(secret));
             }
         }
-        let state = self.log.state();
-        let frontier = state.frontier().to_vec();
+        let frontier = self.log.state().frontier().to_vec();
         if self.epochs.last().is_some_and(|e| e.frontier == frontier) {
             return;
         }
+        let Some(epoch) = self.derive_epoch(&frontier) else {
+            return;
+        };
+        for e in &mut self.epochs {
+            e.retired_at.get_or_insert(now_ms);
+        }
+        self.epochs.retain(|e| e.frontier != frontier);
+        self.epochs.push(epoch);
+    }
+
+    /// The key of the epoch named by `frontier`, if this member holds all its secrets.
+    fn derive_epoch(&self, frontier: &[OpHash]) -> Option<EpochKey> {
         let mut ikm = Vec::with_capacity(32 * frontier.len());
-        for k in &frontier {
+        for k in frontier {
             match self.secrets.get(k) {
                 Some(s) => ikm.extend_from_slice(s.expose()),
                 None => {
                     zeroize::Zeroize::zeroize(&mut ikm);
-                    return;
+                    return None;
                 }
             }
         }
-        let key = crypto::derive(&ikm, &room.0, b"confer/v1/epoch-key");
+        let key = crypto::derive(&ikm, &self.id().0, b"confer/v1/epoch-key");
         zeroize::Zeroize::zeroize(&mut ikm);
-        for e in &mut self.epochs {
-            e.retired_at.get_or_insert(now_ms);
-        }
-        self.epochs.push(EpochKey {
-            id: epoch_id(&frontier),
-            number: state.epoch_number(),
-            frontier,
+        let number = frontier
+            .iter()
+            .filter_map(|k| self.log.keying_depth(k))
+            .max()
+            .unwrap_or(0);
+        Some(EpochKey {
+            id: epoch_id(frontier),
+            number,
+            frontier: frontier.to_vec(),
             key,
             retired_at: None,
-        });
+        })
+    }
+
+    /// Finds or derives the key of the epoch an envelope names.
+    fn epoch_for(&mut self, frontier: &[OpHash], now_ms: u64) -> Result<usize, OpenError> {
+        if let Some(i) = self.epochs.iter().position(|e| e.frontier == frontier) {
+            return Ok(i);
+        }
+        if frontier.is_empty() || frontier.len() > MAX_FRONTIER || !frontier.is_sorted() {
+            return Err(OpenError::Invalid);
+        }
+        if frontier.iter().any(|k| !self.log.contains(k)) {
+            return Err(OpenError::Pending);
+        }
+        let mut epoch = self.derive_epoch(frontier).ok_or(OpenError::Crypto)?;
+        // Someone else's epoch, never current here: keep it as a retired one.
+        epoch.retired_at = Some(now_ms);
+        let at = self.epochs.len().saturating_sub(1);
+        self.epochs.insert(at, epoch);
+        Ok(at)
     }
 
     /// Deletes retired epoch keys (and the secrets only they needed) older than the room's
@@ -586,10 +656,9 @@ impl Room {
             &plaintext,
             rng,
         );
-        let envelope = Envelope {
-            key_id: epoch.key_id(&self.id()),
-            sealed,
-        };
+        let header_plain = wire::encode(&epoch.frontier).unwrap_or_default();
+        let header = crypto::seal(&header_key(&self.id()), ENVELOPE_LABEL, &header_plain, rng);
+        let envelope = Envelope { header, sealed };
         (wire::encode(&envelope).unwrap_or_default(), plaintext)
     }
 
@@ -606,6 +675,11 @@ impl Room {
         }
         if text.is_empty() || text.len() > MAX_TEXT {
             return Err(RoomError::BadText);
+        }
+        // After a departure, nothing new goes out under a key the departed member holds:
+        // the sender must rotate first (the node does so automatically).
+        if self.needs_rotation() {
+            return Err(RoomError::NoKey);
         }
         let epoch = self.current().ok_or(RoomError::NoKey)?;
         let mut salt = [0u8; 16];
@@ -636,11 +710,12 @@ impl Room {
         let envelope: Envelope =
             wire::decode(bytes, MAX_ENVELOPE).map_err(|_| OpenError::Malformed)?;
         let room = self.id();
-        let epoch = self
-            .epochs
-            .iter()
-            .find(|e| e.key_id(&room) == envelope.key_id)
-            .ok_or(OpenError::Crypto)?;
+        let header = crypto::open(&header_key(&room), ENVELOPE_LABEL, &envelope.header)
+            .map_err(|_| OpenError::Crypto)?;
+        let frontier: Vec<OpHash> =
+            wire::decode(&header, 40 * MAX_FRONTIER).map_err(|_| OpenError::Malformed)?;
+        let index = self.epoch_for(&frontier, now_ms)?;
+        let epoch = &self.epochs[index];
         let plaintext = crypto::open(
             &epoch.message_key(&room),
             &self.aad(epoch),
@@ -726,7 +801,7 @@ impl Room {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Vec<u8>, RoomError> {
-        let epoch = self.current().cloned().ok_or(RoomError::NoKey)?;
+        let epoch = self.sending_epoch().cloned().ok_or(RoomError::NoKey)?;
         let op = SignedOp::sign(
             Op {
                 room_id: self.id(),
@@ -1047,9 +1122,9 @@ impl Room {
         let welcome: Welcome =
             wire::decode(&plaintext, wire::MAX_WIRE).map_err(|_| RoomError::BadWelcome)?;
         let log = Membership::replay(welcome.ops).map_err(|_| RoomError::BadWelcome)?;
-        let created_by = log.ops().first().map(|op| op.op.author);
+        // The invite's signer must be the facilitator the (self-authenticating) log names.
         if log.room_id() != room_id
-            || created_by != Some(invite.body.facilitator)
+            || log.state().facilitator() != Some(invite.body.facilitator)
             || log.state().member(&me.id()).is_none()
             || check_display_name(&welcome.room_name).is_err()
         {
@@ -1353,11 +1428,13 @@ mod tests {
             &wire::encode(&inner).unwrap(),
             &mut r,
         );
-        let env = wire::encode(&Envelope {
-            key_id: epoch.key_id(&bob.id()),
-            sealed,
-        })
-        .unwrap();
+        let header = crypto::seal(
+            &header_key(&bob.id()),
+            ENVELOPE_LABEL,
+            &wire::encode(&epoch.frontier).unwrap(),
+            &mut r,
+        );
+        let env = wire::encode(&Envelope { header, sealed }).unwrap();
         assert_eq!(alice.open(&env, NOW), Err(OpenError::BadSignature));
 
         // Someone who got hold of the key but is not in the log.

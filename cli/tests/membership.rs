@@ -1,0 +1,226 @@
+//! Membership through the binary, with three real `confer node run` processes on loopback:
+//! invites listed and revoked, a member leaving, the facilitator removing another, key
+//! rotation, and the refusals that go with them.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::{NodeProcess, eventually, fails, init, ok, ok_json, run};
+use serde_json::Value;
+
+const ROOM: &str = "Peer group";
+const PATIENCE: Duration = Duration::from_secs(20);
+
+/// `confer members ROOM --json` as (epoch, names), checking that every member object
+/// carries the same epoch next to the fields of issue 2.
+fn members(home: &Path) -> (u64, Vec<String>) {
+    let members = ok_json(home, &["members", ROOM]);
+    let members = members.as_array().unwrap();
+    assert!(!members.is_empty());
+    let epoch = members[0]["epoch"].as_u64().unwrap();
+    for m in members {
+        assert!(m["member_id"].is_string() && m["name"].is_string() && m["role"].is_string());
+        assert_eq!(m["epoch"].as_u64(), Some(epoch), "{members:?}");
+    }
+    let names = members
+        .iter()
+        .map(|m| m["name"].as_str().unwrap().to_owned())
+        .collect();
+    (epoch, names)
+}
+
+fn invite(home: &Path) -> String {
+    let invite = ok_json(home, &["invite", ROOM, "--expires", "1h"]);
+    invite["code"].as_str().unwrap().to_owned()
+}
+
+fn invite_ids(home: &Path) -> Vec<String> {
+    let list = ok_json(home, &["invite", "list", ROOM]);
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            assert!(i["expires_at"].is_string(), "{i}");
+            i["invite_id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+/// A membership change's JSON: `{"room_id", "epoch", "members"}`.
+fn change(home: &Path, args: &[&str], room_id: &str) -> (u64, u64) {
+    let info = ok_json(home, args);
+    assert_eq!(info["room_id"], room_id, "{info}");
+    assert_eq!(info.as_object().unwrap().len(), 3, "{info}");
+    (
+        info["epoch"].as_u64().unwrap(),
+        info["members"].as_u64().unwrap(),
+    )
+}
+
+#[test]
+fn members_leave_are_removed_and_the_key_moves_on() {
+    let dirs: Vec<_> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [sam, priya, jo] = [dirs[0].path(), dirs[1].path(), dirs[2].path()];
+    for (home, name) in [(sam, "Sam"), (priya, "Priya"), (jo, "Jo")] {
+        init(home, name);
+    }
+    let nodes: Vec<NodeProcess> = [sam, priya, jo]
+        .iter()
+        .map(|h| NodeProcess::start(h))
+        .collect();
+
+    let room = ok_json(sam, &["room", "create", ROOM]);
+    let room_id = room["room_id"].as_str().unwrap().to_owned();
+    assert!(invite_ids(sam).is_empty());
+    assert!(ok(sam, &["invite", "list", ROOM]).contains("No invite"));
+
+    let code = invite(sam);
+    ok_json(priya, &["join", &code, "--as", "Priya"]);
+    assert!(
+        invite_ids(sam).is_empty(),
+        "a redeemed invite is still listed"
+    );
+
+    // Two invites: one revoked by its code, the other by a prefix of its id.
+    let by_code = invite(sam);
+    let by_id = invite(sam);
+    let ids = invite_ids(sam);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    ok(sam, &["invite", "revoke", ROOM, &by_code]);
+    let left = invite_ids(sam);
+    assert_eq!(left.len(), 1, "{left:?}");
+    let human = ok(sam, &["invite", "list", ROOM]);
+    assert!(human.contains(&left[0]), "{human}");
+    let (_, count) = change(sam, &["invite", "revoke", ROOM, &left[0][..8]], &room_id);
+    assert_eq!(count, 2);
+    assert!(invite_ids(sam).is_empty());
+    fails(&run(sam, &["invite", "revoke", ROOM, &left[0][..8]]));
+    for code in [&by_code, &by_id] {
+        let line = fails(&run(jo, &["join", code, "--as", "Jo", "--json"]));
+        assert!(line.contains("invite"), "{line}");
+    }
+
+    // `confer invite ROOM` still issues invites, and Jo gets in with a fresh one.
+    let human = ok(sam, &["invite", ROOM]);
+    let code = human.lines().next().unwrap().to_owned();
+    ok_json(jo, &["join", &code, "--as", "Jo"]);
+
+    let (start, names) = members(sam);
+    assert_eq!(names, ["Sam", "Priya", "Jo"]);
+    let human = ok(sam, &["members", ROOM]);
+    assert_eq!(
+        human.lines().next(),
+        Some(format!("Key epoch: {start}").as_str()),
+        "{human}"
+    );
+    // Every node agrees once the admissions have reached it.
+    for home in [priya, jo] {
+        eventually("all three members everywhere", PATIENCE, || {
+            (members(home) == (start, names.clone())).then_some(())
+        });
+    }
+
+    // Only the facilitator removes.
+    let line = fails(&run(priya, &["remove", ROOM, "Jo"]));
+    assert!(line.contains("facilitator"), "{line}");
+    fails(&run(jo, &["remove", ROOM, "Sam", "--json"]));
+
+    // Priya leaves; Sam's node takes her off and rotates the key by itself.
+    let (_, count) = change(priya, &["leave", ROOM], &room_id);
+    assert_eq!(count, 2);
+    let after_leave = eventually("Sam's node to rotate after the leave", PATIENCE, || {
+        let (epoch, names) = members(sam);
+        (names == ["Sam", "Jo"] && epoch > start).then_some(epoch)
+    });
+    let line = fails(&run(priya, &["send", ROOM, "Am I still here?"]));
+    assert!(line.contains("member"), "{line}");
+    // Priya can still read the history she had.
+    ok_json(priya, &["read", ROOM]);
+
+    // Sam removes Jo, by name; the removal changes the key at once.
+    let human = ok(sam, &["remove", ROOM, "Jo"]);
+    assert!(human.contains("Removed Jo"), "{human}");
+    let (after_remove, names) = members(sam);
+    assert_eq!(names, ["Sam"]);
+    assert!(
+        after_remove > after_leave,
+        "{after_remove} <= {after_leave}"
+    );
+    assert!(human.contains(&format!("epoch {after_remove}")), "{human}");
+    eventually("Jo's node to learn of the removal", PATIENCE, || {
+        (members(jo).1 == ["Sam"]).then_some(())
+    });
+    let line = fails(&run(jo, &["send", ROOM, "Hello?"]));
+    assert!(line.contains("member"), "{line}");
+
+    // A rotation moves the epoch on by one.
+    let (rotated, count) = change(sam, &["rotate", ROOM], &room_id);
+    assert_eq!((rotated, count), (after_remove + 1, 1));
+    assert_eq!(members(sam).0, rotated);
+
+    // Handing over to someone who is not a member, or leaving as the facilitator, fails.
+    let line = fails(&run(sam, &["handover", ROOM, "Priya"]));
+    assert!(line.contains("member"), "{line}");
+    let line = fails(&run(sam, &["leave", ROOM, "--json"]));
+    assert!(line.contains("handover"), "{line}");
+    assert_eq!(members(sam), (rotated, vec!["Sam".to_owned()]));
+
+    for node in nodes {
+        assert!(node.terminate().success());
+    }
+}
+
+#[test]
+fn handover_makes_another_member_facilitator() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [sam, priya] = [dirs[0].path(), dirs[1].path()];
+    init(sam, "Sam");
+    init(priya, "Priya");
+    let nodes = [NodeProcess::start(sam), NodeProcess::start(priya)];
+    let room_id = ok_json(sam, &["room", "create", ROOM])["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok_json(priya, &["join", &invite(sam), "--as", "Priya"]);
+
+    let priya_id = ok_json(sam, &["members", ROOM])[1]["member_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let human = ok(sam, &["handover", ROOM, &priya_id[..10]]);
+    assert!(human.contains("Priya is now the facilitator"), "{human}");
+    let roles = |home: &Path| -> Vec<(String, String)> {
+        let members: Value = ok_json(home, &["members", ROOM]);
+        members
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["name"].as_str().unwrap().to_owned(),
+                    m["role"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let expected = vec![
+        ("Priya".to_owned(), "facilitator".to_owned()),
+        ("Sam".to_owned(), "member".to_owned()),
+    ];
+    assert_eq!(roles(sam), expected);
+    eventually("Priya's node to learn of the handover", PATIENCE, || {
+        (roles(priya) == expected).then_some(())
+    });
+
+    // Sam, no longer facilitator, can neither invite nor remove, but can now leave.
+    fails(&run(sam, &["remove", ROOM, "Priya"]));
+    fails(&run(sam, &["invite", ROOM]));
+    let (_, count) = change(sam, &["leave", ROOM], &room_id);
+    assert_eq!(count, 1);
+    for node in nodes {
+        assert!(node.terminate().success());
+    }
+}
