@@ -1181,6 +1181,60 @@ impl Room {
         })
     }
 
+    /// Signs any operation with this member's key (tests forge operations with it).
+    #[cfg(any(test, feature = "test_utils"))]
+    pub fn sign_op_for_tests(&self, op: Op) -> SignedOp {
+        SignedOp::sign(op, &self.me)
+    }
+
+    /// Seals a message under the newest key held, skipping every check a sender makes.
+    #[cfg(any(test, feature = "test_utils"))]
+    pub fn forge_message_for_tests<R: CryptoRng + ?Sized>(
+        &self,
+        text: &str,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Vec<u8> {
+        let epoch = self.sending_epoch().cloned().expect("some key held");
+        self.forge_in(&epoch, text, now_ms, rng)
+    }
+
+    /// Seals a message with this member's keys and log context, under `old`'s current key.
+    #[cfg(any(test, feature = "test_utils"))]
+    pub fn forge_message_in_epoch_for_tests<R: CryptoRng + ?Sized>(
+        &self,
+        old: &Room,
+        text: &str,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Vec<u8> {
+        let epoch = old.current().cloned().expect("old view has a key");
+        self.forge_in(&epoch, text, now_ms, rng)
+    }
+
+    #[cfg(any(test, feature = "test_utils"))]
+    fn forge_in<R: CryptoRng + ?Sized>(
+        &self,
+        epoch: &EpochKey,
+        text: &str,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Vec<u8> {
+        let body = MessageBody {
+            sent_at: now_ms,
+            salt: [7; 16],
+            context: self.log.heads(),
+            text: text.to_owned(),
+        };
+        self.seal_payload(epoch, Payload::Message(body), rng).0
+    }
+
+    /// Swaps this member's keys for someone else's (tests impersonate outsiders with it).
+    #[cfg(any(test, feature = "test_utils"))]
+    pub fn replace_keys_for_tests(&mut self, keys: MemberKeys) {
+        self.me = keys;
+    }
+
     /// This member's role, if a member.
     pub fn my_role(&self) -> Option<Role> {
         self.log.state().member(&self.me.id()).map(|m| m.role)
