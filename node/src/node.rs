@@ -522,7 +522,15 @@ impl EventLoop {
             .get(&id)
             .map(|r| r.log().ops().into_iter().rev().take(1).collect())
             .unwrap_or_default();
-        let peers = self.member_peers(&id);
+        // Everyone who was a member before the change: a removed member learns of its
+        // removal (the operation carries no secret for it).
+        let me = *self.swarm.local_peer_id();
+        let peers: Vec<PeerId> = before
+            .members()
+            .iter()
+            .filter_map(|m| PeerId::from_bytes(&m.peer).ok())
+            .filter(|p| *p != me)
+            .collect();
         self.push(id, &peers, newest, Vec::new());
         self.sync_topics(id);
         self.maybe_rotate(id);

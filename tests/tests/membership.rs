@@ -1,0 +1,178 @@
+//! Real nodes on loopback: one member leaves, then the facilitator removes another. The
+//! remaining members keep talking; the two who left, whose nodes keep running and stay
+//! subscribed to every topic they can derive, never see a later message.
+
+use std::time::Duration;
+
+use confer_node::api::{MessageInfo, Reply, Request};
+use confer_tests::{TestNode, within};
+use tokio::sync::mpsc::Receiver;
+
+const ROOM: &str = "Action learning set";
+
+async fn members(node: &TestNode) -> (u64, Vec<String>) {
+    match node.ok(Request::Members { room: ROOM.into() }).await {
+        Reply::Members { epoch, members } => (epoch, members.into_iter().map(|m| m.name).collect()),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Polls until `node` sees `expected` members in an epoch later than `after`.
+async fn wait_for_members(node: &TestNode, expected: &[&str], after: u64) -> u64 {
+    within(&format!("{expected:?} in a new epoch"), async {
+        loop {
+            let (epoch, names) = members(node).await;
+            if names == expected && epoch > after {
+                return epoch;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+async fn send(node: &TestNode, text: &str) -> String {
+    match node
+        .ok(Request::Send {
+            room: ROOM.into(),
+            text: text.into(),
+        })
+        .await
+    {
+        Reply::Sent { message_id } => message_id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+async fn receive(rx: &mut Receiver<MessageInfo>, id: &str) {
+    within(&format!("delivery of {id}"), async {
+        loop {
+            let got = rx.recv().await.expect("follower open");
+            if got.message_id == id {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn departed_members_never_see_later_messages() {
+    let alice = TestNode::start("Alice").await;
+    let bob = TestNode::start("Bob").await;
+    let carol = TestNode::start("Carol").await;
+    let dan = TestNode::start("Dan").await;
+    alice
+        .ok(Request::CreateRoom {
+            name: ROOM.into(),
+            display_name: Some("Alice".into()),
+        })
+        .await;
+    for (node, name) in [(&bob, "Bob"), (&carol, "Carol"), (&dan, "Dan")] {
+        let Reply::Invite(invite) = alice
+            .ok(Request::Invite {
+                room: ROOM.into(),
+                expires_in_secs: 600,
+            })
+            .await
+        else {
+            panic!("no invite")
+        };
+        within(
+            "join",
+            node.node.request(Request::Join {
+                code: invite.code,
+                display_name: name.into(),
+            }),
+        )
+        .await;
+    }
+    let (epoch0, names) = members(&alice).await;
+    assert_eq!(names, ["Alice", "Bob", "Carol", "Dan"]);
+    let (_, mut alice_rx) = alice.node.follow(ROOM.into()).await.unwrap();
+    let (_, mut dan_rx) = dan.node.follow(ROOM.into()).await.unwrap();
+    let before = send(&alice, "Before anyone leaves.").await;
+    receive(&mut dan_rx, &before).await;
+
+    // Bob leaves; the facilitator's node rotates the key when it hears of it.
+    match bob.ok(Request::Leave { room: ROOM.into() }).await {
+        Reply::Changed(change) => assert_eq!(change.members, 3),
+        other => panic!("unexpected {other:?}"),
+    }
+    let epoch1 = wait_for_members(&alice, &["Alice", "Carol", "Dan"], epoch0).await;
+    wait_for_members(&dan, &["Alice", "Carol", "Dan"], epoch0).await;
+    let message = bob
+        .err(Request::Send {
+            room: ROOM.into(),
+            text: "one more thing".into(),
+        })
+        .await;
+    assert!(message.contains("no longer a member"), "{message}");
+
+    // The facilitator removes Carol.
+    match alice
+        .ok(Request::Remove {
+            room: ROOM.into(),
+            member: "Carol".into(),
+        })
+        .await
+    {
+        Reply::Changed(change) => {
+            assert_eq!(change.members, 2);
+            assert!(change.epoch > epoch1);
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let epoch2 = wait_for_members(&dan, &["Alice", "Dan"], epoch1).await;
+    assert_eq!(members(&alice).await.0, epoch2);
+
+    // The remaining members keep talking.
+    let mut later = Vec::new();
+    for (from_alice, text) in [
+        (
+            true,
+            "Now that it is the two of us: what helped this month?",
+        ),
+        (false, "Naming the pressure from above, honestly."),
+        (true, "Actions for next time, then."),
+    ] {
+        if from_alice {
+            let id = send(&alice, text).await;
+            receive(&mut dan_rx, &id).await;
+        } else {
+            let id = send(&dan, text).await;
+            receive(&mut alice_rx, &id).await;
+        }
+        later.push(text);
+    }
+    // Give gossip and the periodic log sync time to reach anyone they would reach.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    for departed in [&bob, &carol] {
+        let history = departed.history(ROOM).await;
+        assert!(
+            history.iter().any(|m| m.text == "Before anyone leaves."),
+            "history before leaving stays"
+        );
+        for text in &later {
+            assert!(
+                !history.iter().any(|m| &m.text == text),
+                "a departed member saw {text:?}"
+            );
+        }
+        let message = departed
+            .err(Request::Send {
+                room: ROOM.into(),
+                text: "hello?".into(),
+            })
+            .await;
+        assert!(
+            message.contains("no longer a member") || message.contains("new key"),
+            "{message}"
+        );
+    }
+    // Carol's node never even learns the key: it cannot tell what the others say.
+    let remaining = dan.history(ROOM).await;
+    assert!(later.iter().all(|t| remaining.iter().any(|m| &m.text == t)));
+    assert_eq!(alice.history(ROOM).await.len(), remaining.len());
+}
