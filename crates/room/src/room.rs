@@ -531,6 +531,7 @@ impl Room {
             if let Some(share) = rotation.shares.iter().find(|s| s.member == me)
                 && let Ok(bytes) =
                     crypto::open_from(&agreement, &share_aad(&room, &me), &share.sealed)
+                        .map(zeroize::Zeroizing::new)
                 && let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice())
             {
                 self.secrets.insert(hash, Secret32::from_bytes(secret));
