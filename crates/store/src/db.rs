@@ -252,6 +252,42 @@ impl Store {
             .map_err(|e| self.db_error(e))
     }
 
+    /// One message's value, if stored for the room.
+    pub fn message(&self, room_id: &[u8; 32], message_id: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+        let key = self.message_key(room_id, message_id)?;
+        let Some(sealed) = self.messages.get(key).map_err(|e| self.db_error(e))? else {
+            return Ok(None);
+        };
+        let plaintext = self.open_value(TREE_MESSAGES, &key, &sealed)?;
+        match (
+            crypto::array_at::<ID_LEN>(&plaintext, 8),
+            plaintext.get(8 + ID_LEN..),
+        ) {
+            (Some(stored_id), Some(value)) if &stored_id == message_id => Ok(Some(value.to_vec())),
+            _ => Err(self.corrupt("a message record does not match its key")),
+        }
+    }
+
+    /// Stores (or replaces) a small named record belonging to a room (e.g. the node's
+    /// outbox of messages not yet confirmed by another member). Sealed like every value.
+    pub fn put_room_state(&self, room_id: &[u8; 32], name: &str, value: &[u8]) -> Result<()> {
+        let key = self.keys.tag(&[b"room-state", room_id, name.as_bytes()])?;
+        let sealed = self.seal_value(TREE_META, &key, value)?;
+        self.meta
+            .insert(key, sealed)
+            .map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+
+    /// A named record of a room, if stored.
+    pub fn room_state(&self, room_id: &[u8; 32], name: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.keys.tag(&[b"room-state", room_id, name.as_bytes()])?;
+        let Some(sealed) = self.meta.get(key).map_err(|e| self.db_error(e))? else {
+            return Ok(None);
+        };
+        Ok(Some(self.open_value(TREE_META, &key, &sealed)?.to_vec()))
+    }
+
     /// Writes everything stored so far to disk. Call this before
     /// acknowledging anything to a user or a peer.
     pub fn flush(&self) -> Result<()> {
@@ -413,6 +449,32 @@ mod tests {
         crypto::fill_random(&mut id).unwrap();
         id[0] = n;
         id
+    }
+
+    #[test]
+    fn single_messages_and_room_state() {
+        let (_dir, profile) = setup();
+        let store = Store::open(&profile).unwrap();
+        let (room, other, nine) = (id(1), id(2), id(9));
+        assert_eq!(store.message(&room, &nine).unwrap(), None);
+        store.insert_message(&room, &nine, 5, b"nine").unwrap();
+        assert_eq!(
+            store.message(&room, &nine).unwrap().as_deref(),
+            Some(&b"nine"[..])
+        );
+        assert_eq!(store.message(&other, &nine).unwrap(), None);
+        assert_eq!(store.room_state(&room, "outbox").unwrap(), None);
+        store.put_room_state(&room, "outbox", b"ids").unwrap();
+        store
+            .put_room_state(&room, "outbox", b"ids, later")
+            .unwrap();
+        assert_eq!(
+            store.room_state(&room, "outbox").unwrap().as_deref(),
+            Some(&b"ids, later"[..])
+        );
+        assert_eq!(store.room_state(&other, "outbox").unwrap(), None);
+        // Room state does not show up as a room.
+        assert!(store.rooms().unwrap().is_empty());
     }
 
     #[test]
