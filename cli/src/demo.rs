@@ -204,7 +204,21 @@ async fn session(people: &[Person; 3]) -> Result<(), Error> {
     }
     let expected: Vec<&str> = DISCUSSION.iter().map(|(_, text)| *text).collect();
     let texts: Vec<&str> = histories[0].iter().map(|m| m.text.as_str()).collect();
-    if histories.iter().any(|h| h != &histories[0]) || texts != expected {
+    // Compare what was said, by whom and when; whether a sender has had a delivery
+    // confirmation yet (`pending`) is each node's own view.
+    let said = |h: &Vec<MessageInfo>| -> Vec<(String, String, String, String)> {
+        h.iter()
+            .map(|m| {
+                (
+                    m.message_id.clone(),
+                    m.author.clone(),
+                    m.text.clone(),
+                    m.sent_at.clone(),
+                )
+            })
+            .collect()
+    };
+    if histories.iter().any(|h| said(h) != said(&histories[0])) || texts != expected {
         return Err(Error::usage(
             "the three nodes do not show the same four messages in the same order",
         ));

@@ -207,6 +207,10 @@ pub struct MessageInfo {
     pub text: String,
     /// When the author sent it, RFC 3339 UTC.
     pub sent_at: String,
+    /// True for this member's own messages that no other member has confirmed holding
+    /// yet (they are retried until one does).
+    #[serde(default)]
+    pub pending: bool,
 }
 
 /// One member of a room.

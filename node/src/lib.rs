@@ -16,5 +16,6 @@ mod control;
 #[allow(missing_docs)] // `#[derive(NetworkBehaviour)]` generates an undocumented event enum
 pub mod net;
 mod node;
+pub mod sync;
 
 pub use node::{Following, Node, NodeConfig, NodeError};

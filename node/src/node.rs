@@ -6,7 +6,7 @@
 //! awaits anything slow: network work is started and its completion arrives later as a
 //! swarm event (a pending join is parked until its response comes back).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use confer_room::invite::{JoinBody, JoinRequest, JoinResponse};
@@ -28,6 +28,7 @@ use crate::api::{
     RoomSummary, StatusInfo,
 };
 use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
+use crate::sync::{self, Id, StoredMessage, SyncPush, SyncReply};
 
 /// How many commands may wait for the event loop.
 const COMMAND_QUEUE: usize = 64;
@@ -42,6 +43,10 @@ const TICK: Duration = Duration::from_secs(1);
 /// How long a member other than the facilitator waits for someone else to rotate after a
 /// departure before rotating itself (concurrent rotations combine, so racing is safe).
 const ROTATION_GRACE: Duration = Duration::from_secs(3);
+/// First wait before redialling a disconnected member; doubles up to [`REDIAL_MAX`].
+const REDIAL_MIN: Duration = Duration::from_secs(2);
+/// Longest wait between redials of a member.
+const REDIAL_MAX: Duration = Duration::from_secs(300);
 /// Each member's whole log is pushed to connected members every this many ticks.
 const LOG_SYNC_EVERY_TICKS: u64 = 15;
 /// Expired epoch keys are deleted every this many ticks.
@@ -51,22 +56,22 @@ const MAX_INVITE_SECS: u64 = 365 * 24 * 3600;
 /// Recent envelopes kept per room for pushing to members who (re)subscribe.
 const RECENT_LIMIT: usize = 256;
 
+/// One thing to push: an operation or an envelope.
+enum Item {
+    Op(Box<confer_room::log::SignedOp>),
+    Envelope(Vec<u8>),
+}
+
+/// The store record name of a room's outbox (ids of messages not yet confirmed).
+const OUTBOX: &str = "outbox";
+/// The store record name of a room's known member addresses.
+const PEERS: &str = "peers";
+
 /// A recent room envelope and the peers of the members who were in the room when it
 /// was stored: only they may be sent it again.
 struct Recent {
     envelope: Vec<u8>,
     audience: Vec<Vec<u8>>,
-}
-
-/// What a member pushes to another on [`net::SYNC_PROTOCOL`].
-#[derive(serde::Serialize, serde::Deserialize)]
-struct SyncPush {
-    /// The room's sync tag ([`Room::sync_tag`]), valid across epochs.
-    room: [u8; 16],
-    /// Membership operations (self-authenticating: each is signed by its author).
-    ops: Vec<confer_room::log::SignedOp>,
-    /// Recent room envelopes the receiver was entitled to.
-    envelopes: Vec<Vec<u8>>,
 }
 
 /// How a node is started.
@@ -215,6 +220,11 @@ impl Node {
             unknown_author: VecDeque::new(),
             recent: HashMap::new(),
             room_topics: HashMap::new(),
+            index: HashMap::new(),
+            unconfirmed: HashMap::new(),
+            addresses: HashMap::new(),
+            redial: HashMap::new(),
+            addresses_dirty: false,
             rotation_due: HashMap::new(),
             ticks: 0,
             dropped: 0,
@@ -222,6 +232,7 @@ impl Node {
         let ids: Vec<RoomId> = event_loop.rooms.keys().copied().collect();
         for id in ids {
             event_loop.sync_topics(id);
+            event_loop.load_index(id)?;
         }
         let task = tokio::spawn(event_loop.run(receiver));
         let node = Node {
@@ -340,6 +351,15 @@ struct EventLoop {
     unknown_author: VecDeque<(RoomId, Vec<u8>)>,
     recent: HashMap<RoomId, VecDeque<Recent>>,
     room_topics: HashMap<RoomId, Vec<String>>,
+    /// Per room: every stored message id and its sent_at, for reconciliation.
+    index: HashMap<RoomId, BTreeMap<Id, u64>>,
+    /// Per room: this member's messages no other member has confirmed holding yet.
+    unconfirmed: HashMap<RoomId, BTreeSet<Id>>,
+    /// Addresses at which peers were reached or announced (identify, other members).
+    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    /// When to dial a disconnected member next, and the current backoff.
+    redial: HashMap<PeerId, (std::time::Instant, Duration)>,
+    addresses_dirty: bool,
     rotation_due: HashMap<RoomId, std::time::Instant>,
     ticks: u64,
     dropped: u64,
@@ -373,6 +393,10 @@ impl EventLoop {
     }
 
     fn close(&mut self) {
+        let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
+        for id in ids {
+            self.save_addresses(&id);
+        }
         if let Err(e) = self.store.flush() {
             tracing::error!("flushing the store at shutdown failed: {e}");
         }
@@ -431,12 +455,26 @@ impl EventLoop {
                     .into_iter()
                     .filter(|p| self.swarm.is_connected(p))
                     .collect();
-                if !peers.is_empty() {
-                    let ops = self.rooms[&id].log().ops();
-                    self.push(id, &peers, ops, Vec::new());
+                // Retry what no other member has confirmed yet.
+                let pending: Vec<Id> = self
+                    .unconfirmed
+                    .get(&id)
+                    .map(|u| u.iter().take(256).copied().collect())
+                    .unwrap_or_default();
+                let envelopes = self.envelopes_of(&id, &pending);
+                for peer in peers {
+                    self.reconcile(id, peer, envelopes.clone());
                 }
+                self.save_addresses(&id);
             }
         }
+        if std::mem::take(&mut self.addresses_dirty) {
+            let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
+            for id in ids {
+                self.save_addresses(&id);
+            }
+        }
+        self.redial_members();
         if self.ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
             let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
             for id in ids {
@@ -531,7 +569,14 @@ impl EventLoop {
             .filter_map(|m| PeerId::from_bytes(&m.peer).ok())
             .filter(|p| *p != me)
             .collect();
-        self.push(id, &peers, newest, Vec::new());
+        self.push(
+            id,
+            &peers,
+            SyncPush {
+                ops: newest,
+                ..SyncPush::default()
+            },
+        );
         self.sync_topics(id);
         self.maybe_rotate(id);
         let room = &self.rooms[&id];
@@ -607,6 +652,7 @@ impl EventLoop {
             author: room.display_name_of(&record.author),
             text: record.text.clone(),
             sent_at: rfc3339_ms(record.sent_at),
+            pending: false,
         }
     }
 
@@ -614,10 +660,15 @@ impl EventLoop {
         let room = self.rooms.get(id).ok_or("unknown room")?;
         let stored = self.store.messages(&id.0).map_err(|e| e.to_string())?;
         let mut out = Vec::with_capacity(stored.len());
+        let unconfirmed = self.unconfirmed.get(id);
         for bytes in stored {
-            match MessageRecord::from_bytes(&bytes) {
-                Ok(record) => out.push(Self::message_info(room, &record)),
-                Err(e) => tracing::warn!("skipping a damaged stored message: {e}"),
+            match StoredMessage::from_bytes(&bytes) {
+                Some(stored) => {
+                    let mut info = Self::message_info(room, &stored.record);
+                    info.pending = unconfirmed.is_some_and(|u| u.contains(&stored.record.id));
+                    out.push(info);
+                }
+                None => tracing::warn!("skipping a damaged stored message"),
             }
         }
         Ok(out)
@@ -810,13 +861,27 @@ impl EventLoop {
         let Some(topic) = room.topic() else {
             return error(confer_room::RoomError::NoKey);
         };
+        let value = StoredMessage {
+            record: record.clone(),
+            envelope: envelope.clone(),
+        }
+        .to_bytes();
+        self.unconfirmed.entry(id).or_default().insert(record.id);
         let stored = self
             .store
-            .insert_message(&id.0, &record.id, record.sent_at, &record.to_bytes())
+            .insert_message(&id.0, &record.id, record.sent_at, &value)
+            .and_then(|_| self.save_unconfirmed(&id))
             .and_then(|_| self.store.flush());
         if let Err(e) = stored {
+            if let Some(u) = self.unconfirmed.get_mut(&id) {
+                u.remove(&record.id);
+            }
             return error(e);
         }
+        self.index
+            .entry(id)
+            .or_default()
+            .insert(record.id, record.sent_at);
         self.notify(&id, &record);
         self.remember(id, &envelope);
         self.publish(id, topic, envelope);
@@ -889,7 +954,8 @@ impl EventLoop {
         let mut dialable = 0;
         for addr in &invite.body.addresses {
             if let Ok(addr) = addr.parse::<Multiaddr>() {
-                self.swarm.add_peer_address(peer, addr);
+                self.swarm.add_peer_address(peer, addr.clone());
+                self.learn_addresses(peer, [addr]);
                 dialable += 1;
             }
         }
@@ -1020,6 +1086,36 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(event)) => self.handle_gossip(event),
             SwarmEvent::Behaviour(BehaviourEvent::Join(event)) => self.handle_join(event),
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.handle_sync(event),
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(
+                libp2p::identify::Event::Received { peer_id, info, .. },
+            )) if info.protocol_version == net::IDENTIFY_PROTOCOL_VERSION => {
+                self.learn_addresses(peer_id, info.listen_addrs);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                if endpoint.is_dialer() {
+                    self.learn_addresses(peer_id, [endpoint.get_remote_address().clone()]);
+                }
+                // A member we were not connected to: catch up with each other.
+                if num_established.get() == 1 {
+                    let peer_bytes = peer_id.to_bytes();
+                    let shared: Vec<RoomId> = self
+                        .rooms
+                        .values()
+                        .filter(|r| {
+                            r.is_member() && r.members().iter().any(|m| m.peer == peer_bytes)
+                        })
+                        .map(Room::id)
+                        .collect();
+                    for id in shared {
+                        self.reconcile(id, peer_id, Vec::new());
+                    }
+                }
+            }
             SwarmEvent::NewListenAddr { address, .. } => {
                 let address = address.to_string();
                 if !self.listen.contains(&address) {
@@ -1103,34 +1199,60 @@ impl EventLoop {
 
     /// Opens, verifies, stores and shows one envelope from a room's topic.
     fn receive(&mut self, id: RoomId, data: Vec<u8>) -> MessageAcceptance {
+        self.receive_one(id, data, true).0
+    }
+
+    /// [`Self::receive`], flushing the store only if `flush` (a batch flushes once).
+    /// Also returns the id of the message now held, if the envelope was one.
+    fn receive_one(
+        &mut self,
+        id: RoomId,
+        data: Vec<u8>,
+        flush: bool,
+    ) -> (MessageAcceptance, Option<Id>) {
         let Some(room) = self.rooms.get_mut(&id) else {
-            return MessageAcceptance::Ignore;
+            return (MessageAcceptance::Ignore, None);
         };
         match room.open(&data, now_ms()) {
             Ok(Incoming::Message(record)) => {
+                let value = StoredMessage {
+                    record: record.clone(),
+                    envelope: data.clone(),
+                }
+                .to_bytes();
                 let stored = self
                     .store
-                    .insert_message(&id.0, &record.id, record.sent_at, &record.to_bytes())
-                    .and_then(|new| self.store.flush().map(|()| new));
+                    .insert_message(&id.0, &record.id, record.sent_at, &value)
+                    .and_then(|new| {
+                        if flush {
+                            self.store.flush().map(|()| new)
+                        } else {
+                            Ok(new)
+                        }
+                    });
                 match stored {
                     Ok(true) => {
+                        self.index
+                            .entry(id)
+                            .or_default()
+                            .insert(record.id, record.sent_at);
                         self.notify(&id, &record);
                         self.remember(id, &data);
                     }
                     Ok(false) => {}
                     Err(e) => {
                         tracing::error!("could not store a message: {e}");
-                        return MessageAcceptance::Ignore;
+                        return (MessageAcceptance::Ignore, None);
                     }
                 }
-                MessageAcceptance::Accept
+                (MessageAcceptance::Accept, Some(record.id))
             }
             Ok(Incoming::Op { new }) => {
                 if new {
                     self.remember(id, &data);
                     self.after_log_change(id);
                 }
-                MessageAcceptance::Accept
+                (MessageAcceptance::Accept, None)
             }
             Err(OpenError::Pending) => {
                 // The author's admission, or an operation the message names, may arrive
@@ -1140,12 +1262,12 @@ impl EventLoop {
                     self.dropped += 1;
                 }
                 self.unknown_author.push_back((id, data));
-                MessageAcceptance::Ignore
+                (MessageAcceptance::Ignore, None)
             }
             Err(e) => {
                 self.dropped += 1;
                 tracing::debug!("dropped room traffic: {e}");
-                MessageAcceptance::Reject
+                (MessageAcceptance::Reject, None)
             }
         }
     }
@@ -1177,9 +1299,10 @@ impl EventLoop {
         });
     }
 
-    /// Sends `peer` the recent envelopes it should have, if it is a member: gossip does
-    /// not route to a peer until its subscription has been seen, so anything published
-    /// in that window would otherwise miss it.
+    /// When a member subscribes to one of the room's topics: reconcile with it (our log,
+    /// our message summary, the addresses we know), and, if it is the current topic, hand
+    /// it the recent envelopes it was entitled to (gossip does not route to a peer until
+    /// its subscription has been seen).
     fn push_recent(&mut self, id: RoomId, peer: PeerId, topic: &str) {
         let Some(room) = self.rooms.get(&id) else {
             return;
@@ -1188,9 +1311,6 @@ impl EventLoop {
         if !room.members().iter().any(|m| m.peer == peer_bytes) {
             return;
         }
-        // The whole log whenever a member joins any of our topics (it may be behind);
-        // recent envelopes once, when it joins the current epoch's topic.
-        let ops = room.log().ops();
         let envelopes = if room.topic().as_deref() == Some(topic) {
             self.recent
                 .get(&id)
@@ -1205,64 +1325,110 @@ impl EventLoop {
         } else {
             Vec::new()
         };
-        self.push(id, &[peer], ops, envelopes);
+        self.reconcile(id, peer, envelopes);
     }
 
-    /// Sends operations and envelopes to `peers` over the sync protocol, in batches that
-    /// fit a request.
-    fn push(
-        &mut self,
-        id: RoomId,
-        peers: &[PeerId],
-        ops: Vec<confer_room::log::SignedOp>,
-        envelopes: Vec<Vec<u8>>,
-    ) {
+    /// Starts reconciliation with a member: our whole log, our message summary and the
+    /// member addresses we know, plus any `envelopes` to hand over.
+    fn reconcile(&mut self, id: RoomId, peer: PeerId, envelopes: Vec<Vec<u8>>) {
+        let Some(room) = self.rooms.get(&id) else {
+            return;
+        };
+        let ops = room.log().ops();
+        let addresses = self.member_addresses(&id);
+        let summary = Some(sync::summary(
+            self.index.get(&id).unwrap_or(&BTreeMap::new()),
+        ));
+        self.push(
+            id,
+            &[peer],
+            SyncPush {
+                ops,
+                envelopes,
+                summary,
+                addresses,
+                ..SyncPush::default()
+            },
+        );
+    }
+
+    /// Known addresses of the room's members, to share with other members.
+    fn member_addresses(&self, id: &RoomId) -> Vec<(Vec<u8>, Vec<String>)> {
+        self.member_peers(id)
+            .into_iter()
+            .filter_map(|p| {
+                let addrs = self.addresses.get(&p)?;
+                Some((
+                    p.to_bytes(),
+                    addrs.iter().take(8).map(|a| a.to_string()).collect(),
+                ))
+            })
+            .collect()
+    }
+
+    /// Sends a push to `peers`, split into requests that fit the protocol's limit
+    /// (operations and envelopes spread over as many as needed; the summary, wants and
+    /// addresses ride on the first).
+    fn push(&mut self, id: RoomId, peers: &[PeerId], template: SyncPush) {
         let Some(room) = self.rooms.get(&id) else {
             return;
         };
         let tag = room.sync_tag();
-        let budget = net::MAX_REQUEST - 1024;
+        let budget = net::MAX_REQUEST - 4096;
+        let SyncPush {
+            ops,
+            envelopes,
+            summary,
+            want,
+            addresses,
+            ..
+        } = template;
+        let fixed = confer_room::wire::encode(&(&summary, &want, &addresses))
+            .map(|b| b.len())
+            .unwrap_or(budget);
         let mut batches = vec![SyncPush {
             room: tag,
-            ops: Vec::new(),
-            envelopes: Vec::new(),
+            summary,
+            want,
+            addresses,
+            ..SyncPush::default()
         }];
-        let mut size = 0;
-        for op in ops {
-            let len = confer_room::wire::encode(&op)
-                .map(|b| b.len())
-                .unwrap_or(budget);
-            if size + len + 16 > budget {
-                batches.push(SyncPush {
-                    room: tag,
-                    ops: Vec::new(),
-                    envelopes: Vec::new(),
-                });
-                size = 0;
-            }
-            size += len + 16;
-            if let Some(last) = batches.last_mut() {
-                last.ops.push(op);
-            }
-        }
-        for envelope in envelopes {
-            if size + envelope.len() + 16 > budget {
-                batches.push(SyncPush {
-                    room: tag,
-                    ops: Vec::new(),
-                    envelopes: Vec::new(),
-                });
-                size = 0;
-            }
-            size += envelope.len() + 16;
-            if let Some(last) = batches.last_mut() {
-                last.envelopes.push(envelope);
-            }
-        }
-        for batch in batches
+        let mut size = fixed;
+        let items = ops
             .into_iter()
-            .filter(|b| !b.ops.is_empty() || !b.envelopes.is_empty())
-        {
+            .map(|op| Item::Op(Box::new(op)))
+            .chain(envelopes.into_iter().map(Item::Envelope));
+        for item in items {
+            let len = match &item {
+                Item::Op(op) => confer_room::wire::encode(&**op)
+                    .map(|b| b.len())
+                    .unwrap_or(budget),
+                Item::Envelope(e) => e.len(),
+            } + 16;
+            if size + len > budget {
+                batches.push(SyncPush {
+                    room: tag,
+                    ..SyncPush::default()
+                });
+                size = 0;
+            }
+            size += len;
+            if let Some(last) = batches.last_mut() {
+                match item {
+                    Item::Op(op) => last.ops.push(*op),
+                    Item::Envelope(e) => last.envelopes.push(e),
+                }
+            }
+        }
+        for batch in batches {
+            let empty = batch.ops.is_empty()
+                && batch.envelopes.is_empty()
+                && batch.summary.is_none()
+                && batch.want.is_empty()
+                && batch.addresses.is_empty();
+            if empty {
+                continue;
+            }
             if let Ok(bytes) = confer_room::wire::encode(&batch) {
                 for peer in peers {
                     self.swarm
@@ -1271,6 +1437,89 @@ impl EventLoop {
                         .send_request(peer, bytes.clone());
                 }
             }
+        }
+    }
+
+    /// Loads a room's message index and outbox from the store.
+    fn load_index(&mut self, id: RoomId) -> Result<(), NodeError> {
+        let mut index = BTreeMap::new();
+        for bytes in self.store.messages(&id.0)? {
+            if let Some(stored) = StoredMessage::from_bytes(&bytes) {
+                index.insert(stored.record.id, stored.record.sent_at);
+            }
+        }
+        self.index.insert(id, index);
+        let unconfirmed: BTreeSet<Id> = match self.store.room_state(&id.0, OUTBOX)? {
+            Some(bytes) => {
+                confer_room::wire::decode::<Vec<Id>>(&bytes, confer_room::wire::MAX_WIRE)
+                    .map(|ids| ids.into_iter().collect())
+                    .unwrap_or_default()
+            }
+            None => BTreeSet::new(),
+        };
+        self.unconfirmed.insert(id, unconfirmed);
+        if let Some(bytes) = self.store.room_state(&id.0, PEERS)? {
+            let known: Vec<(Vec<u8>, Vec<String>)> =
+                confer_room::wire::decode(&bytes, confer_room::wire::MAX_WIRE).unwrap_or_default();
+            for (peer, addrs) in known {
+                if let Ok(peer) = PeerId::from_bytes(&peer) {
+                    self.learn_addresses(peer, addrs.iter().filter_map(|a| a.parse().ok()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Persists the addresses known for the room's members, so a restarted node can redial.
+    fn save_addresses(&self, id: &RoomId) {
+        let known = self.member_addresses(id);
+        let result = confer_room::wire::encode(&known)
+            .map_err(|_| ())
+            .and_then(|bytes| {
+                self.store
+                    .put_room_state(&id.0, PEERS, &bytes)
+                    .map_err(|_| ())
+            });
+        if result.is_err() {
+            tracing::warn!("could not store member addresses");
+        }
+    }
+
+    fn save_unconfirmed(&self, id: &RoomId) -> Result<(), confer_store::StoreError> {
+        let ids: Vec<Id> = self
+            .unconfirmed
+            .get(id)
+            .map(|u| u.iter().copied().collect())
+            .unwrap_or_default();
+        self.store.put_room_state(
+            &id.0,
+            OUTBOX,
+            &confer_room::wire::encode(&ids).unwrap_or_default(),
+        )
+    }
+
+    /// Envelopes of stored messages, by id.
+    fn envelopes_of(&self, id: &RoomId, ids: &[Id]) -> Vec<Vec<u8>> {
+        ids.iter()
+            .filter_map(|m| self.store.message(&id.0, m).ok().flatten())
+            .filter_map(|bytes| StoredMessage::from_bytes(&bytes))
+            .map(|s| s.envelope)
+            .collect()
+    }
+
+    /// Marks this member's messages as held by another member.
+    fn confirm(&mut self, id: &RoomId, ids: impl IntoIterator<Item = Id>) {
+        let Some(unconfirmed) = self.unconfirmed.get_mut(id) else {
+            return;
+        };
+        let before = unconfirmed.len();
+        for m in ids {
+            unconfirmed.remove(&m);
+        }
+        if unconfirmed.len() != before
+            && let Err(e) = self.save_unconfirmed(id).and_then(|()| self.store.flush())
+        {
+            tracing::error!("could not record a delivery confirmation: {e}");
         }
     }
 
@@ -1291,30 +1540,143 @@ impl EventLoop {
 
     fn handle_sync(&mut self, event: request_response::Event<Vec<u8>, Vec<u8>>) {
         match event {
-            request_response::Event::Message {
-                peer,
-                message:
-                    request_response::Message::Request {
-                        request, channel, ..
-                    },
-                ..
-            } => {
-                self.receive_push(peer, &request);
-                let _ = self
-                    .swarm
-                    .behaviour_mut()
-                    .sync
-                    .send_response(channel, Vec::new());
-            }
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let reply = self.receive_push(peer, &request).unwrap_or_default();
+                    let bytes = confer_room::wire::encode(&reply).unwrap_or_default();
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .sync
+                        .send_response(channel, bytes);
+                }
+                request_response::Message::Response { response, .. } => {
+                    self.receive_reply(peer, &response);
+                }
+            },
             request_response::Event::InboundFailure { .. } => self.dropped += 1,
             _ => {}
         }
     }
 
-    fn receive_push(&mut self, from: PeerId, bytes: &[u8]) {
-        let Ok(push) = confer_room::wire::decode::<SyncPush>(bytes, net::MAX_REQUEST) else {
+    /// The other side's answer to our push: confirmations, and where our histories differ.
+    fn receive_reply(&mut self, from: PeerId, bytes: &[u8]) {
+        let Ok(reply) = confer_room::wire::decode::<SyncReply>(bytes, net::MAX_RESPONSE) else {
             self.dropped += 1;
             return;
+        };
+        if reply.ids.len() > sync::MAX_REPLY_IDS {
+            self.dropped += 1;
+            return;
+        }
+        let from_bytes = from.to_bytes();
+        // Which room: the one whose members include the peer and which holds these ids.
+        let candidates: Vec<RoomId> = self
+            .rooms
+            .values()
+            .filter(|r| r.is_member() && r.members().iter().any(|m| m.peer == from_bytes))
+            .map(Room::id)
+            .collect();
+        for id in candidates {
+            let index = self.index.get(&id).cloned().unwrap_or_default();
+            let stored: Vec<Id> = reply
+                .stored
+                .iter()
+                .filter(|m| index.contains_key(*m))
+                .copied()
+                .collect();
+            self.confirm(&id, stored);
+            if reply.days.is_empty() {
+                continue;
+            }
+            let theirs: BTreeSet<Id> = reply.ids.iter().copied().collect();
+            self.confirm(
+                &id,
+                theirs
+                    .iter()
+                    .copied()
+                    .filter(|m| index.contains_key(m))
+                    .collect::<Vec<_>>(),
+            );
+            let mine = sync::ids_on(&index, &reply.days);
+            let they_lack: Vec<Id> = mine
+                .iter()
+                .filter(|m| !theirs.contains(*m))
+                .copied()
+                .collect();
+            let i_lack: Vec<Id> = theirs
+                .iter()
+                .filter(|m| !index.contains_key(*m))
+                .copied()
+                .collect();
+            if they_lack.is_empty() && i_lack.is_empty() {
+                continue;
+            }
+            let envelopes = self.envelopes_of(&id, &they_lack);
+            self.push(
+                id,
+                &[from],
+                SyncPush {
+                    envelopes,
+                    want: i_lack,
+                    ..SyncPush::default()
+                },
+            );
+        }
+    }
+
+    /// Dials members we are not connected to, with exponential backoff per peer.
+    fn redial_members(&mut self) {
+        let now = std::time::Instant::now();
+        let mut peers: BTreeSet<PeerId> = BTreeSet::new();
+        for id in self.rooms.keys() {
+            if self.rooms[id].is_member() {
+                peers.extend(self.member_peers(id));
+            }
+        }
+        for peer in peers {
+            if self.swarm.is_connected(&peer) {
+                self.redial.remove(&peer);
+                continue;
+            }
+            let Some(addrs) = self.addresses.get(&peer).cloned() else {
+                continue;
+            };
+            let (due, backoff) = self.redial.get(&peer).copied().unwrap_or((now, REDIAL_MIN));
+            if now < due {
+                continue;
+            }
+            let opts = libp2p::swarm::dial_opts::DialOpts::peer_id(peer)
+                .addresses(addrs)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!("redial of a member failed to start: {e}");
+            }
+            self.redial
+                .insert(peer, (now + backoff, (backoff * 2).min(REDIAL_MAX)));
+        }
+    }
+
+    /// Remembers where a peer can be reached (bounded).
+    fn learn_addresses(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
+        let known = self.addresses.entry(peer).or_default();
+        for a in addrs {
+            if !known.contains(&a) && known.len() < 16 {
+                known.push(a);
+                self.addresses_dirty = true;
+            }
+        }
+    }
+
+    /// Takes in a push from another node and answers it: operations from anyone who is
+    /// or was a member (they are self-authenticating; a member who just left pushes its
+    /// own departure), envelopes, wants and summaries only from current members.
+    fn receive_push(&mut self, from: PeerId, bytes: &[u8]) -> Option<SyncReply> {
+        let Ok(push) = confer_room::wire::decode::<SyncPush>(bytes, net::MAX_REQUEST) else {
+            self.dropped += 1;
+            return None;
         };
         let Some(id) = self
             .rooms
@@ -1323,22 +1685,19 @@ impl EventLoop {
             .map(Room::id)
         else {
             self.dropped += 1;
-            return;
+            return None;
         };
-        let from = from.to_bytes();
-        // Operations are self-authenticating, so they are taken from anyone who is or was
-        // a member (a member who just left pushes its own departure); envelopes only from
-        // current members.
+        let from_bytes = from.to_bytes();
         let (known, current) = match self.rooms.get(&id) {
             Some(r) => (
-                r.knows_peer(&from),
-                r.members().iter().any(|m| m.peer == from),
+                r.knows_peer(&from_bytes),
+                r.members().iter().any(|m| m.peer == from_bytes),
             ),
             None => (false, false),
         };
         if !known {
             self.dropped += 1;
-            return;
+            return None;
         }
         if !push.ops.is_empty() {
             let changed = self
@@ -1349,13 +1708,69 @@ impl EventLoop {
                 self.after_log_change(id);
             }
         }
-        if current {
-            for envelope in push.envelopes {
-                let _ = self.receive(id, envelope);
+        if !current {
+            if !push.envelopes.is_empty() || !push.want.is_empty() {
+                self.dropped += 1;
             }
-        } else if !push.envelopes.is_empty() {
-            self.dropped += 1;
+            return Some(SyncReply::default());
         }
+        for (peer, addrs) in push.addresses.into_iter().take(8) {
+            let Ok(peer) = PeerId::from_bytes(&peer) else {
+                continue;
+            };
+            let is_member = self.rooms[&id]
+                .members()
+                .iter()
+                .any(|m| m.peer == peer.to_bytes());
+            if is_member && peer != *self.swarm.local_peer_id() {
+                let addrs: Vec<Multiaddr> = addrs
+                    .iter()
+                    .take(8)
+                    .filter_map(|a| a.parse().ok())
+                    .collect();
+                self.learn_addresses(peer, addrs);
+            }
+        }
+        // Envelopes: store each, flush once for the batch, then confirm what we hold.
+        let mut stored = Vec::new();
+        let count = push.envelopes.len();
+        for envelope in push.envelopes {
+            if let (_, Some(held)) = self.receive_one(id, envelope, false) {
+                stored.push(held);
+            }
+        }
+        if count > 0
+            && let Err(e) = self.store.flush()
+        {
+            tracing::error!("could not flush received messages: {e}");
+            return Some(SyncReply::default());
+        }
+        // Wants: send back what we have of them.
+        if !push.want.is_empty() {
+            let want: Vec<Id> = push.want.into_iter().take(sync::MAX_REPLY_IDS).collect();
+            let envelopes = self.envelopes_of(&id, &want);
+            self.push(
+                id,
+                &[from],
+                SyncPush {
+                    envelopes,
+                    ..SyncPush::default()
+                },
+            );
+        }
+        let mut reply = SyncReply {
+            stored,
+            ..SyncReply::default()
+        };
+        if let Some(theirs) = &push.summary {
+            let index = self.index.get(&id).cloned().unwrap_or_default();
+            let days = sync::differing_days(&sync::summary(&index), theirs);
+            let mut ids = sync::ids_on(&index, &days);
+            ids.truncate(sync::MAX_REPLY_IDS);
+            reply.days = days;
+            reply.ids = ids;
+        }
+        Some(reply)
     }
 
     /// Follows a change in a room's log: persist, listen on the right topics, retry

@@ -37,6 +37,20 @@ impl TestNode {
         TestNode { node, home }
     }
 
+    /// Stops the node (cleanly) and starts it again on the same profile directory and
+    /// the same address, as a person would after closing their laptop.
+    pub async fn restart(&mut self) {
+        let listen = self.node.listen_addrs();
+        self.node.clone().shutdown().await;
+        let profile = Profile::unlock(self.home.path(), PASSPHRASE).expect("unlock profile");
+        let config = NodeConfig {
+            listen,
+            net: NetConfig::for_tests(),
+            control_socket: true,
+        };
+        self.node = Node::start(profile, config).await.expect("restart node");
+    }
+
     /// Sends a request that must succeed.
     pub async fn ok(&self, request: Request) -> Reply {
         match self.node.request(request.clone()).await {
@@ -65,6 +79,16 @@ impl TestNode {
             Reply::History { messages } => messages,
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    /// The room's history without this node's own delivery marks (`pending`), for
+    /// comparing what different members hold.
+    pub async fn said(&self, room: &str) -> Vec<MessageInfo> {
+        let mut messages = self.history(room).await;
+        for m in &mut messages {
+            m.pending = false;
+        }
+        messages
     }
 
     /// The profile directory.

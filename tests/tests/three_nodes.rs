@@ -125,12 +125,12 @@ async fn three_members_discuss_and_store_nothing_in_clear() {
         }
     }
 
-    let reference = alice.history(ROOM).await;
+    let reference = alice.said(ROOM).await;
     assert_eq!(reference.len(), 4);
     let authors: Vec<&str> = reference.iter().map(|m| m.author.as_str()).collect();
     assert_eq!(authors, ["Alice", "Bob", "Carol", "Alice"]);
-    assert_eq!(bob.history(prefix).await, reference);
-    assert_eq!(carol.history(prefix).await, reference);
+    assert_eq!(bob.said(prefix).await, reference);
+    assert_eq!(carol.said(prefix).await, reference);
     let names: Vec<String> = members(&bob, prefix)
         .await
         .into_iter()

@@ -1,7 +1,12 @@
 //! Named adversarial tests: each one is an attack from the threat model, and asserts that
 //! it is refused.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::needless_range_loop)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::needless_range_loop
+)]
 
 use confer_room::invite::{JoinBody, JoinRequest};
 use confer_room::log::{Membership, Op, OpBody, Rotation, SignedOp};

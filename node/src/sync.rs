@@ -1,0 +1,159 @@
+//! Catch-up between members without a server: what members push to each other on
+//! [`crate::net::SYNC_PROTOCOL`], and the set reconciliation that finds what each lacks.
+//!
+//! Every member stores every message it receives, with the original sealed envelope, so
+//! it can hand the envelope on: the receiver verifies the author's signature inside, so a
+//! message relayed by any member is as trustworthy as one from its author.
+//!
+//! Reconciliation is by day buckets: a member sends, per UTC day of `sent_at`, the count of
+//! messages it holds and the XOR of their ids. The other answers with the days that differ
+//! and its ids in those days; then each sends the envelopes the other lacks. A room's
+//! summary is small (44 bytes a day that has messages), and only differing days cost more.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use confer_room::log::SignedOp;
+use confer_room::room::MessageRecord;
+use serde::{Deserialize, Serialize};
+
+/// A message id.
+pub type Id = [u8; 32];
+
+/// Milliseconds in a reconciliation bucket (one UTC day).
+const BUCKET_MS: u64 = 24 * 3600 * 1000;
+/// The most ids a reply lists (about 1 MiB).
+pub const MAX_REPLY_IDS: usize = 30_000;
+
+/// What the store keeps for each message: the verified record, and the envelope as it
+/// travelled (sealed, signed inside), to hand on to members who missed it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredMessage {
+    /// The verified message.
+    pub record: MessageRecord,
+    /// The sealed envelope.
+    pub envelope: Vec<u8>,
+}
+
+impl StoredMessage {
+    /// Encodes for the store.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        confer_room::wire::encode(self).unwrap_or_default()
+    }
+
+    /// Decodes from the store.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        confer_room::wire::decode(bytes, 4 * confer_room::room::MAX_ENVELOPE).ok()
+    }
+}
+
+/// One day's summary: how many messages, and the XOR of their ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    /// Days since the Unix epoch.
+    pub day: u64,
+    /// Messages that day.
+    pub count: u32,
+    /// XOR of their ids.
+    pub xor: Id,
+}
+
+/// What one member pushes to another (a request on the sync protocol).
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SyncPush {
+    /// The room's sync tag (valid across epochs).
+    pub room: [u8; 16],
+    /// Membership operations (self-authenticating).
+    pub ops: Vec<SignedOp>,
+    /// Room envelopes (messages or operations).
+    pub envelopes: Vec<Vec<u8>>,
+    /// The sender's message summary, asking for reconciliation.
+    pub summary: Option<Vec<Bucket>>,
+    /// Message ids the sender wants sent to it.
+    pub want: Vec<Id>,
+    /// Addresses at which the sender has reached members of this room:
+    /// (libp2p peer id bytes, multiaddresses).
+    pub addresses: Vec<(Vec<u8>, Vec<String>)>,
+}
+
+/// The answer to a [`SyncPush`].
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct SyncReply {
+    /// Ids of the pushed messages the receiver now holds (confirms delivery).
+    pub stored: Vec<Id>,
+    /// Days on which the two summaries differ.
+    pub days: Vec<u64>,
+    /// The receiver's message ids on those days.
+    pub ids: Vec<Id>,
+}
+
+/// The day bucket of a message sent at `sent_at` (Unix ms).
+pub fn day(sent_at: u64) -> u64 {
+    sent_at / BUCKET_MS
+}
+
+/// Summarises an index of message id → sent_at.
+pub fn summary(index: &BTreeMap<Id, u64>) -> Vec<Bucket> {
+    let mut days: BTreeMap<u64, Bucket> = BTreeMap::new();
+    for (id, sent_at) in index {
+        let d = day(*sent_at);
+        let b = days.entry(d).or_insert(Bucket {
+            day: d,
+            count: 0,
+            xor: [0; 32],
+        });
+        b.count += 1;
+        for (x, y) in b.xor.iter_mut().zip(id) {
+            *x ^= y;
+        }
+    }
+    days.into_values().collect()
+}
+
+/// The days on which two summaries differ (present in one only, or with other contents).
+pub fn differing_days(mine: &[Bucket], theirs: &[Bucket]) -> Vec<u64> {
+    let mine: BTreeMap<u64, &Bucket> = mine.iter().map(|b| (b.day, b)).collect();
+    let theirs: BTreeMap<u64, &Bucket> = theirs.iter().map(|b| (b.day, b)).collect();
+    let days: BTreeSet<u64> = mine.keys().chain(theirs.keys()).copied().collect();
+    days.into_iter()
+        .filter(|d| mine.get(d) != theirs.get(d))
+        .collect()
+}
+
+/// The ids in `index` sent on any of `days`.
+pub fn ids_on(index: &BTreeMap<Id, u64>, days: &[u64]) -> Vec<Id> {
+    let days: BTreeSet<u64> = days.iter().copied().collect();
+    index
+        .iter()
+        .filter(|(_, t)| days.contains(&day(**t)))
+        .map(|(id, _)| *id)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn index(entries: &[(u8, u64)]) -> BTreeMap<Id, u64> {
+        entries.iter().map(|(b, t)| ([*b; 32], *t)).collect()
+    }
+
+    #[test]
+    fn equal_sets_have_no_differences() {
+        let a = index(&[(1, 0), (2, BUCKET_MS), (3, BUCKET_MS + 5)]);
+        assert!(differing_days(&summary(&a), &summary(&a)).is_empty());
+    }
+
+    #[test]
+    fn a_missing_message_marks_its_day_only() {
+        let a = index(&[(1, 0), (2, BUCKET_MS), (3, BUCKET_MS + 5)]);
+        let b = index(&[(1, 0), (2, BUCKET_MS)]);
+        let days = differing_days(&summary(&a), &summary(&b));
+        assert_eq!(days, vec![1]);
+        assert_eq!(ids_on(&a, &days), vec![[2; 32], [3; 32]]);
+        assert_eq!(ids_on(&b, &days), vec![[2; 32]]);
+        // A day only one side has differs too.
+        let c = index(&[(9, 7 * BUCKET_MS)]);
+        assert_eq!(differing_days(&summary(&a), &summary(&c)), vec![0, 1, 7]);
+        assert_eq!(differing_days(&[], &summary(&c)), vec![7]);
+    }
+}
