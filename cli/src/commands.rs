@@ -300,11 +300,11 @@ pub async fn read(home: &Path, room: String, follow: bool, json: bool) -> Result
 }
 
 fn print_message(message: &MessageInfo) -> Result<(), Error> {
-    output::line(&output::message_line(
-        &message.sent_at,
-        &message.author,
-        &message.text,
-    ))
+    let mut line = output::message_line(&message.sent_at, &message.author, &message.text);
+    if message.pending {
+        line.push_str("  (not yet received by anyone else)");
+    }
+    output::line(&line)
 }
 
 /// `confer members`

@@ -226,3 +226,20 @@ fn a_malformed_invite_is_one_clear_sentence() {
     assert_eq!(rooms, serde_json::json!([]));
     assert!(node.terminate().success());
 }
+
+#[test]
+fn a_message_nobody_else_holds_yet_is_marked() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    init(home, "Sam");
+    let _node = NodeProcess::start(home);
+    ok_json(home, &["room", "create", "Solo"]);
+    ok_json(home, &["send", "Solo", "Notes before the others join."]);
+    let read = ok_json(home, &["read", "Solo"]);
+    assert_eq!(read[0]["pending"], true);
+    let human = ok(home, &["read", "Solo"]);
+    assert!(
+        human.contains("(not yet received by anyone else)"),
+        "{human}"
+    );
+}
