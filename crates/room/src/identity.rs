@@ -67,46 +67,77 @@ fn labelled(label: &[u8], message: &[u8]) -> Vec<u8> {
 }
 
 /// A member's own secret keys in one room.
+///
+/// Only the two secrets are serialized; the expanded signing key and both public halves
+/// are derived once when the keys are made or decoded, because recomputing a public key is
+/// a scalar multiplication and would otherwise dominate sealing a message.
 #[derive(Clone, Serialize, Deserialize)]
+#[serde(from = "KeySecrets", into = "KeySecrets")]
 pub struct MemberKeys {
+    secrets: KeySecrets,
+    signing: SigningKey,
+    agreement: StaticSecret,
+    public: MemberPublic,
+}
+
+/// The serialized form of [`MemberKeys`].
+#[derive(Clone, Serialize, Deserialize)]
+struct KeySecrets {
     signing: Secret32,
     agreement: Secret32,
+}
+
+impl From<KeySecrets> for MemberKeys {
+    fn from(secrets: KeySecrets) -> Self {
+        let signing = SigningKey::from_bytes(secrets.signing.expose());
+        let agreement = StaticSecret::from(*secrets.agreement.expose());
+        let public = MemberPublic {
+            id: MemberId(signing.verifying_key().to_bytes()),
+            agreement: PublicKey::from(&agreement).to_bytes(),
+        };
+        Self {
+            secrets,
+            signing,
+            agreement,
+            public,
+        }
+    }
+}
+
+impl From<MemberKeys> for KeySecrets {
+    fn from(keys: MemberKeys) -> Self {
+        keys.secrets.clone()
+    }
 }
 
 impl MemberKeys {
     /// Fresh keys for a new room.
     pub fn generate<R: rand_core::CryptoRng + ?Sized>(rng: &mut R) -> Self {
-        Self {
+        KeySecrets {
             signing: Secret32::random(rng),
             agreement: Secret32::random(rng),
         }
-    }
-
-    fn signing_key(&self) -> SigningKey {
-        SigningKey::from_bytes(self.signing.expose())
+        .into()
     }
 
     /// The agreement secret, for opening sealed boxes.
-    pub fn agreement_secret(&self) -> StaticSecret {
-        StaticSecret::from(*self.agreement.expose())
+    pub fn agreement_secret(&self) -> &StaticSecret {
+        &self.agreement
     }
 
     /// This member's public keys.
     pub fn public(&self) -> MemberPublic {
-        MemberPublic {
-            id: self.id(),
-            agreement: PublicKey::from(&self.agreement_secret()).to_bytes(),
-        }
+        self.public
     }
 
     /// This member's id.
     pub fn id(&self) -> MemberId {
-        MemberId(self.signing_key().verifying_key().to_bytes())
+        self.public.id
     }
 
     /// Signs `message` under domain separation `label`.
     pub fn sign(&self, label: &[u8], message: &[u8]) -> Sig {
-        self.signing_key().sign(&labelled(label, message))
+        self.signing.sign(&labelled(label, message))
     }
 }
 

@@ -809,6 +809,11 @@ impl Membership {
         self.ops.get(op)
     }
 
+    /// Every operation with its hash, by reference (hash order).
+    pub fn iter(&self) -> impl Iterator<Item = (&OpHash, &SignedOp)> {
+        self.ops.iter()
+    }
+
     /// All operations, in an order in which they can be replayed.
     pub fn ops(&self) -> Vec<SignedOp> {
         self.order.iter().map(|h| self.ops[h].clone()).collect()

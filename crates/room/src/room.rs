@@ -299,6 +299,8 @@ pub struct Room {
     /// Epoch keys, oldest first; the last is current when it matches the log's frontier.
     epochs: Vec<EpochKey>,
     invites: BTreeMap<InviteId, IssuedInvite>,
+    /// Operations already looked at for a share addressed to this member (not stored).
+    checked: std::collections::BTreeSet<OpHash>,
 }
 
 impl std::fmt::Debug for Room {
@@ -404,6 +406,7 @@ impl Room {
             secrets: BTreeMap::new(),
             epochs: Vec::new(),
             invites: BTreeMap::new(),
+            checked: Default::default(),
         };
         room.refresh(now_ms);
         Ok(room)
@@ -520,9 +523,9 @@ impl Room {
         let room = self.id();
         let me = self.me.id();
         let agreement = self.me.agreement_secret();
-        for op in self.log.ops() {
-            let hash = op.hash();
-            if self.secrets.contains_key(&hash) {
+        for (hash, op) in self.log.iter() {
+            let hash = *hash;
+            if self.secrets.contains_key(&hash) || !self.checked.insert(hash) {
                 continue;
             }
             let Some(rotation) = op.op.body.rotation() else {
@@ -530,7 +533,7 @@ impl Room {
             };
             if let Some(share) = rotation.shares.iter().find(|s| s.member == me)
                 && let Ok(bytes) =
-                    crypto::open_from(&agreement, &share_aad(&room, &me), &share.sealed)
+                    crypto::open_from(agreement, &share_aad(&room, &me), &share.sealed)
                         .map(zeroize::Zeroizing::new)
                 && let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice())
             {
@@ -802,6 +805,18 @@ impl Room {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Vec<u8>, RoomError> {
+        self.author_keying_op(body, None, now_ms, rng)
+    }
+
+    /// [`Self::author_op`] for a keying operation whose secret this member just drew: it
+    /// is recorded directly instead of being opened again from its own share.
+    fn author_keying_op<R: CryptoRng + ?Sized>(
+        &mut self,
+        body: OpBody,
+        secret: Option<Secret32>,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, RoomError> {
         let epoch = self.sending_epoch().cloned().ok_or(RoomError::NoKey)?;
         let op = SignedOp::sign(
             Op {
@@ -813,7 +828,11 @@ impl Room {
             },
             &self.me,
         );
+        let hash = op.hash();
         self.log.insert(op.clone())?;
+        if let Some(secret) = secret {
+            self.secrets.insert(hash, secret);
+        }
         self.refresh(now_ms);
         Ok(self.seal_payload(&epoch, Payload::Op(Box::new(op)), rng).0)
     }
@@ -880,11 +899,12 @@ impl Room {
             .collect();
         let secret = Secret32::random(rng);
         let rotation = make_rotation(&self.id(), &remaining, &secret, rng);
-        self.author_op(
+        self.author_keying_op(
             OpBody::Remove {
                 member: target,
                 rotation,
             },
+            Some(secret),
             now_ms,
             rng,
         )
@@ -902,7 +922,7 @@ impl Room {
         let recipients: Vec<MemberPublic> = self.members().iter().map(|m| m.public).collect();
         let secret = Secret32::random(rng);
         let rotation = make_rotation(&self.id(), &recipients, &secret, rng);
-        self.author_op(OpBody::Rotate { rotation }, now_ms, rng)
+        self.author_keying_op(OpBody::Rotate { rotation }, Some(secret), now_ms, rng)
     }
 
     /// Hands the facilitator role to another member.
@@ -1115,7 +1135,7 @@ impl Room {
     ) -> Result<Self, RoomError> {
         let room_id = invite.body.room_id;
         let plaintext = crypto::open_from(
-            &me.agreement_secret(),
+            me.agreement_secret(),
             &welcome_aad(&room_id, &me.id()),
             sealed,
         )
@@ -1138,6 +1158,7 @@ impl Room {
             secrets: welcome.secrets.into_iter().collect(),
             epochs: Vec::new(),
             invites: BTreeMap::new(),
+            checked: Default::default(),
         };
         room.refresh(now_ms);
         if room.current().is_none() {
@@ -1179,6 +1200,7 @@ impl Room {
             secrets: record.secrets.into_iter().collect(),
             epochs: record.epochs,
             invites: record.invites.into_iter().collect(),
+            checked: Default::default(),
         })
     }
 
