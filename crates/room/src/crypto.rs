@@ -12,6 +12,12 @@
 //!   [`seal`]. Used to hand a joiner the room's epoch secret and membership log.
 //!   The recipient learns nothing about the sender from it; authenticity comes from
 //!   the signed membership log inside.
+//! - [`seal_to_many`]: the sealed box for several recipients at once, with one ephemeral
+//!   X25519 key shared by all copies (a multi-recipient KEM with shared randomness). Each
+//!   copy's key is HKDF over that recipient's own Diffie-Hellman output, salted with the
+//!   ephemeral *and the recipient's* public key, so the copies' keys are independent; the
+//!   saving is one scalar multiplication per extra recipient. Used for the epoch secret in
+//!   a rotation, sealed to every member. Each copy opens with [`open_from`].
 //! - [`derive`]: HKDF-SHA256 with a distinct `info` label per purpose, so one secret
 //!   never serves two purposes (message key vs. gossip topic name).
 
@@ -21,7 +27,7 @@ use hkdf::Hkdf;
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 use thiserror::Error;
-use x25519_dalek::{EphemeralSecret, PublicKey, StaticSecret};
+use x25519_dalek::{EphemeralSecret, PublicKey, ReusableSecret, StaticSecret};
 
 use crate::secret::Secret32;
 
@@ -119,6 +125,40 @@ pub fn seal_to<R: rand_core::CryptoRng + ?Sized>(
     })
 }
 
+/// Seals `plaintext` to each of `recipients` under one ephemeral key; `aad(i)` is the
+/// associated data of the i-th copy. Returns the ephemeral public key and one copy per
+/// recipient, `None` for a recipient whose key is a low-order point (it can receive
+/// nothing; such keys are refused at admission).
+pub fn seal_to_many<R: rand_core::CryptoRng + ?Sized>(
+    recipients: &[[u8; 32]],
+    aad: impl Fn(usize) -> Vec<u8>,
+    plaintext: &[u8],
+    rng: &mut R,
+) -> ([u8; 32], Vec<Option<Sealed>>) {
+    let ephemeral_secret = ReusableSecret::random_from_rng(rng);
+    let ephemeral = PublicKey::from(&ephemeral_secret).to_bytes();
+    let mut out = Vec::with_capacity(recipients.len());
+    for (i, recipient) in recipients.iter().enumerate() {
+        let shared = ephemeral_secret.diffie_hellman(&PublicKey::from(*recipient));
+        if !shared.was_contributory() {
+            out.push(None);
+            continue;
+        }
+        let key = box_key(shared.as_bytes(), &ephemeral, recipient);
+        out.push(Some(seal(&key, &aad(i), plaintext, rng)));
+    }
+    (ephemeral, out)
+}
+
+/// Whether `public` is an X25519 key a sealed box can be addressed to (not a low-order
+/// point, for which every Diffie-Hellman output is predictable).
+pub fn is_usable_agreement_key(public: &[u8; 32]) -> bool {
+    let probe = StaticSecret::from([0x42u8; 32]);
+    probe
+        .diffie_hellman(&PublicKey::from(*public))
+        .was_contributory()
+}
+
 /// Opens a [`SealedBox`] addressed to `secret`'s public key.
 pub fn open_from(
     secret: &StaticSecret,
@@ -190,6 +230,34 @@ mod tests {
         let mut altered = boxed.clone();
         altered.ephemeral[3] ^= 1;
         assert!(open_from(&alice, b"ctx", &altered).is_err());
+    }
+
+    #[test]
+    fn sealing_to_many_gives_each_recipient_its_own_copy() {
+        let mut rng = StdRng::seed_from_u64(4);
+        let keys: Vec<StaticSecret> = (0..3)
+            .map(|_| StaticSecret::random_from_rng(&mut rng))
+            .collect();
+        let publics: Vec<[u8; 32]> = keys.iter().map(|k| PublicKey::from(k).to_bytes()).collect();
+        let aad = |i: usize| vec![i as u8];
+        let (ephemeral, copies) = seal_to_many(&publics, aad, b"epoch secret", &mut rng);
+        for (i, key) in keys.iter().enumerate() {
+            let boxed = SealedBox {
+                ephemeral,
+                sealed: copies[i].clone().unwrap(),
+            };
+            assert_eq!(open_from(key, &aad(i), &boxed).unwrap(), b"epoch secret");
+            // Another recipient's copy does not open with this key.
+            let other = SealedBox {
+                ephemeral,
+                sealed: copies[(i + 1) % 3].clone().unwrap(),
+            };
+            assert!(open_from(key, &aad((i + 1) % 3), &other).is_err());
+        }
+        let (_, weak) = seal_to_many(&[[0u8; 32], publics[0]], aad, b"x", &mut rng);
+        assert!(weak[0].is_none() && weak[1].is_some());
+        assert!(!is_usable_agreement_key(&[0u8; 32]));
+        assert!(is_usable_agreement_key(&publics[0]));
     }
 
     #[test]

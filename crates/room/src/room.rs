@@ -336,18 +336,20 @@ fn make_rotation<R: CryptoRng + ?Sized>(
     secret: &Secret32,
     rng: &mut R,
 ) -> Rotation {
+    let keys: Vec<[u8; 32]> = recipients.iter().map(|m| m.agreement).collect();
+    let aad = |i: usize| share_aad(room, &recipients[i].id);
+    let (ephemeral, copies) = crypto::seal_to_many(&keys, aad, secret.expose(), rng);
     let shares = recipients
         .iter()
-        .filter_map(|m| {
-            crypto::seal_to(&m.agreement, &share_aad(room, &m.id), secret.expose(), rng)
-                .ok()
-                .map(|sealed| Share {
-                    member: m.id,
-                    sealed,
-                })
+        .zip(copies)
+        .filter_map(|(m, sealed)| {
+            sealed.map(|sealed| Share {
+                member: m.id,
+                sealed,
+            })
         })
         .collect();
-    Rotation { shares }
+    Rotation { ephemeral, shares }
 }
 
 /// The key that seals envelope headers: derived from the room id, so any member (and
@@ -532,9 +534,15 @@ impl Room {
                 continue;
             };
             if let Some(share) = rotation.shares.iter().find(|s| s.member == me)
-                && let Ok(bytes) =
-                    crypto::open_from(agreement, &share_aad(&room, &me), &share.sealed)
-                        .map(zeroize::Zeroizing::new)
+                && let Ok(bytes) = crypto::open_from(
+                    agreement,
+                    &share_aad(&room, &me),
+                    &SealedBox {
+                        ephemeral: rotation.ephemeral,
+                        sealed: share.sealed.clone(),
+                    },
+                )
+                .map(zeroize::Zeroizing::new)
                 && let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice())
             {
                 self.secrets.insert(hash, Secret32::from_bytes(secret));
@@ -728,14 +736,19 @@ impl Room {
         .map_err(|_| OpenError::Crypto)?;
         let inner: SignedPayload =
             wire::decode(&plaintext, MAX_ENVELOPE).map_err(|_| OpenError::Malformed)?;
-        inner
-            .author
-            .verify(
-                PAYLOAD_LABEL,
-                &self.payload_signed_bytes(epoch, &inner.payload),
-                &inner.signature,
-            )
-            .map_err(|_| OpenError::BadSignature)?;
+        // A message is authenticated by the payload signature. An operation carries its
+        // author's own signature, which the log checks, so the wrapper's is not checked
+        // again (whoever re-wraps an operation cannot change it).
+        if matches!(inner.payload, Payload::Message(_)) {
+            inner
+                .author
+                .verify(
+                    PAYLOAD_LABEL,
+                    &self.payload_signed_bytes(epoch, &inner.payload),
+                    &inner.signature,
+                )
+                .map_err(|_| OpenError::BadSignature)?;
+        }
         match inner.payload {
             Payload::Message(body) => {
                 let epoch_frontier = epoch.frontier.clone();
@@ -829,7 +842,7 @@ impl Room {
             &self.me,
         );
         let hash = op.hash();
-        self.log.insert(op.clone())?;
+        self.log.insert_own(op.clone())?;
         if let Some(secret) = secret {
             self.secrets.insert(hash, secret);
         }
@@ -1063,6 +1076,9 @@ impl Room {
         if self.members().len() >= MAX_MEMBERS {
             return Err(InviteError::RoomFull);
         }
+        if !crypto::is_usable_agreement_key(&body.member.agreement) {
+            return Err(InviteError::BadRequest);
+        }
         let Some(epoch) = self.current().cloned() else {
             return Err(InviteError::Unknown);
         };
@@ -1085,7 +1101,7 @@ impl Room {
         let hash = op.hash();
         after
             .log
-            .insert(op.clone())
+            .insert_own(op.clone())
             .map_err(|_| InviteError::BadRequest)?;
         if !after.log.state().is_valid(&hash) {
             return Err(if after.members().len() >= MAX_MEMBERS {

@@ -194,7 +194,7 @@ fn an_altered_sealed_secret_is_rejected() {
     // Flip a byte of one member's sealed share inside the signed operation.
     let mut altered = op.clone();
     if let OpBody::Rotate { rotation } = &mut altered.op.body {
-        rotation.shares[0].sealed.sealed.ciphertext[0] ^= 1;
+        rotation.shares[0].sealed.ciphertext[0] ^= 1;
     }
     let mut log = rooms[0].log().clone();
     assert_eq!(
