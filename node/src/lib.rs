@@ -13,6 +13,7 @@
 pub mod api;
 pub mod client;
 mod control;
+mod limits;
 #[allow(missing_docs)] // `#[derive(NetworkBehaviour)]` generates an undocumented event enum
 pub mod net;
 mod node;

@@ -27,6 +27,7 @@ use crate::api::{
     ChangeInfo, InviteInfo, InviteSummary, MemberInfo, MessageInfo, Reply, Request, RoomInfo,
     RoomSummary, StatusInfo,
 };
+use crate::limits;
 use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
 use crate::sync::{self, Id, StoredMessage, SyncPush, SyncReply};
 
@@ -225,6 +226,7 @@ impl Node {
             addresses: HashMap::new(),
             redial: HashMap::new(),
             addresses_dirty: false,
+            limits: limits::RateLimits::default(),
             rotation_due: HashMap::new(),
             ticks: 0,
             dropped: 0,
@@ -360,6 +362,7 @@ struct EventLoop {
     /// When to dial a disconnected member next, and the current backoff.
     redial: HashMap<PeerId, (std::time::Instant, Duration)>,
     addresses_dirty: bool,
+    limits: limits::RateLimits,
     rotation_due: HashMap<RoomId, std::time::Instant>,
     ticks: u64,
     dropped: u64,
@@ -1136,7 +1139,15 @@ impl EventLoop {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    self.admit(peer, &request, channel);
+                    if self
+                        .limits
+                        .allow(peer, limits::Kind::Join, std::time::Instant::now())
+                    {
+                        self.admit(peer, &request, channel);
+                    } else {
+                        // Over the limit: no answer (the channel drops), counted.
+                        self.dropped += 1;
+                    }
                 }
                 request_response::Message::Response {
                     request_id,
@@ -1544,6 +1555,18 @@ impl EventLoop {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
+                    let peer_bytes = peer.to_bytes();
+                    let known = self.rooms.values().any(|r| r.knows_peer(&peer_bytes));
+                    if !known
+                        && !self.limits.allow(
+                            peer,
+                            limits::Kind::StrangerSync,
+                            std::time::Instant::now(),
+                        )
+                    {
+                        self.dropped += 1;
+                        return;
+                    }
                     let reply = self.receive_push(peer, &request).unwrap_or_default();
                     let bytes = confer_room::wire::encode(&reply).unwrap_or_default();
                     let _ = self

@@ -259,3 +259,49 @@ async fn garbage_from_a_stranger_is_dropped_and_counted() {
         })
         .await;
 }
+
+/// A stranger who hammers the join protocol gets a few answers, then none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_flooding_join_requests_is_rate_limited() {
+    let member = TestNode::start("Member").await;
+    create(&member, "Private").await;
+    let addr: Multiaddr = member.node.listen_addrs()[0].parse().unwrap();
+    let member_peer: libp2p::PeerId = member.node.peer_id().parse().unwrap();
+    let mut stranger = net::build_swarm(
+        identity::Keypair::generate_ed25519(),
+        &NetConfig::for_tests(),
+    )
+    .unwrap();
+    stranger.dial(addr).unwrap();
+    for _ in 0..20 {
+        stranger
+            .behaviour_mut()
+            .join
+            .send_request(&member_peer, vec![0xFF; 64]);
+    }
+    let (answered, refused) = within("every request to end", async {
+        let (mut answered, mut failed) = (0, 0);
+        while answered + failed < 20 {
+            match stranger.select_next_some().await {
+                SwarmEvent::Behaviour(net::BehaviourEvent::Join(
+                    libp2p::request_response::Event::Message { .. },
+                )) => answered += 1,
+                SwarmEvent::Behaviour(net::BehaviourEvent::Join(
+                    libp2p::request_response::Event::OutboundFailure { .. },
+                )) => failed += 1,
+                _ => {}
+            }
+        }
+        (answered, failed)
+    })
+    .await;
+    assert!(answered <= 5, "answered {answered} of 20");
+    assert!(refused >= 15, "refused {refused}");
+    // The node is still fine for its member.
+    member
+        .ok(Request::Send {
+            room: "Private".into(),
+            text: "still here".into(),
+        })
+        .await;
+}
