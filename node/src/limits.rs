@@ -49,15 +49,15 @@ impl RateLimits {
     /// Takes a token for a request of `kind` from `peer` at `now`; false if over the limit.
     pub fn allow(&mut self, peer: PeerId, kind: Kind, now: Instant) -> bool {
         let (burst, per_sec) = kind.rate();
-        if self.buckets.len() >= MAX_PEERS && !self.buckets.contains_key(&(peer, kind)) {
-            if let Some(oldest) = self
+        if self.buckets.len() >= MAX_PEERS
+            && !self.buckets.contains_key(&(peer, kind))
+            && let Some(oldest) = self
                 .buckets
                 .iter()
                 .min_by_key(|(_, b)| b.at)
                 .map(|(k, _)| *k)
-            {
-                self.buckets.remove(&oldest);
-            }
+        {
+            self.buckets.remove(&oldest);
         }
         let bucket = self.buckets.entry((peer, kind)).or_insert(Bucket {
             tokens: burst,
