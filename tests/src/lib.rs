@@ -51,6 +51,53 @@ impl TestNode {
         self.node = Node::start(profile, config).await.expect("restart node");
     }
 
+    /// Sends a message that must be accepted; returns its id.
+    pub async fn send(&self, room: &str, text: &str) -> String {
+        match self
+            .ok(Request::Send {
+                room: room.into(),
+                text: text.into(),
+            })
+            .await
+        {
+            Reply::Sent { message_id } => message_id,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// Creates `room` with this node as facilitator (shown as `display_name`), and admits
+    /// each of `joiners` under its name through an invite, as people would.
+    pub async fn form_room(&self, room: &str, display_name: &str, joiners: &[(&TestNode, &str)]) {
+        self.ok(Request::CreateRoom {
+            name: room.into(),
+            display_name: Some(display_name.into()),
+        })
+        .await;
+        for (node, name) in joiners {
+            let Reply::Invite(invite) = self
+                .ok(Request::Invite {
+                    room: room.into(),
+                    expires_in_secs: 600,
+                })
+                .await
+            else {
+                panic!("no invite")
+            };
+            let joined = within(
+                "join",
+                node.node.request(Request::Join {
+                    code: invite.code,
+                    display_name: (*name).into(),
+                }),
+            )
+            .await;
+            assert!(
+                matches!(joined, Reply::Room(_)),
+                "{name} could not join: {joined:?}"
+            );
+        }
+    }
+
     /// Sends a request that must succeed.
     pub async fn ok(&self, request: Request) -> Reply {
         match self.node.request(request.clone()).await {

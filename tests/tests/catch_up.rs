@@ -4,23 +4,9 @@
 
 use std::time::Duration;
 
-use confer_node::api::{Reply, Request};
 use confer_tests::{TestNode, within};
 
 const ROOM: &str = "Balint group";
-
-async fn send(node: &TestNode, text: &str) -> String {
-    match node
-        .ok(Request::Send {
-            room: ROOM.into(),
-            text: text.into(),
-        })
-        .await
-    {
-        Reply::Sent { message_id } => message_id,
-        other => panic!("unexpected {other:?}"),
-    }
-}
 
 /// Polls `node`'s history until `check` holds.
 async fn until(
@@ -45,31 +31,11 @@ async fn an_offline_member_catches_up_from_whoever_is_online() {
     let mut bob = TestNode::start("Bob").await;
     let mut carol = TestNode::start("Carol").await;
     alice
-        .ok(Request::CreateRoom {
-            name: ROOM.into(),
-            display_name: Some("Alice".into()),
-        })
+        .form_room(ROOM, "Alice", &[(&bob, "Bob"), (&carol, "Carol")])
         .await;
-    for (node, name) in [(&bob, "Bob"), (&carol, "Carol")] {
-        let Reply::Invite(invite) = alice
-            .ok(Request::Invite {
-                room: ROOM.into(),
-                expires_in_secs: 600,
-            })
-            .await
-        else {
-            panic!("no invite")
-        };
-        within(
-            "join",
-            node.node.request(Request::Join {
-                code: invite.code,
-                display_name: name.into(),
-            }),
-        )
+    let first = alice
+        .send(ROOM, "Everyone here before Carol steps out.")
         .await;
-    }
-    let first = send(&alice, "Everyone here before Carol steps out.").await;
     until(&carol, "the first message", |h| {
         h.iter().any(|m| m.message_id == first)
     })
@@ -80,7 +46,11 @@ async fn an_offline_member_catches_up_from_whoever_is_online() {
     let mut sent = Vec::new();
     for i in 0..20 {
         let author = if i % 2 == 0 { &bob } else { &alice };
-        sent.push(send(author, &format!("Case discussion, point {i}")).await);
+        sent.push(
+            author
+                .send(ROOM, &format!("Case discussion, point {i}"))
+                .await,
+        );
     }
     let bobs_last = sent[18].clone();
     until(&alice, "Bob's messages at Alice", |h| {
@@ -103,7 +73,7 @@ async fn an_offline_member_catches_up_from_whoever_is_online() {
     // Alone now, Carol sends: stored at once, pending until someone else holds it.
     let alice_id = alice.node.peer_id();
     alice.node.clone().shutdown().await;
-    let lonely = send(&carol, "Anyone there?").await;
+    let lonely = carol.send(ROOM, "Anyone there?").await;
     let mine = carol
         .history(ROOM)
         .await

@@ -31,19 +31,6 @@ async fn wait_for_members(node: &TestNode, expected: &[&str], after: u64) -> u64
     .await
 }
 
-async fn send(node: &TestNode, text: &str) -> String {
-    match node
-        .ok(Request::Send {
-            room: ROOM.into(),
-            text: text.into(),
-        })
-        .await
-    {
-        Reply::Sent { message_id } => message_id,
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
 async fn receive(rx: &mut Receiver<MessageInfo>, id: &str) {
     within(&format!("delivery of {id}"), async {
         loop {
@@ -63,35 +50,17 @@ async fn departed_members_never_see_later_messages() {
     let carol = TestNode::start("Carol").await;
     let dan = TestNode::start("Dan").await;
     alice
-        .ok(Request::CreateRoom {
-            name: ROOM.into(),
-            display_name: Some("Alice".into()),
-        })
-        .await;
-    for (node, name) in [(&bob, "Bob"), (&carol, "Carol"), (&dan, "Dan")] {
-        let Reply::Invite(invite) = alice
-            .ok(Request::Invite {
-                room: ROOM.into(),
-                expires_in_secs: 600,
-            })
-            .await
-        else {
-            panic!("no invite")
-        };
-        within(
-            "join",
-            node.node.request(Request::Join {
-                code: invite.code,
-                display_name: name.into(),
-            }),
+        .form_room(
+            ROOM,
+            "Alice",
+            &[(&bob, "Bob"), (&carol, "Carol"), (&dan, "Dan")],
         )
         .await;
-    }
     let (epoch0, names) = members(&alice).await;
     assert_eq!(names, ["Alice", "Bob", "Carol", "Dan"]);
     let (_, mut alice_rx) = alice.node.follow(ROOM.into()).await.unwrap();
     let (_, mut dan_rx) = dan.node.follow(ROOM.into()).await.unwrap();
-    let before = send(&alice, "Before anyone leaves.").await;
+    let before = alice.send(ROOM, "Before anyone leaves.").await;
     receive(&mut dan_rx, &before).await;
 
     // Bob leaves; the facilitator's node rotates the key when it hears of it.
@@ -137,10 +106,10 @@ async fn departed_members_never_see_later_messages() {
         (true, "Actions for next time, then."),
     ] {
         if from_alice {
-            let id = send(&alice, text).await;
+            let id = alice.send(ROOM, text).await;
             receive(&mut dan_rx, &id).await;
         } else {
-            let id = send(&dan, text).await;
+            let id = dan.send(ROOM, text).await;
             receive(&mut alice_rx, &id).await;
         }
         later.push(text);

@@ -873,6 +873,19 @@ impl Room {
         }
     }
 
+    /// For the facilitator's actions on someone else: checks the role and resolves
+    /// `member` (display name or member-id prefix) to another current member.
+    fn another_member_for_facilitator(&self, member: &str) -> Result<MemberId, RoomError> {
+        if !self.is_facilitator() {
+            return Err(RoomError::NotFacilitator);
+        }
+        let target = self.member_by(member)?;
+        if target == self.me() {
+            return Err(RoomError::NotYourself);
+        }
+        Ok(target)
+    }
+
     /// Leaves the room. The returned envelope must be published; afterwards this member
     /// can neither read nor post anything new.
     pub fn leave<R: CryptoRng + ?Sized>(
@@ -897,13 +910,7 @@ impl Room {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Vec<u8>, RoomError> {
-        if !self.is_facilitator() {
-            return Err(RoomError::NotFacilitator);
-        }
-        let target = self.member_by(member)?;
-        if target == self.me() {
-            return Err(RoomError::NotYourself);
-        }
+        let target = self.another_member_for_facilitator(member)?;
         let remaining: Vec<MemberPublic> = self
             .members()
             .iter()
@@ -945,13 +952,7 @@ impl Room {
         now_ms: u64,
         rng: &mut R,
     ) -> Result<Vec<u8>, RoomError> {
-        if !self.is_facilitator() {
-            return Err(RoomError::NotFacilitator);
-        }
-        let to = self.member_by(member)?;
-        if to == self.me() {
-            return Err(RoomError::NotYourself);
-        }
+        let to = self.another_member_for_facilitator(member)?;
         self.author_op(OpBody::Handover { to }, now_ms, rng)
     }
 
