@@ -154,6 +154,9 @@ pub enum NetError {
     /// The gossipsub behaviour could not be created.
     #[error("gossipsub: {0}")]
     Gossipsub(&'static str),
+    /// Peer scoring could not be enabled.
+    #[error("gossipsub peer scoring: {0}")]
+    PeerScore(String),
 }
 
 /// The node's libp2p behaviour. Its events are [`BehaviourEvent`]s, one variant per field
@@ -202,17 +205,40 @@ fn gossipsub_config(config: &NetConfig) -> Result<gossipsub::Config, NetError> {
     Ok(built)
 }
 
+/// The score an application gives a peer that is not a member of any of its rooms: far
+/// below gossipsub's graylist threshold (-80), so the node ignores everything the peer
+/// sends on gossip and neither publishes nor forwards anything to it.
+pub const STRANGER_SCORE: f64 = -1000.0;
+
+/// Peer scoring is used only as a gate: the application score (weight 1) says whether a
+/// peer is a member of some room here (0) or a stranger ([`STRANGER_SCORE`]). IP
+/// colocation is not penalised: members may share an organisation's NAT, and tests share
+/// 127.0.0.1.
+fn peer_score_params() -> gossipsub::PeerScoreParams {
+    gossipsub::PeerScoreParams {
+        app_specific_weight: 1.0,
+        ip_colocation_factor_weight: 0.0,
+        ..gossipsub::PeerScoreParams::default()
+    }
+}
+
 /// Builds a swarm listening nowhere yet (call [`Swarm::listen_on`]) with the node's
 /// [`Behaviour`] over TCP + noise + yamux.
 pub fn build_swarm(
     keypair: identity::Keypair,
     config: &NetConfig,
 ) -> Result<Swarm<Behaviour>, NetError> {
-    let gossipsub = gossipsub::Behaviour::new(
+    let mut gossipsub = gossipsub::Behaviour::new(
         gossipsub::MessageAuthenticity::Anonymous,
         gossipsub_config(config)?,
     )
     .map_err(NetError::Gossipsub)?;
+    gossipsub
+        .with_peer_score(
+            peer_score_params(),
+            gossipsub::PeerScoreThresholds::default(),
+        )
+        .map_err(NetError::PeerScore)?;
     let join = request_response::Behaviour::new(
         [(JOIN_PROTOCOL, request_response::ProtocolSupport::Full)],
         request_response::Config::default(),

@@ -580,6 +580,7 @@ impl EventLoop {
                 ..SyncPush::default()
             },
         );
+        self.rescore_peers();
         self.sync_topics(id);
         self.maybe_rotate(id);
         let room = &self.rooms[&id];
@@ -1015,6 +1016,7 @@ impl EventLoop {
                         self.rooms.insert(id, room);
                         match self.save_room(&id) {
                             Ok(()) => {
+                                self.rescore_peers();
                                 self.sync_topics(id);
                                 Reply::Room(info)
                             }
@@ -1062,6 +1064,7 @@ impl EventLoop {
                                     self.rooms.insert(id, before);
                                     JoinResponse::Refused(InviteError::BadRequest)
                                 } else {
+                                    self.rescore_peers();
                                     let topic = self.rooms[&id].topic().unwrap_or_default();
                                     self.remember(id, &admission.announcement);
                                     self.publish(id, topic, admission.announcement);
@@ -1100,6 +1103,7 @@ impl EventLoop {
                 num_established,
                 ..
             } => {
+                self.score_peer(peer_id);
                 if endpoint.is_dialer() {
                     self.learn_addresses(peer_id, [endpoint.get_remote_address().clone()]);
                 }
@@ -1796,9 +1800,42 @@ impl EventLoop {
         Some(reply)
     }
 
+    /// Gates gossip by membership: a connected peer that is a member of none of our rooms
+    /// (and not a facilitator we are joining through) is scored far below gossipsub's
+    /// graylist threshold, so we ignore its gossip and send it none.
+    fn score_peer(&mut self, peer: PeerId) {
+        let bytes = peer.to_bytes();
+        let member = self
+            .rooms
+            .values()
+            .any(|r| r.is_member() && r.members().iter().any(|m| m.peer == bytes));
+        let joining = self
+            .pending_joins
+            .values()
+            .any(|p| p.invite.body.facilitator_peer == bytes);
+        let score = if member || joining {
+            0.0
+        } else {
+            net::STRANGER_SCORE
+        };
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .set_application_score(&peer, score);
+    }
+
+    /// Re-scores every connected peer (after membership changed).
+    fn rescore_peers(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            self.score_peer(peer);
+        }
+    }
+
     /// Follows a change in a room's log: persist, listen on the right topics, retry
     /// waiting traffic, rotate if the log asks for it.
     fn after_log_change(&mut self, id: RoomId) {
+        self.rescore_peers();
         if let Err(e) = self.save_room(&id) {
             tracing::error!("could not store a membership change: {e}");
         }

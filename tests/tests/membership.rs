@@ -62,6 +62,20 @@ async fn departed_members_never_see_later_messages() {
     let (_, mut dan_rx) = dan.node.follow(ROOM.into()).await.unwrap();
     let before = alice.send(ROOM, "Before anyone leaves.").await;
     receive(&mut dan_rx, &before).await;
+    // Everyone holds it before anyone leaves (a departed node stops listening).
+    for node in [&bob, &carol] {
+        within("the first message everywhere", async {
+            while !node
+                .history(ROOM)
+                .await
+                .iter()
+                .any(|m| m.message_id == before)
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
 
     // Bob leaves; the facilitator's node rotates the key when it hears of it.
     match bob.ok(Request::Leave { room: ROOM.into() }).await {
