@@ -226,6 +226,7 @@ impl Node {
             addresses: HashMap::new(),
             redial: HashMap::new(),
             addresses_dirty: false,
+            manifest_dirty: false,
             limits: limits::RateLimits::default(),
             rotation_due: HashMap::new(),
             ticks: 0,
@@ -362,6 +363,8 @@ struct EventLoop {
     /// When to dial a disconnected member next, and the current backoff.
     redial: HashMap<PeerId, (std::time::Instant, Duration)>,
     addresses_dirty: bool,
+    /// Something was stored since the store's manifest was last written.
+    manifest_dirty: bool,
     limits: limits::RateLimits,
     rotation_due: HashMap<RoomId, std::time::Instant>,
     ticks: u64,
@@ -403,6 +406,7 @@ impl EventLoop {
         if let Err(e) = self.store.flush() {
             tracing::error!("flushing the store at shutdown failed: {e}");
         }
+        self.write_manifest();
     }
 
     /// Listens on the topic of every epoch key the room holds, and stops listening on
@@ -470,6 +474,9 @@ impl EventLoop {
                 }
                 self.save_addresses(&id);
             }
+        }
+        if std::mem::take(&mut self.manifest_dirty) {
+            self.write_manifest();
         }
         if std::mem::take(&mut self.addresses_dirty) {
             let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
@@ -591,7 +598,19 @@ impl EventLoop {
         })
     }
 
+    /// Records how much the store holds, so a damaged store is noticed at the next start.
+    fn write_manifest(&mut self) {
+        let written = self
+            .store
+            .flush()
+            .and_then(|()| self.store.write_manifest());
+        if let Err(e) = written {
+            tracing::error!("could not write the store's manifest: {e}");
+        }
+    }
+
     fn save_room(&mut self, id: &RoomId) -> Result<(), confer_store::StoreError> {
+        self.manifest_dirty = true;
         if let Some(room) = self.rooms.get(id) {
             self.store.put_room(&id.0, &room.to_bytes())?;
             self.store.flush()?;
@@ -870,6 +889,7 @@ impl EventLoop {
             envelope: envelope.clone(),
         }
         .to_bytes();
+        self.manifest_dirty = true;
         self.unconfirmed.entry(id).or_default().insert(record.id);
         let stored = self
             .store
@@ -1016,6 +1036,14 @@ impl EventLoop {
                         self.rooms.insert(id, room);
                         match self.save_room(&id) {
                             Ok(()) => {
+                                // Where the facilitator is, at once: a node killed right
+                                // after joining must still find the room again.
+                                self.save_addresses(&id);
+                                if let Err(e) = self.store.flush() {
+                                    tracing::error!(
+                                        "could not store the facilitator's address: {e}"
+                                    );
+                                }
                                 self.rescore_peers();
                                 self.sync_topics(id);
                                 Reply::Room(info)
@@ -1247,6 +1275,7 @@ impl EventLoop {
                     });
                 match stored {
                     Ok(true) => {
+                        self.manifest_dirty = true;
                         self.index
                             .entry(id)
                             .or_default()

@@ -173,3 +173,77 @@ pub fn eventually<T>(what: &str, limit: Duration, mut check: impl FnMut() -> Opt
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Starts `confer node run --listen LISTEN --json` for the profile in `home` and waits up
+/// to 60 s for its readiness line. `Err` holds how it ended if it exited instead (its
+/// status, what it printed on stdout, and its stderr), for [`fails`]. The node's stderr
+/// is passed on to the test's while it runs.
+pub fn try_start_node(home: &Path, listen: &str) -> Result<NodeProcess, Output> {
+    let mut child = confer(home)
+        .args(["node", "run", "--listen", listen, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (line_tx, line_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = line_tx.send(line);
+    });
+    let (err_tx, err_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[confer node run] {line}");
+            if text.len() < 64 * 1024 {
+                text.push_str(&line);
+                text.push('\n');
+            }
+        }
+        let _ = err_tx.send(text);
+    });
+    let Ok(line) = line_rx.recv_timeout(Duration::from_secs(60)) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the node neither became ready nor exited within 60 s");
+    };
+    let ready = serde_json::from_str::<serde_json::Value>(&line)
+        .ok()
+        .filter(|r| r["peer_id"].is_string() && r["listen"].is_array());
+    let Some(ready) = ready else {
+        // No readiness line: it is exiting (or printed something else: stop it).
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                break child.wait().unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let stderr = err_rx
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_default();
+        return Err(Output {
+            status,
+            stdout: line.into_bytes(),
+            stderr: stderr.into_bytes(),
+        });
+    };
+    let listen = ready["listen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .collect();
+    Ok(NodeProcess {
+        peer_id: ready["peer_id"].as_str().unwrap().to_owned(),
+        child,
+        listen,
+    })
+}

@@ -34,6 +34,9 @@ const TREE_ROOMS: &str = "rooms";
 const TREE_MESSAGES: &str = "messages";
 
 const FORMAT_KEY: &[u8] = b"format";
+/// The file beside the database recording how much it holds (see [`Store::write_manifest`]).
+const MANIFEST_FILE: &str = "db.manifest";
+const MANIFEST_MAGIC: &[u8] = b"confer-manifest-1";
 const FORMAT_MAGIC: &[u8] = b"confer-store";
 const FORMAT_VERSION: u32 = 1;
 
@@ -141,7 +144,80 @@ impl Store {
             home,
         };
         store.check_format()?;
+        store.check_manifest()?;
         Ok(store)
+    }
+
+    /// Records, in a small sealed file beside the database (`<home>/db.manifest`), how
+    /// many rooms and messages the store holds. [`Store::open`] refuses a database that
+    /// holds fewer than the manifest says: sled treats damage in its log as an unfinished
+    /// write and drops everything after it, so without this a damaged store would open
+    /// with rooms or messages silently missing. Call it after flushing, now and then and at
+    /// shutdown; what was written after the last call is not covered.
+    pub fn write_manifest(&self) -> Result<()> {
+        let counts = (self.rooms.len() as u64, self.messages.len() as u64);
+        let mut plaintext = MANIFEST_MAGIC.to_vec();
+        plaintext.extend_from_slice(&counts.0.to_be_bytes());
+        plaintext.extend_from_slice(&counts.1.to_be_bytes());
+        let sealed = self.seal_value(MANIFEST_FILE, b"counts", &plaintext)?;
+        let path = self.home.join(MANIFEST_FILE);
+        let tmp = self.home.join(format!(".{MANIFEST_FILE}.tmp"));
+        let io = |action: &'static str, path: &std::path::Path| {
+            let path = path.to_path_buf();
+            move |source| StoreError::Io {
+                action,
+                path,
+                source,
+            }
+        };
+        {
+            use std::io::Write;
+            let mut file = std::fs::File::create(&tmp).map_err(io("write", &tmp))?;
+            file.write_all(&sealed).map_err(io("write", &tmp))?;
+            file.sync_all().map_err(io("write", &tmp))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(io("write", &path))?;
+        Ok(())
+    }
+
+    fn check_manifest(&self) -> Result<()> {
+        let path = self.home.join(MANIFEST_FILE);
+        let sealed = match std::fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(source) => {
+                return Err(StoreError::Io {
+                    action: "read",
+                    path,
+                    source,
+                });
+            }
+        };
+        let plaintext = self
+            .open_value(MANIFEST_FILE, b"counts", &sealed)
+            .map_err(|_| self.corrupt("the store's manifest is damaged"))?;
+        let counts = plaintext
+            .strip_prefix(MANIFEST_MAGIC)
+            .filter(|rest| rest.len() == 16)
+            .and_then(|rest| {
+                Some((
+                    crypto::array_at::<8>(rest, 0)?,
+                    crypto::array_at::<8>(rest, 8)?,
+                ))
+            })
+            .map(|(r, m)| (u64::from_be_bytes(r), u64::from_be_bytes(m)))
+            .ok_or_else(|| self.corrupt("the store's manifest does not parse"))?;
+        let (rooms, messages) = (self.rooms.len() as u64, self.messages.len() as u64);
+        if rooms < counts.0 || messages < counts.1 {
+            return Err(self.corrupt(&format!(
+                "it holds {rooms} of the {} rooms and {messages} of the {} messages it had \
+                 recorded, so part of it was lost or damaged; restore the profile directory \
+                 from a backup, or ask another member's node to resend the messages after \
+                 starting with a fresh store",
+                counts.0, counts.1
+            )));
+        }
+        Ok(())
     }
 
     /// Stores (or replaces) the value of a room.
@@ -449,6 +525,44 @@ mod tests {
         crypto::fill_random(&mut id).unwrap();
         id[0] = n;
         id
+    }
+
+    #[test]
+    fn the_manifest_catches_lost_rooms_and_messages() {
+        let (dir, profile) = setup();
+        let room = id(1);
+        {
+            let store = Store::open(&profile).unwrap();
+            store.put_room(&room, b"room").unwrap();
+            for n in 0..3 {
+                store
+                    .insert_message(&room, &id(n), u64::from(n), b"m")
+                    .unwrap();
+            }
+            store.flush().unwrap();
+            store.write_manifest().unwrap();
+        }
+        // More data than the manifest recorded is fine (written after it).
+        {
+            let store = Store::open(&profile).unwrap();
+            store.insert_message(&room, &id(9), 9, b"later").unwrap();
+            store.flush().unwrap();
+        }
+        // Lose messages behind the store's back, as sled does with a damaged log.
+        {
+            let db = sled::open(dir.path().join(DB_DIR)).unwrap();
+            db.open_tree(TREE_MESSAGES).unwrap().clear().unwrap();
+            db.flush().unwrap();
+        }
+        let err = Store::open(&profile).unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
+        assert!(err.to_string().contains("0 of the 3 messages"), "{err}");
+        // A whole database gone (the manifest remains) is refused too.
+        std::fs::remove_dir_all(dir.path().join(DB_DIR)).unwrap();
+        assert!(matches!(
+            Store::open(&profile),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[test]
