@@ -205,6 +205,9 @@ fn gossipsub_config(config: &NetConfig) -> Result<gossipsub::Config, NetError> {
     Ok(built)
 }
 
+/// Concurrent sync streams allowed per connection.
+pub const MAX_SYNC_STREAMS: usize = 200;
+
 /// The score an application gives a peer that is not a member of any of its rooms: far
 /// below gossipsub's graylist threshold (-80), so the node ignores everything the peer
 /// sends on gossip and neither publishes nor forwards anything to it.
@@ -243,9 +246,12 @@ pub fn build_swarm(
         [(JOIN_PROTOCOL, request_response::ProtocolSupport::Full)],
         request_response::Config::default(),
     );
+    // Catching up on a long absence takes many pushes at once (each at most MAX_REQUEST);
+    // the default of 100 concurrent streams per connection dropped the excess. Kept below
+    // yamux's own stream limit (256); pacing the pushes is the real fix (issue 4).
     let sync = request_response::Behaviour::new(
         [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
-        request_response::Config::default(),
+        request_response::Config::default().with_max_concurrent_streams(MAX_SYNC_STREAMS),
     );
     let identify = identify::Behaviour::new(identify::Config::new(
         IDENTIFY_PROTOCOL_VERSION.to_owned(),

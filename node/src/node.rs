@@ -1427,16 +1427,24 @@ impl EventLoop {
             addresses,
             ..
         } = template;
-        let fixed = confer_room::wire::encode(&(&summary, &want, &addresses))
+        // A long want list is split over several requests (ids are 32 bytes, plus framing).
+        let mut wants = want.chunks((budget / 40).max(1)).map(<[Id]>::to_vec);
+        let first_want = wants.next().unwrap_or_default();
+        let fixed = confer_room::wire::encode(&(&summary, &first_want, &addresses))
             .map(|b| b.len())
             .unwrap_or(budget);
         let mut batches = vec![SyncPush {
             room: tag,
             summary,
-            want,
+            want: first_want,
             addresses,
             ..SyncPush::default()
         }];
+        batches.extend(wants.map(|want| SyncPush {
+            room: tag,
+            want,
+            ..SyncPush::default()
+        }));
         let mut size = fixed;
         let items = ops
             .into_iter()
