@@ -75,6 +75,18 @@ struct Recent {
     audience: Vec<Vec<u8>>,
 }
 
+/// A membership change authored here: applied to the room at a time with randomness,
+/// returning the sealed operation to publish.
+trait RoomChange:
+    FnOnce(&mut Room, u64, &mut UnwrapErr<SysRng>) -> Result<Vec<u8>, confer_room::RoomError>
+{
+}
+
+impl<F> RoomChange for F where
+    F: FnOnce(&mut Room, u64, &mut UnwrapErr<SysRng>) -> Result<Vec<u8>, confer_room::RoomError>
+{
+}
+
 /// How a node is started.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -519,15 +531,7 @@ impl EventLoop {
         }
     }
 
-    fn change_by(
-        &mut self,
-        query: &str,
-        f: impl FnOnce(
-            &mut Room,
-            u64,
-            &mut UnwrapErr<SysRng>,
-        ) -> Result<Vec<u8>, confer_room::RoomError>,
-    ) -> Reply {
+    fn change_by(&mut self, query: &str, f: impl RoomChange) -> Reply {
         match self.resolve(query) {
             Ok(id) => self.change(id, f),
             Err(message) => error(message),
@@ -536,15 +540,7 @@ impl EventLoop {
 
     /// Applies one membership change authored here: persists it, publishes it on the
     /// topic of the epoch it was sealed under, and follows the room to its new epoch.
-    fn change(
-        &mut self,
-        id: RoomId,
-        f: impl FnOnce(
-            &mut Room,
-            u64,
-            &mut UnwrapErr<SysRng>,
-        ) -> Result<Vec<u8>, confer_room::RoomError>,
-    ) -> Reply {
+    fn change(&mut self, id: RoomId, f: impl RoomChange) -> Reply {
         let Some(room) = self.rooms.get_mut(&id) else {
             return error("unknown room");
         };
@@ -1643,38 +1639,28 @@ impl EventLoop {
             .filter(|r| r.is_member() && r.members().iter().any(|m| m.peer == from_bytes))
             .map(Room::id)
             .collect();
+        let empty = BTreeMap::new();
+        let theirs: BTreeSet<Id> = reply.ids.iter().copied().collect();
         for id in candidates {
-            let index = self.index.get(&id).cloned().unwrap_or_default();
-            let stored: Vec<Id> = reply
+            let index = self.index.get(&id).unwrap_or(&empty);
+            // Everything they say they hold, of ours, is confirmed delivered.
+            let held: Vec<Id> = reply
                 .stored
                 .iter()
+                .chain(&theirs)
                 .filter(|m| index.contains_key(*m))
                 .copied()
                 .collect();
-            self.confirm(&id, stored);
-            if reply.days.is_empty() {
-                continue;
-            }
-            let theirs: BTreeSet<Id> = reply.ids.iter().copied().collect();
-            self.confirm(
-                &id,
-                theirs
-                    .iter()
-                    .copied()
-                    .filter(|m| index.contains_key(m))
-                    .collect::<Vec<_>>(),
-            );
-            let mine = sync::ids_on(&index, &reply.days);
-            let they_lack: Vec<Id> = mine
-                .iter()
-                .filter(|m| !theirs.contains(*m))
-                .copied()
+            let they_lack: Vec<Id> = sync::ids_on(index, &reply.days)
+                .into_iter()
+                .filter(|m| !theirs.contains(m))
                 .collect();
             let i_lack: Vec<Id> = theirs
                 .iter()
                 .filter(|m| !index.contains_key(*m))
                 .copied()
                 .collect();
+            self.confirm(&id, held);
             if they_lack.is_empty() && i_lack.is_empty() {
                 continue;
             }
@@ -1827,9 +1813,10 @@ impl EventLoop {
             ..SyncReply::default()
         };
         if let Some(theirs) = &push.summary {
-            let index = self.index.get(&id).cloned().unwrap_or_default();
-            let days = sync::differing_days(&sync::summary(&index), theirs);
-            let mut ids = sync::ids_on(&index, &days);
+            let empty = BTreeMap::new();
+            let index = self.index.get(&id).unwrap_or(&empty);
+            let days = sync::differing_days(&sync::summary(index), theirs);
+            let mut ids = sync::ids_on(index, &days);
             ids.truncate(sync::MAX_REPLY_IDS);
             reply.days = days;
             reply.ids = ids;

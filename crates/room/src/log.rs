@@ -299,6 +299,14 @@ impl State {
         self.former.get(id)
     }
 
+    /// Whether `peer` (libp2p peer id bytes) belongs to a current or former member.
+    pub fn has_peer(&self, peer: &[u8]) -> bool {
+        self.members
+            .values()
+            .chain(self.former.values())
+            .any(|m| m.peer == peer)
+    }
+
     /// The facilitator.
     pub fn facilitator(&self) -> Option<MemberId> {
         self.facilitator

@@ -492,14 +492,7 @@ impl Room {
 
     /// Whether `peer` (libp2p peer id bytes) belongs to a current or former member.
     pub fn knows_peer(&self, peer: &[u8]) -> bool {
-        let state = self.log.state();
-        self.log.ops().iter().any(|op| {
-            state.is_valid(&op.hash())
-                && match &op.op.body {
-                    OpBody::Create { peer: p, .. } | OpBody::Admit { peer: p, .. } => p == peer,
-                    _ => false,
-                }
-        })
+        self.log.state().has_peer(peer)
     }
 
     /// The newest epoch key held: the current one, or, while a new key has not reached
@@ -1334,18 +1327,7 @@ mod tests {
     }
 
     fn join(fac: &mut Room, name: &str, rng: &mut StdRng) -> (Room, Vec<u8>) {
-        let inv = invite(fac, rng);
-        let (keys, req) = request(&inv, name, rng);
-        let admission = fac.admit(&req, NOW, rng).unwrap();
-        let JoinResponse::Welcome(sealed) =
-            JoinResponse::from_bytes(&admission.response.to_bytes()).unwrap()
-        else {
-            panic!("refused")
-        };
-        (
-            Room::from_welcome(&inv, keys, &sealed, NOW).unwrap(),
-            admission.announcement,
-        )
+        crate::test_utils::join(fac, name, NOW, rng)
     }
 
     #[test]

@@ -393,7 +393,27 @@ fn old_epoch_keys_are_deleted_after_the_retention_period() {
 fn debug_output_never_shows_secrets() {
     let mut r = rng(11);
     let rooms = room_of(2, &mut r);
-    let printed = format!("{:?}", rooms[0]);
-    assert!(!printed.contains("Secret32(") || printed.contains("(..)"));
-    assert!(printed.len() < 200, "{printed}");
+    // The room, its member keys and a room record's worth of state: none may print key
+    // material (a key would show as a long run of hex or as a byte array).
+    for printed in [
+        format!("{:?}", rooms[0]),
+        format!("{:#?}", rooms[1]),
+        format!("{:?}", MemberKeys::generate(&mut r)),
+    ] {
+        assert!(!printed.contains("Secret32(") || printed.contains("(..)"));
+        assert!(printed.len() < 200, "{printed}");
+        let longest_hex = printed
+            .split(|c: char| !c.is_ascii_hexdigit())
+            .map(str::len)
+            .max()
+            .unwrap_or(0);
+        assert!(
+            longest_hex < 32,
+            "a key-length hex string was printed: {printed}"
+        );
+        assert!(
+            !printed.contains("[0x") && !printed.contains(", 0x"),
+            "{printed}"
+        );
+    }
 }
