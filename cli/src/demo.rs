@@ -293,6 +293,7 @@ async fn start(name: &'static str, who: &str) -> Result<Person, Error> {
             .map_err(|e| Error::usage(format!("creating a demo profile failed: {e}")))??;
     let config = NodeConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".to_owned()],
+        relays: Vec::new(),
         net: NetConfig::for_tests(),
         control_socket: false,
     };

@@ -34,7 +34,7 @@ async fn serve(profile: Profile, listen: Vec<String>, json: bool) -> Result<(), 
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
 
-    let node = Node::start(profile, NodeConfig::new(listen)).await?;
+    let node = Node::start(profile, NodeConfig::new(listen, Vec::new())).await?;
     if let Err(e) = announce(&node, json) {
         node.shutdown().await;
         return Err(e);

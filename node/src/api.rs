@@ -165,6 +165,39 @@ pub struct StatusInfo {
     /// too large, or failed decryption or verification.
     #[serde(default)]
     pub dropped: u64,
+    /// Relay-only mode: the node never connects directly to other members.
+    #[serde(default)]
+    pub relay_only: bool,
+    /// Reachability found by AutoNAT: `public`, `private` or `unknown`.
+    #[serde(default)]
+    pub nat: String,
+    /// The relays the node keeps a reservation on.
+    #[serde(default)]
+    pub relays: Vec<RelayInfo>,
+    /// Open connections.
+    #[serde(default)]
+    pub connections: Vec<ConnectionInfo>,
+}
+
+/// A relay and whether the node holds a reservation on it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RelayInfo {
+    /// The relay's address, ending in `/p2p/<relay peer id>`.
+    pub address: String,
+    /// Whether the relay accepted a reservation: others can reach this node through it.
+    pub reserved: bool,
+}
+
+/// An open connection to a peer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ConnectionInfo {
+    /// The peer.
+    pub peer_id: String,
+    /// The peer's address on this connection.
+    pub address: String,
+    /// Whether the connection goes through a relay (the peer does not see this node's IP
+    /// address, nor this node the peer's).
+    pub relayed: bool,
 }
 
 /// A room in a listing.

@@ -17,6 +17,9 @@ mod limits;
 #[allow(missing_docs)] // `#[derive(NetworkBehaviour)]` generates an undocumented event enum
 pub mod net;
 mod node;
+mod reach;
+pub mod relay;
+pub mod settings;
 pub mod sync;
 
 pub use node::{Following, Node, NodeConfig, NodeError};

@@ -15,6 +15,24 @@
 //! * **identify** (protocol version [`IDENTIFY_PROTOCOL_VERSION`]) and **ping** (defaults).
 //! * **connection limits** bound the number of connections (see [`build_swarm`]).
 //!
+//! # Reaching peers behind NAT
+//!
+//! * **Circuit relay v2 client.** A node can reserve a slot on a relay (listen on
+//!   `<relay>/p2p-circuit`) and so be reachable at a *relayed address*
+//!   `<relay>/p2p/<relay id>/p2p-circuit/p2p/<node id>` even behind NAT; it can dial peers at
+//!   their relayed addresses. The relay carries noise-encrypted streams end to end between
+//!   the two peers: it sees their IP addresses and how much they send, never the content.
+//!   [`crate::relay`] is the server side (`confer relay run`).
+//! * **DCUtR** (direct connection upgrade through relay): once two peers are connected
+//!   through a relay, they try to punch holes in their NATs and connect directly.
+//! * **AutoNAT** (v1, client and server): peers dial each other back to tell a node whether
+//!   its addresses are reachable from outside (its "NAT status"); a confirmed public address
+//!   becomes an external address, which invites carry.
+//! * **Relay-only mode** ([`DialPolicy::relay_only`]), a member's privacy setting: the TCP
+//!   transport refuses to dial anything but the relays ([`GatedTransport`]), the node
+//!   listens only through relays, and DCUtR and AutoNAT are off (both would reveal its
+//!   address). Other members then never learn its IP address.
+//!
 //! # gossipsub choices
 //!
 //! * **Anonymous messages.** [`gossipsub::MessageAuthenticity::Anonymous`] puts neither an
@@ -61,12 +79,25 @@
 //! is connected but not (yet) meshed, or only used for the join handshake, would be
 //! dropped after 10 s of silence.
 
-use std::{io, time::Duration};
+use std::{
+    io,
+    pin::Pin,
+    sync::{Arc, RwLock},
+    task::{Context, Poll},
+    time::Duration,
+};
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{
-    StreamProtocol, Swarm, SwarmBuilder, connection_limits, gossipsub, identify, identity, noise,
-    ping, request_response, swarm::NetworkBehaviour, tcp, yamux,
+    Multiaddr, StreamProtocol, Swarm, SwarmBuilder, Transport, autonat, connection_limits,
+    core::{
+        multiaddr::Protocol,
+        transport::{DialOpts, ListenerId, TransportError, TransportEvent},
+        upgrade,
+    },
+    dcutr, gossipsub, identify, identity, noise, ping, relay, request_response,
+    swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
+    tcp, yamux,
 };
 use sha2::{Digest, Sha256};
 
@@ -121,6 +152,11 @@ pub struct NetConfig {
     pub heartbeat: Duration,
     /// How long a connection with no active stream is kept open.
     pub idle_timeout: Duration,
+    /// AutoNAT: how long after start the first reachability probe is made.
+    pub autonat_delay: Duration,
+    /// AutoNAT: only ask peers at global IP addresses, and only answer them (off in tests,
+    /// where everything is on private or loopback addresses).
+    pub autonat_global_only: bool,
 }
 
 impl Default for NetConfig {
@@ -128,17 +164,159 @@ impl Default for NetConfig {
         Self {
             heartbeat: Duration::from_secs(1),
             idle_timeout: Duration::from_secs(60 * 60),
+            autonat_delay: Duration::from_secs(15),
+            autonat_global_only: true,
         }
     }
 }
 
 impl NetConfig {
-    /// A configuration for tests: a 100 ms heartbeat so meshes form quickly.
+    /// A configuration for tests: a 100 ms heartbeat so meshes form quickly, and AutoNAT
+    /// probing soon after start and across private addresses.
     pub fn for_tests() -> Self {
         Self {
             heartbeat: Duration::from_millis(100),
+            autonat_delay: Duration::from_secs(1),
+            autonat_global_only: false,
             ..Self::default()
         }
+    }
+}
+
+/// Which direct (non-relayed) connections the node's TCP transport may dial. Cloning
+/// shares the policy: the node adds relays it learns about at run time.
+#[derive(Debug, Clone, Default)]
+pub struct DialPolicy(Arc<RwLock<PolicyState>>);
+
+#[derive(Debug, Default)]
+struct PolicyState {
+    relay_only: bool,
+    relays: Vec<Multiaddr>,
+}
+
+/// The part of an address that names a host and port: everything before the first
+/// `/p2p/…` or `/p2p-circuit`.
+pub fn transport_part(addr: &Multiaddr) -> Multiaddr {
+    addr.iter()
+        .take_while(|p| !matches!(p, Protocol::P2p(_) | Protocol::P2pCircuit))
+        .collect()
+}
+
+/// The relay part of a relayed address (`<relay>/p2p/<relay id>` before `/p2p-circuit`),
+/// if `addr` is a relayed address naming its relay's peer id.
+pub fn relay_of(addr: &Multiaddr) -> Option<Multiaddr> {
+    let mut relay = Multiaddr::empty();
+    let mut named = false;
+    for p in addr.iter() {
+        match p {
+            Protocol::P2pCircuit => return named.then_some(relay),
+            Protocol::P2p(_) => {
+                named = true;
+                relay.push(p);
+            }
+            p => relay.push(p),
+        }
+    }
+    None
+}
+
+impl DialPolicy {
+    /// Any address may be dialled.
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// Only the given relays may be dialled directly; everything else must go through them.
+    pub fn relay_only(relays: impl IntoIterator<Item = Multiaddr>) -> Self {
+        let policy = Self(Arc::new(RwLock::new(PolicyState {
+            relay_only: true,
+            relays: Vec::new(),
+        })));
+        for relay in relays {
+            policy.allow_relay(&relay);
+        }
+        policy
+    }
+
+    /// Whether the node is in relay-only mode.
+    pub fn is_relay_only(&self) -> bool {
+        self.0.read().map(|s| s.relay_only).unwrap_or(true)
+    }
+
+    /// Allows direct dials to this relay (its host and port).
+    pub fn allow_relay(&self, relay: &Multiaddr) {
+        let part = transport_part(relay);
+        if let Ok(mut state) = self.0.write()
+            && !part.is_empty()
+            && !state.relays.contains(&part)
+        {
+            state.relays.push(part);
+        }
+    }
+
+    /// Whether the TCP transport may dial `addr` directly. Relayed addresses are never
+    /// dialled by the TCP transport itself (the relay transport handles them). A poisoned
+    /// lock refuses everything: failing closed keeps a relay-only node's address private.
+    pub fn allows(&self, addr: &Multiaddr) -> bool {
+        let Ok(state) = self.0.read() else {
+            return false;
+        };
+        !state.relay_only || state.relays.contains(&transport_part(addr))
+    }
+}
+
+/// A transport that dials only what its [`DialPolicy`] allows (listening is unaffected).
+/// Wrapping the TCP transport itself, below every behaviour, makes relay-only mode hold
+/// whatever asks for a dial: identify's address cache, request-response, gossipsub, a
+/// redial, or a peer that hands us its addresses.
+#[derive(Debug)]
+pub struct GatedTransport<T> {
+    inner: T,
+    policy: DialPolicy,
+}
+
+impl<T> GatedTransport<T> {
+    /// Wraps `inner` under `policy`.
+    pub fn new(inner: T, policy: DialPolicy) -> Self {
+        Self { inner, policy }
+    }
+}
+
+impl<T: Transport + Unpin> Transport for GatedTransport<T> {
+    type Output = T::Output;
+    type Error = T::Error;
+    type ListenerUpgrade = T::ListenerUpgrade;
+    type Dial = T::Dial;
+
+    fn listen_on(
+        &mut self,
+        id: ListenerId,
+        addr: Multiaddr,
+    ) -> Result<(), TransportError<Self::Error>> {
+        self.inner.listen_on(id, addr)
+    }
+
+    fn remove_listener(&mut self, id: ListenerId) -> bool {
+        self.inner.remove_listener(id)
+    }
+
+    fn dial(
+        &mut self,
+        addr: Multiaddr,
+        opts: DialOpts,
+    ) -> Result<Self::Dial, TransportError<Self::Error>> {
+        if !self.policy.allows(&addr) {
+            tracing::debug!("relay-only mode: refusing a direct dial");
+            return Err(TransportError::MultiaddrNotSupported(addr));
+        }
+        self.inner.dial(addr, opts)
+    }
+
+    fn poll(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<TransportEvent<Self::ListenerUpgrade, Self::Error>> {
+        Pin::new(&mut self.inner).poll(cx)
     }
 }
 
@@ -160,7 +338,8 @@ pub enum NetError {
 }
 
 /// The node's libp2p behaviour. Its events are [`BehaviourEvent`]s, one variant per field
-/// (`Gossipsub`, `Join`, `Sync`, `Identify`, `Ping`, `Limits`).
+/// (`Gossipsub`, `Join`, `Sync`, `Identify`, `Ping`, `Limits`, `RelayClient`, `Dcutr`,
+/// `Autonat`).
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
     /// Room traffic (see the module documentation; every received message MUST be reported).
@@ -175,6 +354,12 @@ pub struct Behaviour {
     pub ping: ping::Behaviour,
     /// Connection limits (it emits no events).
     pub limits: connection_limits::Behaviour,
+    /// Reservations on relays and connections through them.
+    pub relay_client: relay::client::Behaviour,
+    /// Hole punching over relayed connections (off in relay-only mode).
+    pub dcutr: Toggle<dcutr::Behaviour>,
+    /// Reachability probes, as client and server (off in relay-only mode).
+    pub autonat: Toggle<autonat::Behaviour>,
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -226,11 +411,15 @@ fn peer_score_params() -> gossipsub::PeerScoreParams {
 }
 
 /// Builds a swarm listening nowhere yet (call [`Swarm::listen_on`]) with the node's
-/// [`Behaviour`] over TCP + noise + yamux.
+/// [`Behaviour`] over TCP + noise + yamux (dialling only what `policy` allows) and over
+/// relay circuits.
 pub fn build_swarm(
     keypair: identity::Keypair,
     config: &NetConfig,
+    policy: DialPolicy,
 ) -> Result<Swarm<Behaviour>, NetError> {
+    let local = keypair.public().to_peer_id();
+    let relay_only = policy.is_relay_only();
     let mut gossipsub = gossipsub::Behaviour::new(
         gossipsub::MessageAuthenticity::Anonymous,
         gossipsub_config(config)?,
@@ -263,23 +452,40 @@ pub fn build_swarm(
             .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
             .with_max_established(Some(MAX_ESTABLISHED)),
     );
-    let behaviour = Behaviour {
-        gossipsub,
-        join,
-        sync,
-        identify,
-        ping: ping::Behaviour::default(),
-        limits,
-    };
+    let autonat = (!relay_only).then(|| {
+        autonat::Behaviour::new(
+            local,
+            autonat::Config {
+                boot_delay: config.autonat_delay,
+                only_global_ips: config.autonat_global_only,
+                ..autonat::Config::default()
+            },
+        )
+    });
+    let dcutr = (!relay_only).then(|| dcutr::Behaviour::new(local));
     let idle_timeout = config.idle_timeout;
+    let noise = noise::Config::new(&keypair)?;
     let swarm = SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(
-            tcp::Config::default(),
-            noise::Config::new,
-            yamux::Config::default,
-        )?
-        .with_behaviour(|_| behaviour)
+        .with_other_transport(|_| {
+            GatedTransport::new(tcp::tokio::Transport::new(tcp::Config::default()), policy)
+                .upgrade(upgrade::Version::V1Lazy)
+                .authenticate(noise)
+                .multiplex(yamux::Config::default())
+        })
+        .unwrap_or_else(|never| match never {})
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|_, relay_client| Behaviour {
+            gossipsub,
+            join,
+            sync,
+            identify,
+            ping: ping::Behaviour::default(),
+            limits,
+            relay_client,
+            dcutr: dcutr.into(),
+            autonat: autonat.into(),
+        })
         .unwrap_or_else(|never| match never {})
         .with_swarm_config(|c| c.with_idle_connection_timeout(idle_timeout))
         .build();

@@ -29,6 +29,8 @@ use crate::api::{
 };
 use crate::limits;
 use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
+use crate::reach::{self, Reach};
+use crate::settings::{self, Settings};
 use crate::sync::{self, Id, StoredMessage, SyncPush, SyncReply};
 
 /// How many commands may wait for the event loop.
@@ -56,6 +58,8 @@ const PRUNE_EVERY_TICKS: u64 = 60;
 const MAX_INVITE_SECS: u64 = 365 * 24 * 3600;
 /// Recent envelopes kept per room for pushing to members who (re)subscribe.
 const RECENT_LIMIT: usize = 256;
+/// How long `Node::start` waits for the relays to accept reservations.
+const RESERVATION_WAIT: Duration = Duration::from_secs(10);
 
 /// One thing to push: an operation or an envelope.
 enum Item {
@@ -90,8 +94,12 @@ impl<F> RoomChange for F where
 /// How a node is started.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
-    /// Multiaddresses to listen on.
+    /// Multiaddresses to listen on (an OS-chosen TCP port on all interfaces if empty,
+    /// nothing directly in relay-only mode).
     pub listen: Vec<String>,
+    /// Relays to reserve a slot on for this run, in addition to the profile's (addresses
+    /// ending in `/p2p/<relay peer id>`).
+    pub relays: Vec<String>,
     /// Network tuning.
     pub net: NetConfig,
     /// Serve the control socket in the profile directory.
@@ -99,16 +107,12 @@ pub struct NodeConfig {
 }
 
 impl NodeConfig {
-    /// Listens on `listen` (or an OS-chosen TCP port on all interfaces if empty),
-    /// serves the control socket, default network tuning.
-    pub fn new(listen: Vec<String>) -> Self {
-        let listen = if listen.is_empty() {
-            vec!["/ip4/0.0.0.0/tcp/0".to_owned()]
-        } else {
-            listen
-        };
+    /// Listens on `listen` (or the default, see [`NodeConfig::listen`]), reserves on
+    /// `relays` too, serves the control socket, default network tuning.
+    pub fn new(listen: Vec<String>, relays: Vec<String>) -> Self {
         Self {
             listen,
+            relays,
             net: NetConfig::default(),
             control_socket: true,
         }
@@ -124,6 +128,14 @@ pub enum NodeError {
     /// A listening address is not a valid multiaddress.
     #[error("`{0}` is not a valid listening address (expected e.g. /ip4/0.0.0.0/tcp/0)")]
     BadListen(String),
+    /// A relay address is not usable.
+    #[error("{0}")]
+    BadRelay(#[from] settings::RelayAddressError),
+    /// Relay-only mode was asked to listen directly.
+    #[error(
+        "this profile is in relay-only mode: the node listens only through relays, so give no listening address (see `confer config show`)"
+    )]
+    RelayOnlyListen,
     /// Listening failed.
     #[error("could not listen on {addr}: {reason}")]
     Listen {
@@ -178,14 +190,30 @@ impl Node {
             let room = Room::from_bytes(&bytes)?;
             rooms.insert(room.id(), room);
         }
+        let mut settings = Settings::read(&store)?;
+        let mut relays = Vec::new();
+        for relay in settings.relays.iter().chain(&config.relays) {
+            let relay = settings::parse_relay(relay)?;
+            if !relays.contains(&relay) {
+                relays.push(relay);
+            }
+        }
+        let mut reach = Reach::new(settings.relay_only, relays);
+        settings.relays = reach.relay_addresses();
+        let listen_on = match (settings.relay_only, config.listen.is_empty()) {
+            (true, false) => return Err(NodeError::RelayOnlyListen),
+            (true, true) => Vec::new(),
+            (false, true) => vec!["/ip4/0.0.0.0/tcp/0".to_owned()],
+            (false, false) => config.listen.clone(),
+        };
         let mut secret = *profile.device_secret();
         let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
             .map_err(|_| NodeError::BadListen("device key".into()))?;
         let peer_id = keypair.public().to_peer_id();
-        let mut swarm = net::build_swarm(keypair, &config.net)?;
+        let mut swarm = net::build_swarm(keypair, &config.net, reach.policy())?;
 
         let mut listeners = Vec::new();
-        for addr in &config.listen {
+        for addr in &listen_on {
             let parsed: Multiaddr = addr
                 .parse()
                 .map_err(|_| NodeError::BadListen(addr.clone()))?;
@@ -210,10 +238,45 @@ impl Node {
                     reason: Err(error), ..
                 } => {
                     return Err(NodeError::Listen {
-                        addr: config.listen.join(", "),
+                        addr: listen_on.join(", "),
                         reason: error.to_string(),
                     });
                 }
+                _ => {}
+            }
+        }
+        // Reserve on the relays before announcing the addresses, so that they include the
+        // relayed ones; a relay that does not answer in time is retried in the background.
+        reach.reserve_due(&mut swarm);
+        let mut pending = reach.pending();
+        let deadline = tokio::time::Instant::now() + RESERVATION_WAIT;
+        while !pending.is_empty() {
+            let Ok(event) = tokio::time::timeout_at(deadline, swarm.select_next_some()).await
+            else {
+                tracing::warn!("a relay did not accept a reservation in time; retrying later");
+                break;
+            };
+            match event {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    reach.on_listen_addr(listener_id);
+                    pending.retain(|l| *l != listener_id);
+                    listen.push(address.to_string());
+                }
+                SwarmEvent::ListenerClosed { listener_id, .. } => {
+                    if reach.on_listener_closed(listener_id) {
+                        tracing::warn!("a relay refused or failed a reservation; retrying later");
+                    }
+                    pending.retain(|l| *l != listener_id);
+                }
+                SwarmEvent::ConnectionEstablished {
+                    connection_id,
+                    peer_id,
+                    endpoint,
+                    ..
+                } => reach.on_connection(connection_id, peer_id, &endpoint),
                 _ => {}
             }
         }
@@ -243,6 +306,8 @@ impl Node {
             rotation_due: HashMap::new(),
             ticks: 0,
             dropped: 0,
+            reach,
+            settings,
         };
         let ids: Vec<RoomId> = event_loop.rooms.keys().copied().collect();
         for id in ids {
@@ -381,6 +446,10 @@ struct EventLoop {
     rotation_due: HashMap<RoomId, std::time::Instant>,
     ticks: u64,
     dropped: u64,
+    /// Relays, relay-only mode, NAT status, open connections.
+    reach: Reach,
+    /// The profile's network settings as last written (relays learned are added).
+    settings: Settings,
 }
 
 impl EventLoop {
@@ -445,6 +514,7 @@ impl EventLoop {
     /// at once, anyone else after a grace period), and delete expired epoch keys.
     fn on_tick(&mut self) {
         self.ticks += 1;
+        self.reach.reserve_due(&mut self.swarm);
         let due: Vec<RoomId> = self
             .rotation_due
             .iter()
@@ -711,15 +781,23 @@ impl EventLoop {
         }
     }
 
+    /// Where the joiner can reach this node: relayed addresses first (they work from
+    /// behind any NAT), then confirmed external ones, then the listening ones; in
+    /// relay-only mode only relayed ones.
     fn invite_addresses(&self) -> Vec<String> {
-        let mut addrs: Vec<String> = self
+        let candidates: Vec<Multiaddr> = self
             .swarm
             .external_addresses()
-            .map(|a| a.to_string())
+            .cloned()
+            .chain(self.listen.iter().filter_map(|a| a.parse().ok()))
+            .filter(|a| self.reach.usable(a))
             .collect();
-        for a in &self.listen {
-            if !addrs.contains(a) {
-                addrs.push(a.clone());
+        let (relayed, direct): (Vec<Multiaddr>, Vec<Multiaddr>) =
+            candidates.into_iter().partition(reach::is_relayed);
+        let mut addrs: Vec<String> = Vec::new();
+        for a in relayed.iter().chain(&direct).map(ToString::to_string) {
+            if !addrs.contains(&a) {
+                addrs.push(a);
             }
         }
         addrs.truncate(confer_room::invite::MAX_ADDRESSES);
@@ -740,6 +818,10 @@ impl EventLoop {
                 listen: self.listen.clone(),
                 rooms: self.summaries(),
                 dropped: self.dropped,
+                relay_only: self.reach.relay_only(),
+                nat: self.reach.nat(),
+                relays: self.reach.relay_infos(),
+                connections: self.reach.connection_infos(),
             }),
             Request::ListRooms => Reply::Rooms {
                 rooms: self.summaries(),
@@ -971,20 +1053,34 @@ impl EventLoop {
                 "this invite was issued by this node; give it to the person joining".into(),
             );
         }
-        let mut dialable = 0;
-        for addr in &invite.body.addresses {
-            if let Ok(addr) = addr.parse::<Multiaddr>() {
-                self.swarm.add_peer_address(peer, addr.clone());
-                self.learn_addresses(peer, [addr]);
-                dialable += 1;
-            }
+        let addrs: Vec<Multiaddr> = invite
+            .body
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        let usable: Vec<Multiaddr> = addrs
+            .iter()
+            .filter(|a| self.reach.usable(a))
+            .cloned()
+            .collect();
+        if usable.is_empty() {
+            let message = if addrs.is_empty() || !self.reach.relay_only() {
+                "the invite lists no address at which the facilitator can be reached"
+            } else {
+                "this profile is in relay-only mode and the invite lists no relayed address for the facilitator: ask them to run their node with a relay (`confer node run --relay …`)"
+            };
+            return refuse(reply, message.into());
         }
-        if dialable == 0 {
-            return refuse(
-                reply,
-                "the invite lists no address at which the facilitator can be reached".into(),
-            );
+        // The facilitator's relays become ours too: we stay reachable to the room through
+        // them, which a relay-only member needs.
+        for relay in self.reach.new_relays(&usable) {
+            self.use_relay(relay);
         }
+        for addr in &usable {
+            self.swarm.add_peer_address(peer, addr.clone());
+        }
+        self.learn_addresses(peer, usable);
         let keys = MemberKeys::generate(&mut rng());
         let body = JoinBody {
             room_id: invite.body.room_id,
@@ -1125,8 +1221,10 @@ impl EventLoop {
                 peer_id,
                 endpoint,
                 num_established,
+                connection_id,
                 ..
             } => {
+                self.reach.on_connection(connection_id, peer_id, &endpoint);
                 self.score_peer(peer_id);
                 if endpoint.is_dialer() {
                     self.learn_addresses(peer_id, [endpoint.get_remote_address().clone()]);
@@ -1147,7 +1245,11 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::NewListenAddr { address, .. } => {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                self.reach.on_listen_addr(listener_id);
                 let address = address.to_string();
                 if !self.listen.contains(&address) {
                     self.listen.push(address);
@@ -1156,6 +1258,38 @@ impl EventLoop {
             SwarmEvent::ExpiredListenAddr { address, .. } => {
                 let address = address.to_string();
                 self.listen.retain(|a| *a != address);
+            }
+            SwarmEvent::ListenerClosed {
+                listener_id,
+                addresses,
+                ..
+            } => {
+                if self.reach.on_listener_closed(listener_id) {
+                    tracing::info!("lost a relay reservation; asking again");
+                }
+                for address in addresses {
+                    let address = address.to_string();
+                    self.listen.retain(|a| *a != address);
+                }
+            }
+            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+                self.reach.on_connection_closed(connection_id);
+            }
+            SwarmEvent::ExternalAddrConfirmed { address } if !self.reach.usable(&address) => {
+                // Relay-only: never announce an address that would reveal where we are.
+                self.swarm.remove_external_address(&address);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                libp2p::relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => self.reach.on_reservation(relay_peer_id),
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(
+                libp2p::autonat::Event::StatusChanged { new, .. },
+            )) => {
+                tracing::info!(status = ?new, "reachability (AutoNAT)");
+                self.reach.on_nat(&new);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => {
+                tracing::debug!(peer = %event.remote_peer_id, ok = event.result.is_ok(), "hole punch (DCUtR)");
             }
             _ => {}
         }
@@ -1691,9 +1825,17 @@ impl EventLoop {
                 self.redial.remove(&peer);
                 continue;
             }
-            let Some(addrs) = self.addresses.get(&peer).cloned() else {
+            let Some(addrs) = self.addresses.get(&peer) else {
                 continue;
             };
+            let addrs: Vec<Multiaddr> = addrs
+                .iter()
+                .filter(|a| self.reach.usable(a))
+                .cloned()
+                .collect();
+            if addrs.is_empty() {
+                continue;
+            }
             let (due, backoff) = self.redial.get(&peer).copied().unwrap_or((now, REDIAL_MIN));
             if now < due {
                 continue;
@@ -1706,6 +1848,21 @@ impl EventLoop {
             }
             self.redial
                 .insert(peer, (now + backoff, (backoff * 2).min(REDIAL_MAX)));
+        }
+    }
+
+    /// Reserves on a relay learned at run time (from an invite) and keeps it in the
+    /// profile's settings for the next start.
+    fn use_relay(&mut self, relay: Multiaddr) {
+        if !self.reach.add_relay(&mut self.swarm, relay) {
+            return;
+        }
+        if self.settings.relays.len() < settings::MAX_RELAYS {
+            self.settings.relays = self.reach.relay_addresses();
+            self.settings.relays.truncate(settings::MAX_RELAYS);
+            if let Err(e) = self.settings.write(&self.store) {
+                tracing::warn!("could not save a relay in the settings: {e}");
+            }
         }
     }
 

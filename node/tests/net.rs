@@ -37,6 +37,7 @@ fn new_swarm() -> Swarm<Behaviour> {
     net::build_swarm(
         identity::Keypair::generate_ed25519(),
         &NetConfig::for_tests(),
+        net::DialPolicy::open(),
     )
     .expect("swarm builds")
 }

@@ -40,11 +40,18 @@ impl TestNode {
     /// Stops the node (cleanly) and starts it again on the same profile directory and
     /// the same address, as a person would after closing their laptop.
     pub async fn restart(&mut self) {
-        let listen = self.node.listen_addrs();
+        // The direct listening addresses only: relayed ones come back with the reservation.
+        let listen: Vec<String> = self
+            .node
+            .listen_addrs()
+            .into_iter()
+            .filter(|a| !a.contains("/p2p-circuit"))
+            .collect();
         self.node.clone().shutdown().await;
         let profile = Profile::unlock(self.home.path(), PASSPHRASE).expect("unlock profile");
         let config = NodeConfig {
             listen,
+            relays: Vec::new(),
             net: NetConfig::for_tests(),
             control_socket: true,
         };
@@ -148,6 +155,7 @@ impl TestNode {
 pub async fn start_node(profile: Profile) -> Node {
     let config = NodeConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        relays: Vec::new(),
         net: NetConfig::for_tests(),
         control_socket: true,
     };

@@ -200,6 +200,7 @@ async fn a_stranger_gets_nothing_and_its_garbage_is_dropped() {
     let mut stranger = net::build_swarm(
         identity::Keypair::generate_ed25519(),
         &NetConfig::for_tests(),
+        net::DialPolicy::open(),
     )
     .unwrap();
     stranger.dial(addr).unwrap();
@@ -283,6 +284,7 @@ async fn a_stranger_flooding_join_requests_is_rate_limited() {
     let mut stranger = net::build_swarm(
         identity::Keypair::generate_ed25519(),
         &NetConfig::for_tests(),
+        net::DialPolicy::open(),
     )
     .unwrap();
     stranger.dial(addr).unwrap();

@@ -364,6 +364,31 @@ impl Store {
         Ok(Some(self.open_value(TREE_META, &key, &sealed)?.to_vec()))
     }
 
+    /// The profile directory this store belongs to.
+    pub fn home(&self) -> &std::path::Path {
+        &self.home
+    }
+
+    /// Stores (or replaces) a small named record of the profile's own (e.g. the node's
+    /// network settings), sealed like every value, and flushes it to disk.
+    pub fn put_setting(&self, name: &str, value: &[u8]) -> Result<()> {
+        let key = self.keys.tag(&[b"setting", name.as_bytes()])?;
+        let sealed = self.seal_value(TREE_META, &key, value)?;
+        self.meta
+            .insert(key, sealed)
+            .map_err(|e| self.db_error(e))?;
+        self.flush()
+    }
+
+    /// A named record of the profile, if stored.
+    pub fn setting(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let key = self.keys.tag(&[b"setting", name.as_bytes()])?;
+        let Some(sealed) = self.meta.get(key).map_err(|e| self.db_error(e))? else {
+            return Ok(None);
+        };
+        Ok(Some(self.open_value(TREE_META, &key, &sealed)?.to_vec()))
+    }
+
     /// Writes everything stored so far to disk. Call this before
     /// acknowledging anything to a user or a peer.
     pub fn flush(&self) -> Result<()> {

@@ -69,6 +69,7 @@ pub async fn child(
         .map_err(|e| format!("profile: {e}"))?;
     let config = NodeConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        relays: Vec::new(),
         net,
         control_socket: true,
     };

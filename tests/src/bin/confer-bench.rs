@@ -264,6 +264,7 @@ async fn start_node(name: String, net: NetConfig) -> Result<TestNode, String> {
         profile,
         NodeConfig {
             listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            relays: Vec::new(),
             net,
             control_socket: true,
         },
@@ -679,6 +680,7 @@ impl Bench {
             profile,
             NodeConfig {
                 listen,
+                relays: Vec::new(),
                 net: self.args.net(),
                 control_socket: true,
             },

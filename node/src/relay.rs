@@ -1,0 +1,256 @@
+//! A circuit relay v2 server: `confer relay run`.
+//!
+//! A relay lets members behind NAT, or in relay-only mode, reach each other: a member
+//! reserves a slot on the relay and is then reachable at its relayed address; the relay
+//! joins two members' streams end to end. Those streams are noise-encrypted between the
+//! members, and room traffic inside them is encrypted again under the room's keys, so the
+//! relay learns the members' IP addresses and peer ids and how much they send, never what.
+//! It holds no profile, no room and no store; anyone (a facilitator, an organisation) can
+//! host one.
+//!
+//! The relay also answers AutoNAT probes, so that members connected to it learn whether
+//! they are reachable directly.
+//!
+//! Limits: libp2p's defaults are for short hole-punching circuits (2 minutes, 128 KiB);
+//! Confer's members in relay-only mode talk through the relay for as long as they are
+//! online, so [`RelayLimits::default`] allows long, unmetered circuits and bounds their
+//! number instead.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::{
+    Multiaddr, PeerId, SwarmBuilder, autonat, connection_limits, identify, identity,
+    multiaddr::Protocol, noise, ping, relay, swarm::NetworkBehaviour, swarm::SwarmEvent, tcp,
+    yamux,
+};
+use tokio::sync::oneshot;
+
+use crate::net::{IDENTIFY_PROTOCOL_VERSION, NetError};
+
+/// How much a relay serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Peers holding a reservation at once.
+    pub max_reservations: usize,
+    /// Circuits open at once.
+    pub max_circuits: usize,
+    /// Circuits open at once from one peer.
+    pub max_circuits_per_peer: usize,
+    /// How long one circuit may last before the members reconnect through it.
+    pub circuit_duration: Duration,
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        Self {
+            max_reservations: 256,
+            max_circuits: 1024,
+            max_circuits_per_peer: 16,
+            circuit_duration: Duration::from_secs(60 * 60),
+        }
+    }
+}
+
+/// How a relay is started.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Where to listen, e.g. `/ip4/0.0.0.0/tcp/4001`.
+    pub listen: Vec<Multiaddr>,
+    /// Public addresses to announce in addition to the listening ones (for a relay behind
+    /// a port forward).
+    pub announce: Vec<Multiaddr>,
+    /// What it serves.
+    pub limits: RelayLimits,
+}
+
+/// Why a relay could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The network layer could not be built.
+    #[error("could not start networking: {0}")]
+    Net(#[from] NetError),
+    /// Listening failed.
+    #[error("could not listen on {addr}: {reason}")]
+    Listen {
+        /// The address.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing to listen on.
+    #[error("a relay needs at least one address to listen on")]
+    NoListen,
+}
+
+#[derive(NetworkBehaviour)]
+struct RelayBehaviour {
+    relay: relay::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    autonat: autonat::Behaviour,
+    limits: connection_limits::Behaviour,
+}
+
+/// A running relay. Dropping it does not stop it; call [`Relay::shutdown`].
+#[derive(Debug)]
+pub struct Relay {
+    peer_id: PeerId,
+    addresses: Vec<Multiaddr>,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Relay {
+    /// Starts a relay with the given identity; returns once it listens.
+    pub async fn start(
+        keypair: identity::Keypair,
+        config: RelayConfig,
+    ) -> Result<Relay, RelayError> {
+        if config.listen.is_empty() {
+            return Err(RelayError::NoListen);
+        }
+        let peer_id = keypair.public().to_peer_id();
+        let limits = &config.limits;
+        let relay_config = relay::Config {
+            max_reservations: limits.max_reservations,
+            max_circuits: limits.max_circuits,
+            max_circuits_per_peer: limits.max_circuits_per_peer,
+            max_circuit_duration: limits.circuit_duration,
+            // Unmetered: a circuit carries a member's whole session (0 means no limit).
+            max_circuit_bytes: 0,
+            ..relay::Config::default()
+        };
+        let behaviour = RelayBehaviour {
+            relay: relay::Behaviour::new(peer_id, relay_config),
+            identify: identify::Behaviour::new(identify::Config::new(
+                IDENTIFY_PROTOCOL_VERSION.to_owned(),
+                keypair.public(),
+            )),
+            ping: ping::Behaviour::default(),
+            autonat: autonat::Behaviour::new(
+                peer_id,
+                autonat::Config {
+                    only_global_ips: false,
+                    ..autonat::Config::default()
+                },
+            ),
+            limits: connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established_per_peer(Some(4))
+                    .with_max_pending_incoming(Some(128))
+                    .with_max_established(Some(
+                        u32::try_from(limits.max_reservations * 2).unwrap_or(u32::MAX),
+                    )),
+            ),
+        };
+        let mut swarm = SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| RelayError::Net(NetError::Noise(e)))?
+            .with_behaviour(|_| behaviour)
+            .unwrap_or_else(|never| match never {})
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+            .build();
+        // Serve whatever the announced addresses are, even before AutoNAT confirms them.
+        swarm
+            .behaviour_mut()
+            .relay
+            .set_status(Some(relay::Status::Enable));
+
+        let mut listeners = Vec::new();
+        for addr in &config.listen {
+            let id = swarm
+                .listen_on(addr.clone())
+                .map_err(|e| RelayError::Listen {
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                })?;
+            listeners.push(id);
+        }
+        let mut addresses: Vec<Multiaddr> = Vec::new();
+        // Wait for each listener's first address (an unspecified address yields one per
+        // interface, reported together).
+        while !listeners.is_empty() {
+            match swarm.select_next_some().await {
+                SwarmEvent::NewListenAddr {
+                    listener_id,
+                    address,
+                } => {
+                    listeners.retain(|l| *l != listener_id);
+                    addresses.push(address);
+                }
+                SwarmEvent::ListenerError { error, .. }
+                | SwarmEvent::ListenerClosed {
+                    reason: Err(error), ..
+                } => {
+                    return Err(RelayError::Listen {
+                        addr: config
+                            .listen
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                        reason: error.to_string(),
+                    });
+                }
+                _ => {}
+            }
+        }
+        for addr in config.announce.iter().chain(&addresses) {
+            swarm.add_external_address(addr.clone());
+        }
+        let mut announced: Vec<Multiaddr> = config.announce.clone();
+        announced.extend(addresses.iter().cloned());
+        let addresses = announced
+            .into_iter()
+            .map(|a| a.with(Protocol::P2p(peer_id)))
+            .collect();
+
+        let (stop, mut stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => return,
+                    event = swarm.select_next_some() => match event {
+                        SwarmEvent::NewListenAddr { address, .. } => {
+                            swarm.add_external_address(address);
+                        }
+                        SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(event)) => {
+                            tracing::debug!(?event, "relay");
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        });
+        Ok(Relay {
+            peer_id,
+            addresses,
+            stop: Some(stop),
+            task,
+        })
+    }
+
+    /// The relay's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer_id
+    }
+
+    /// The addresses members should use for this relay, each ending in `/p2p/<peer id>`.
+    pub fn addresses(&self) -> &[Multiaddr] {
+        &self.addresses
+    }
+
+    /// Stops the relay and waits until its connections are closed.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = (&mut self.task).await;
+    }
+}
