@@ -47,9 +47,21 @@ pub enum Command {
         /// Your name as offered to rooms by default (each room can show a different one).
         #[arg(long)]
         name: String,
+        /// Never connect directly to other members: everything goes through a relay, so
+        /// they never learn your IP address (change it later with `confer config`).
+        #[arg(long)]
+        relay_only: bool,
         #[command(flatten)]
         output: Output,
     },
+
+    /// Show or change this profile's network settings (the node must be stopped).
+    #[command(subcommand)]
+    Config(ConfigCommand),
+
+    /// Serve as a relay for members behind NAT or in relay-only mode.
+    #[command(subcommand)]
+    Relay(RelayCommand),
 
     /// Run your node: the program that talks to the other members.
     #[command(subcommand)]
@@ -218,10 +230,83 @@ pub enum NodeCommand {
     /// Asks for your passphrase (or reads CONFER_PASSPHRASE), then prints its network
     /// identity and addresses once it is ready. While it runs, the other commands work.
     Run {
-        /// An address to listen on, as a multiaddr; repeat for several.
-        #[arg(long, value_name = "MULTIADDR", default_value = "/ip4/0.0.0.0/tcp/0")]
+        /// An address to listen on, as a multiaddr; repeat for several
+        /// [default: /ip4/0.0.0.0/tcp/0, or nothing in relay-only mode].
+        #[arg(long, value_name = "MULTIADDR")]
         listen: Vec<String>,
+        /// A relay to reserve a slot on for this run, as `confer relay run` prints it
+        /// (…/p2p/RELAY_ID); repeat for several. To keep one, use `confer config add-relay`.
+        #[arg(long, value_name = "MULTIADDR")]
+        relay: Vec<String>,
         /// Print the readiness line as JSON: {"peer_id": ..., "listen": [...]}.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `confer config …`
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Show the network settings.
+    Show {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Turn relay-only mode on or off.
+    ///
+    /// In relay-only mode your node never connects directly to other members and never
+    /// listens for them directly: everything goes through a relay, so the other members
+    /// never learn your IP address. The relay does (it needs it to pass traffic on), but
+    /// it only ever sees encrypted traffic. You need at least one relay: add one with
+    /// `confer config add-relay`, or join with an invite from a facilitator who uses one.
+    RelayOnly {
+        /// on or off.
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Keep a relay to reserve a slot on whenever the node runs.
+    AddRelay {
+        /// The relay's address as `confer relay run` prints it (…/p2p/RELAY_ID).
+        #[arg(value_name = "MULTIADDR")]
+        address: String,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Stop using a relay.
+    RemoveRelay {
+        /// The relay's address, as `confer config show` lists it.
+        #[arg(value_name = "MULTIADDR")]
+        address: String,
+        #[command(flatten)]
+        output: Output,
+    },
+}
+
+/// `confer relay …`
+#[derive(Debug, Subcommand)]
+pub enum RelayCommand {
+    /// Run a relay in the foreground until Ctrl-C (or SIGTERM).
+    ///
+    /// A relay passes encrypted traffic between members who cannot reach each other
+    /// directly (behind NAT or firewalls, or in relay-only mode). It needs no profile and
+    /// no passphrase and stores nothing but its own key (in --home), and it can never read
+    /// what members say; it does see their IP addresses and when they talk. Give members
+    /// one of the addresses it prints; run it where they can all reach it.
+    Run {
+        /// An address to listen on, as a multiaddr; repeat for several.
+        #[arg(
+            long,
+            value_name = "MULTIADDR",
+            default_value = "/ip4/0.0.0.0/tcp/4001"
+        )]
+        listen: Vec<String>,
+        /// A public address to announce as well (e.g. behind a port forward); repeat for
+        /// several.
+        #[arg(long, value_name = "MULTIADDR")]
+        announce: Vec<String>,
+        /// Print the readiness line as JSON: {"peer_id": ..., "addresses": [...]}.
         #[arg(long)]
         json: bool,
     },
@@ -286,12 +371,20 @@ mod tests {
     }
 
     #[test]
-    fn listen_defaults_to_all_interfaces() {
-        let cli = Cli::try_parse_from(["confer", "node", "run"]).unwrap();
-        let Command::Node(NodeCommand::Run { listen, json }) = cli.command else {
+    fn listening_is_left_to_the_node_and_relays_repeat() {
+        // No --listen: the node picks (all interfaces, or nothing in relay-only mode).
+        let cli = Cli::try_parse_from(["confer", "node", "run", "--relay", "/a", "--relay", "/b"])
+            .unwrap();
+        let Command::Node(NodeCommand::Run {
+            listen,
+            relay,
+            json,
+        }) = cli.command
+        else {
             panic!("wrong command");
         };
-        assert_eq!(listen, vec!["/ip4/0.0.0.0/tcp/0".to_owned()]);
+        assert!(listen.is_empty());
+        assert_eq!(relay, vec!["/a".to_owned(), "/b".to_owned()]);
         assert!(!json);
     }
 

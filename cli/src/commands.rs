@@ -62,6 +62,28 @@ pub async fn status(home: &Path, json: bool) -> Result<(), Error> {
     if info.listen.is_empty() {
         output::line("  (no addresses)")?;
     }
+    if info.relay_only {
+        output::line("Relay-only mode: on (other members never learn your IP address)")?;
+    } else {
+        output::line(&format!("Reachability (AutoNAT): {}", safe_line(&info.nat)))?;
+    }
+    for relay in &info.relays {
+        output::line(&format!(
+            "Relay {}: {}",
+            safe_line(&relay.address),
+            if relay.reserved {
+                "reserved, others can reach you through it"
+            } else {
+                "no reservation yet (retrying)"
+            }
+        ))?;
+    }
+    let relayed = info.connections.iter().filter(|c| c.relayed).count();
+    output::line(&format!(
+        "Connections: {} ({} through a relay)",
+        info.connections.len(),
+        relayed
+    ))?;
     print_rooms(&info.rooms)
 }
 

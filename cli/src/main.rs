@@ -13,6 +13,7 @@
 
 mod args;
 mod commands;
+mod config;
 mod demo;
 mod duration;
 mod error;
@@ -20,6 +21,7 @@ mod init;
 mod node_run;
 mod output;
 mod passphrase;
+mod relay_run;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,7 +29,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::args::{Cli, Command, InviteCommand, NodeCommand, RoomCommand};
+use crate::args::{Cli, Command, InviteCommand, NodeCommand, RelayCommand, RoomCommand};
 use crate::error::Error;
 
 fn main() -> ExitCode {
@@ -57,8 +59,22 @@ fn run(cli: Cli) -> Result<(), Error> {
     let home = home.as_path();
     match cli.command {
         Command::Demo => demo::run(),
-        Command::Init { name, output } => init::run(home, &name, output.json),
-        Command::Node(NodeCommand::Run { listen, json }) => node_run::run(home, listen, json),
+        Command::Init {
+            name,
+            relay_only,
+            output,
+        } => init::run(home, &name, relay_only, output.json),
+        Command::Config(command) => config::run(home, command),
+        Command::Relay(RelayCommand::Run {
+            listen,
+            announce,
+            json,
+        }) => relay_run::run(home, listen, announce, json),
+        Command::Node(NodeCommand::Run {
+            listen,
+            relay,
+            json,
+        }) => node_run::run(home, listen, relay, json),
         Command::Status { output } => client(commands::status(home, output.json)),
         Command::Room(RoomCommand::Create {
             name,

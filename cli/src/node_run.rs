@@ -13,7 +13,7 @@ use crate::passphrase;
 
 /// Unlocks the profile in `home` (blocking: Argon2 is deliberately slow), then runs the
 /// node on a new runtime until it is asked to stop.
-pub fn run(home: &Path, listen: Vec<String>, json: bool) -> Result<(), Error> {
+pub fn run(home: &Path, listen: Vec<String>, relays: Vec<String>, json: bool) -> Result<(), Error> {
     if !Profile::exists(home) {
         return Err(StoreError::NotInitialised {
             dir: home.to_path_buf(),
@@ -23,10 +23,10 @@ pub fn run(home: &Path, listen: Vec<String>, json: bool) -> Result<(), Error> {
     let passphrase = passphrase::existing_profile()?;
     let profile = Profile::unlock(home, &passphrase)?;
     drop(passphrase);
-    crate::runtime()?.block_on(serve(profile, listen, json))
+    crate::runtime()?.block_on(serve(profile, NodeConfig::new(listen, relays), json))
 }
 
-async fn serve(profile: Profile, listen: Vec<String>, json: bool) -> Result<(), Error> {
+async fn serve(profile: Profile, config: NodeConfig, json: bool) -> Result<(), Error> {
     // Install the handlers before announcing readiness: whoever reads the readiness line
     // may signal us at once, and a signal without a handler would kill us uncleanly.
     let signal_error =
@@ -34,7 +34,7 @@ async fn serve(profile: Profile, listen: Vec<String>, json: bool) -> Result<(), 
     let mut terminate = signal(SignalKind::terminate()).map_err(signal_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(signal_error)?;
 
-    let node = Node::start(profile, NodeConfig::new(listen, Vec::new())).await?;
+    let node = Node::start(profile, config).await?;
     if let Err(e) = announce(&node, json) {
         node.shutdown().await;
         return Err(e);

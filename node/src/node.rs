@@ -248,9 +248,8 @@ impl Node {
         // Reserve on the relays before announcing the addresses, so that they include the
         // relayed ones; a relay that does not answer in time is retried in the background.
         reach.reserve_due(&mut swarm);
-        let mut pending = reach.pending();
         let deadline = tokio::time::Instant::now() + RESERVATION_WAIT;
-        while !pending.is_empty() {
+        while !reach.settled() {
             let Ok(event) = tokio::time::timeout_at(deadline, swarm.select_next_some()).await
             else {
                 tracing::warn!("a relay did not accept a reservation in time; retrying later");
@@ -262,21 +261,22 @@ impl Node {
                     address,
                 } => {
                     reach.on_listen_addr(listener_id);
-                    pending.retain(|l| *l != listener_id);
                     listen.push(address.to_string());
                 }
-                SwarmEvent::ListenerClosed { listener_id, .. } => {
-                    if reach.on_listener_closed(listener_id) {
-                        tracing::warn!("a relay refused or failed a reservation; retrying later");
-                    }
-                    pending.retain(|l| *l != listener_id);
+                SwarmEvent::ListenerClosed { listener_id, .. }
+                    if reach.on_listener_closed(listener_id) =>
+                {
+                    tracing::warn!("a relay refused or failed a reservation; retrying later");
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id, .. } => {
+                    reach.on_dial_failed(peer_id);
                 }
                 SwarmEvent::ConnectionEstablished {
                     connection_id,
                     peer_id,
                     endpoint,
                     ..
-                } => reach.on_connection(connection_id, peer_id, &endpoint),
+                } => reach.on_connection(&mut swarm, connection_id, peer_id, &endpoint),
                 _ => {}
             }
         }
@@ -1224,7 +1224,8 @@ impl EventLoop {
                 connection_id,
                 ..
             } => {
-                self.reach.on_connection(connection_id, peer_id, &endpoint);
+                self.reach
+                    .on_connection(&mut self.swarm, connection_id, peer_id, &endpoint);
                 self.score_peer(peer_id);
                 if endpoint.is_dialer() {
                     self.learn_addresses(peer_id, [endpoint.get_remote_address().clone()]);
@@ -1279,9 +1280,9 @@ impl EventLoop {
                 // Relay-only: never announce an address that would reveal where we are.
                 self.swarm.remove_external_address(&address);
             }
-            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
-                libp2p::relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
-            )) => self.reach.on_reservation(relay_peer_id),
+            SwarmEvent::OutgoingConnectionError { peer_id, .. } => {
+                self.reach.on_dial_failed(peer_id);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(
                 libp2p::autonat::Event::StatusChanged { new, .. },
             )) => {
@@ -1828,9 +1829,11 @@ impl EventLoop {
             let Some(addrs) = self.addresses.get(&peer) else {
                 continue;
             };
+            // Relayed addresses wait until we are connected to their relay (`Reach`
+            // dials it): a circuit dial racing another dial to the relay would fail.
             let addrs: Vec<Multiaddr> = addrs
                 .iter()
-                .filter(|a| self.reach.usable(a))
+                .filter(|a| self.reach.ready(&self.swarm, a))
                 .cloned()
                 .collect();
             if addrs.is_empty() {
@@ -1854,7 +1857,7 @@ impl EventLoop {
     /// Reserves on a relay learned at run time (from an invite) and keeps it in the
     /// profile's settings for the next start.
     fn use_relay(&mut self, relay: Multiaddr) {
-        if !self.reach.add_relay(&mut self.swarm, relay) {
+        if !self.reach.add_relay(relay) {
             return;
         }
         if self.settings.relays.len() < settings::MAX_RELAYS {

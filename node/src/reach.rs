@@ -9,6 +9,7 @@ use libp2p::core::ConnectedPoint;
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::ConnectionId;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat};
 
 use crate::api::{ConnectionInfo, RelayInfo};
@@ -19,21 +20,46 @@ const RELAY_RETRY_MIN: Duration = Duration::from_secs(1);
 /// Longest wait between attempts on one relay.
 const RELAY_RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// Where a relay slot stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing under way; try again at this time.
+    Idle(Instant),
+    /// Dialling the relay (since then).
+    Dialing(Instant),
+    /// Asked for a reservation on this listener.
+    Reserving(ListenerId),
+    /// The relay accepted the reservation made on this listener.
+    Reserved(ListenerId),
+}
+
 /// One relay the node keeps a reservation on.
 #[derive(Debug)]
 struct Slot {
     /// The relay's peer id (from its address).
     peer: Option<PeerId>,
-    /// The listener holding (or asking for) the reservation.
-    listener: Option<ListenerId>,
-    /// Whether the relay accepted the reservation.
-    reserved: bool,
-    /// When to try again if there is no listener, and the wait after that.
-    retry_at: Instant,
+    state: State,
+    /// The wait after the next failure.
     backoff: Duration,
 }
 
+impl Slot {
+    fn failed(&mut self) {
+        self.state = State::Idle(Instant::now() + self.backoff);
+        self.backoff = (self.backoff * 2).min(RELAY_RETRY_MAX);
+    }
+}
+
+/// How long a dial to a relay may take before the slot tries again.
+const RELAY_DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The node's reachability state.
+///
+/// A reservation is only ever asked for over an established connection to the relay:
+/// libp2p's relay client dials the relay itself when it is not connected, and two dials
+/// to the same peer at once make one of them fail. So a slot first dials its relay (and
+/// its dial comes second to any circuit dial already under way, see
+/// [`Reach::add_relay`]), and reserves once connected.
 #[derive(Debug)]
 pub(crate) struct Reach {
     policy: DialPolicy,
@@ -46,6 +72,13 @@ pub(crate) struct Reach {
 /// Whether an address goes through a relay.
 pub(crate) fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+}
+
+fn peer_of(addr: &Multiaddr) -> Option<PeerId> {
+    addr.iter().find_map(|p| match p {
+        Protocol::P2p(peer) => Some(peer),
+        _ => None,
+    })
 }
 
 impl Reach {
@@ -65,27 +98,21 @@ impl Reach {
             connections: HashMap::new(),
         };
         for relay in relays {
-            reach.insert(relay);
+            reach.insert(relay, Instant::now());
         }
         reach
     }
 
-    fn insert(&mut self, relay: Multiaddr) -> bool {
+    fn insert(&mut self, relay: Multiaddr, first_try: Instant) -> bool {
         if self.relays.contains_key(&relay) {
             return false;
         }
-        let peer = relay.iter().find_map(|p| match p {
-            Protocol::P2p(peer) => Some(peer),
-            _ => None,
-        });
         self.policy.allow_relay(&relay);
         self.relays.insert(
-            relay,
+            relay.clone(),
             Slot {
-                peer,
-                listener: None,
-                reserved: false,
-                retry_at: Instant::now(),
+                peer: peer_of(&relay),
+                state: State::Idle(first_try),
                 backoff: RELAY_RETRY_MIN,
             },
         );
@@ -122,13 +149,11 @@ impl Reach {
         found
     }
 
-    /// Starts using a relay; true if it is new.
-    pub(crate) fn add_relay(&mut self, swarm: &mut Swarm<Behaviour>, relay: Multiaddr) -> bool {
-        let added = self.insert(relay);
-        if added {
-            self.reserve_due(swarm);
-        }
-        added
+    /// Starts using a relay learned at run time; true if it is new. The first attempt
+    /// waits a moment, so that a circuit dial through the relay that is about to start
+    /// (a join through the facilitator's relayed address) dials the relay first.
+    pub(crate) fn add_relay(&mut self, relay: Multiaddr) -> bool {
+        self.insert(relay, Instant::now() + RELAY_RETRY_MIN)
     }
 
     /// The relays in use, as strings (for the settings).
@@ -136,32 +161,78 @@ impl Reach {
         self.relays.keys().map(ToString::to_string).collect()
     }
 
-    /// Asks for a reservation on every relay that has none and whose retry is due.
+    /// Moves every slot on whose time has come: dials relays not connected, reserves on
+    /// connected ones, gives up on dials that take too long.
     pub(crate) fn reserve_due(&mut self, swarm: &mut Swarm<Behaviour>) {
         let now = Instant::now();
-        for (relay, slot) in &mut self.relays {
-            if slot.listener.is_some() || slot.retry_at > now {
+        let due: Vec<Multiaddr> = self
+            .relays
+            .iter()
+            .filter(|(_, slot)| match slot.state {
+                State::Idle(at) => at <= now,
+                State::Dialing(since) => now.duration_since(since) > RELAY_DIAL_TIMEOUT,
+                State::Reserving(_) | State::Reserved(_) => false,
+            })
+            .map(|(relay, _)| relay.clone())
+            .collect();
+        for relay in due {
+            let Some(slot) = self.relays.get_mut(&relay) else {
+                continue;
+            };
+            let Some(peer) = slot.peer else {
+                continue;
+            };
+            if swarm.is_connected(&peer) {
+                self.reserve(swarm, &relay);
                 continue;
             }
-            slot.retry_at = now + slot.backoff;
-            slot.backoff = (slot.backoff * 2).min(RELAY_RETRY_MAX);
-            match swarm.listen_on(relay.clone().with(Protocol::P2pCircuit)) {
-                Ok(id) => {
-                    slot.listener = Some(id);
-                    self.listeners.insert(id, relay.clone());
+            let opts = DialOpts::peer_id(peer)
+                .addresses(vec![relay.clone()])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            match swarm.dial(opts) {
+                Ok(()) => slot.state = State::Dialing(now),
+                Err(e) => {
+                    tracing::debug!("could not dial a relay: {e}");
+                    slot.failed();
                 }
-                Err(e) => tracing::debug!("could not ask a relay for a reservation: {e}"),
             }
         }
     }
 
-    /// Listener ids still waiting for their relay's answer.
-    pub(crate) fn pending(&self) -> Vec<ListenerId> {
+    /// Asks a connected relay for a reservation.
+    fn reserve(&mut self, swarm: &mut Swarm<Behaviour>, relay: &Multiaddr) {
+        let Some(slot) = self.relays.get_mut(relay) else {
+            return;
+        };
+        match swarm.listen_on(relay.clone().with(Protocol::P2pCircuit)) {
+            Ok(id) => {
+                slot.state = State::Reserving(id);
+                self.listeners.insert(id, relay.clone());
+            }
+            Err(e) => {
+                tracing::debug!("could not ask a relay for a reservation: {e}");
+                slot.failed();
+            }
+        }
+    }
+
+    /// Whether every relay has either accepted a reservation or failed for now.
+    pub(crate) fn settled(&self) -> bool {
         self.relays
             .values()
-            .filter(|s| !s.reserved)
-            .filter_map(|s| s.listener)
-            .collect()
+            .all(|s| matches!(s.state, State::Idle(_) | State::Reserved(_)))
+    }
+
+    /// Whether the node can use `addr` now: a relayed address only once the node is
+    /// connected to its relay (see the type's documentation).
+    pub(crate) fn ready(&self, swarm: &Swarm<Behaviour>, addr: &Multiaddr) -> bool {
+        if !is_relayed(addr) {
+            return !self.relay_only();
+        }
+        relay_of(addr)
+            .and_then(|relay| peer_of(&relay))
+            .is_some_and(|peer| swarm.is_connected(&peer))
     }
 
     /// A listener got an address: for a relay listener, the reservation is in place.
@@ -171,18 +242,8 @@ impl Reach {
             .get(&listener)
             .and_then(|relay| self.relays.get_mut(relay))
         {
-            slot.reserved = true;
+            slot.state = State::Reserved(listener);
             slot.backoff = RELAY_RETRY_MIN;
-        }
-    }
-
-    /// The relay client reports an accepted reservation (also on renewals).
-    pub(crate) fn on_reservation(&mut self, relay_peer: PeerId) {
-        for slot in self.relays.values_mut() {
-            if slot.peer == Some(relay_peer) && slot.listener.is_some() {
-                slot.reserved = true;
-                slot.backoff = RELAY_RETRY_MIN;
-            }
         }
     }
 
@@ -193,15 +254,24 @@ impl Reach {
             return false;
         };
         if let Some(slot) = self.relays.get_mut(&relay) {
-            slot.listener = None;
-            slot.reserved = false;
+            slot.failed();
         }
         true
     }
 
-    /// A connection opened.
+    /// A dial failed; if it was to a relay being dialled, try again later.
+    pub(crate) fn on_dial_failed(&mut self, peer: Option<PeerId>) {
+        for slot in self.relays.values_mut() {
+            if matches!(slot.state, State::Dialing(_)) && slot.peer.is_some() && slot.peer == peer {
+                slot.failed();
+            }
+        }
+    }
+
+    /// A connection opened; a relay we were dialling is asked for a reservation at once.
     pub(crate) fn on_connection(
         &mut self,
+        swarm: &mut Swarm<Behaviour>,
         id: ConnectionId,
         peer: PeerId,
         endpoint: &ConnectedPoint,
@@ -214,6 +284,20 @@ impl Reach {
                 endpoint.is_relayed(),
             ),
         );
+        if endpoint.is_relayed() {
+            return;
+        }
+        let waiting: Vec<Multiaddr> = self
+            .relays
+            .iter()
+            .filter(|(_, s)| {
+                s.peer == Some(peer) && matches!(s.state, State::Idle(_) | State::Dialing(_))
+            })
+            .map(|(relay, _)| relay.clone())
+            .collect();
+        for relay in waiting {
+            self.reserve(swarm, &relay);
+        }
     }
 
     /// A connection closed.
@@ -245,7 +329,7 @@ impl Reach {
             .iter()
             .map(|(address, slot)| RelayInfo {
                 address: address.to_string(),
-                reserved: slot.reserved,
+                reserved: matches!(slot.state, State::Reserved(_)),
             })
             .collect()
     }

@@ -16,6 +16,9 @@
 //! online, so [`RelayLimits::default`] allows long, unmetered circuits and bounds their
 //! number instead.
 
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -55,11 +58,11 @@ impl Default for RelayLimits {
 /// How a relay is started.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// Where to listen, e.g. `/ip4/0.0.0.0/tcp/4001`.
-    pub listen: Vec<Multiaddr>,
+    /// Where to listen, as multiaddresses, e.g. `/ip4/0.0.0.0/tcp/4001`.
+    pub listen: Vec<String>,
     /// Public addresses to announce in addition to the listening ones (for a relay behind
     /// a port forward).
-    pub announce: Vec<Multiaddr>,
+    pub announce: Vec<String>,
     /// What it serves.
     pub limits: RelayLimits,
 }
@@ -78,9 +81,82 @@ pub enum RelayError {
         /// Why.
         reason: String,
     },
+    /// An address is not a multiaddress.
+    #[error("`{0}` is not a valid address (expected e.g. /ip4/0.0.0.0/tcp/4001)")]
+    BadAddress(String),
     /// Nothing to listen on.
     #[error("a relay needs at least one address to listen on")]
     NoListen,
+    /// The relay's key file could not be read or written.
+    #[error("the relay key {path}: {reason}")]
+    Key {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The name of the relay's key file in its directory.
+pub const KEY_FILE: &str = "relay.key";
+
+/// Loads the relay's identity from `<dir>/relay.key`, creating the directory (0700) and a
+/// new random key (0600, written once with `create_new`) if there is none, so the relay
+/// keeps its peer id, and with it the addresses members have saved, across restarts.
+///
+/// The key is the relay's network identity only: whoever copies it can pose as the relay
+/// and so see who connects when, but never what members say (that is end-to-end encrypted).
+pub fn load_or_create_key(dir: &Path) -> Result<identity::Keypair, RelayError> {
+    let path = dir.join(KEY_FILE);
+    let fail = |reason: String| RelayError::Key {
+        path: path.display().to_string(),
+        reason,
+    };
+    let mut secret = zeroize::Zeroizing::new([0u8; 32]);
+    match std::fs::OpenOptions::new().read(true).open(&path) {
+        Ok(mut file) => {
+            let mode = file
+                .metadata()
+                .map_err(|e| fail(e.to_string()))?
+                .permissions()
+                .mode();
+            if mode & 0o077 != 0 {
+                return Err(fail(format!(
+                    "is readable by others (mode {:o}); run `chmod 600` on it",
+                    mode & 0o777
+                )));
+            }
+            let mut bytes = zeroize::Zeroizing::new(Vec::new());
+            Read::by_ref(&mut file)
+                .take(33)
+                .read_to_end(&mut bytes)
+                .map_err(|e| fail(e.to_string()))?;
+            if bytes.len() != 32 {
+                return Err(fail("is damaged (it must hold exactly 32 bytes)".into()));
+            }
+            secret.copy_from_slice(&bytes);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| fail(e.to_string()))?;
+            getrandom::fill(secret.as_mut()).map_err(|e| fail(e.to_string()))?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| fail(e.to_string()))?;
+            file.write_all(secret.as_ref())
+                .and_then(|()| file.sync_all())
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        Err(e) => return Err(fail(e.to_string())),
+    }
+    identity::Keypair::ed25519_from_bytes(secret.as_mut())
+        .map_err(|_| fail("is not a valid key".into()))
 }
 
 #[derive(NetworkBehaviour)]
@@ -101,13 +177,29 @@ pub struct Relay {
     task: tokio::task::JoinHandle<()>,
 }
 
+fn parse_all(list: &[String]) -> Result<Vec<Multiaddr>, RelayError> {
+    list.iter()
+        .map(|a| a.parse().map_err(|_| RelayError::BadAddress(a.clone())))
+        .collect()
+}
+
 impl Relay {
+    /// Starts a relay whose key is kept in `dir` (see [`load_or_create_key`]).
+    pub async fn start_in(dir: &Path, config: RelayConfig) -> Result<Relay, RelayError> {
+        // Check the addresses before creating anything on disk.
+        parse_all(&config.listen)?;
+        parse_all(&config.announce)?;
+        Self::start(load_or_create_key(dir)?, config).await
+    }
+
     /// Starts a relay with the given identity; returns once it listens.
     pub async fn start(
         keypair: identity::Keypair,
         config: RelayConfig,
     ) -> Result<Relay, RelayError> {
-        if config.listen.is_empty() {
+        let listen = parse_all(&config.listen)?;
+        let announce = parse_all(&config.announce)?;
+        if listen.is_empty() {
             return Err(RelayError::NoListen);
         }
         let peer_id = keypair.public().to_peer_id();
@@ -163,7 +255,7 @@ impl Relay {
             .set_status(Some(relay::Status::Enable));
 
         let mut listeners = Vec::new();
-        for addr in &config.listen {
+        for addr in &listen {
             let id = swarm
                 .listen_on(addr.clone())
                 .map_err(|e| RelayError::Listen {
@@ -201,10 +293,10 @@ impl Relay {
                 _ => {}
             }
         }
-        for addr in config.announce.iter().chain(&addresses) {
+        for addr in announce.iter().chain(&addresses) {
             swarm.add_external_address(addr.clone());
         }
-        let mut announced: Vec<Multiaddr> = config.announce.clone();
+        let mut announced: Vec<Multiaddr> = announce;
         announced.extend(addresses.iter().cloned());
         let addresses = announced
             .into_iter()
