@@ -592,3 +592,51 @@ impl request_response::Codec for JoinCodec {
         write_frame(io, &response, MAX_RESPONSE).await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Multiaddr {
+        s.parse().expect("valid multiaddr")
+    }
+
+    const RELAY_ID: &str = "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA";
+    const PEER_ID: &str = "12D3KooWGy3gBPXGHyP8kALn7YgjMXKaAGMVpA12dcagtZeyCzWW";
+
+    #[test]
+    fn the_relay_of_a_relayed_address_is_its_part_before_the_circuit() {
+        let relayed = addr(&format!(
+            "/ip4/203.0.113.5/tcp/4001/p2p/{RELAY_ID}/p2p-circuit/p2p/{PEER_ID}"
+        ));
+        assert_eq!(
+            relay_of(&relayed),
+            Some(addr(&format!("/ip4/203.0.113.5/tcp/4001/p2p/{RELAY_ID}")))
+        );
+        assert_eq!(transport_part(&relayed), addr("/ip4/203.0.113.5/tcp/4001"));
+        // Not relayed, or a circuit without a named relay.
+        assert_eq!(relay_of(&addr("/ip4/203.0.113.5/tcp/4001")), None);
+        assert_eq!(
+            relay_of(&addr(&format!(
+                "/ip4/203.0.113.5/tcp/4001/p2p-circuit/p2p/{PEER_ID}"
+            ))),
+            None
+        );
+    }
+
+    #[test]
+    fn an_open_policy_allows_everything_and_relay_only_only_its_relays() {
+        let member = addr(&format!("/ip4/198.51.100.7/tcp/5000/p2p/{PEER_ID}"));
+        assert!(DialPolicy::open().allows(&member));
+        let policy =
+            DialPolicy::relay_only([addr(&format!("/ip4/203.0.113.5/tcp/4001/p2p/{RELAY_ID}"))]);
+        assert!(policy.is_relay_only());
+        assert!(!policy.allows(&member));
+        assert!(policy.allows(&addr("/ip4/203.0.113.5/tcp/4001")));
+        assert!(!policy.allows(&addr("/ip4/203.0.113.5/tcp/4002")));
+        // A relay learned later is allowed from then on, through every clone.
+        let shared = policy.clone();
+        shared.allow_relay(&addr("/ip4/198.51.100.7/tcp/5000"));
+        assert!(policy.allows(&member));
+    }
+}

@@ -224,15 +224,23 @@ impl Reach {
             .all(|s| matches!(s.state, State::Idle(_) | State::Reserved(_)))
     }
 
-    /// Whether the node can use `addr` now: a relayed address only once the node is
-    /// connected to its relay (see the type's documentation).
+    /// Whether the node can use `addr` now. A relayed address through one of our own
+    /// relays waits until we are connected to it (our slot dials it; see the type's
+    /// documentation); through another relay, the relay client dials that relay itself.
+    /// In relay-only mode the other relay must first be allowed (it is learned from an
+    /// invite or configured), or the dial gate refuses it.
     pub(crate) fn ready(&self, swarm: &Swarm<Behaviour>, addr: &Multiaddr) -> bool {
         if !is_relayed(addr) {
             return !self.relay_only();
         }
-        relay_of(addr)
-            .and_then(|relay| peer_of(&relay))
-            .is_some_and(|peer| swarm.is_connected(&peer))
+        let Some(relay) = relay_of(addr) else {
+            return false;
+        };
+        match (self.relays.contains_key(&relay), peer_of(&relay)) {
+            (true, Some(peer)) => swarm.is_connected(&peer),
+            (true, None) => false,
+            (false, _) => !self.relay_only(),
+        }
     }
 
     /// A listener got an address: for a relay listener, the reservation is in place.

@@ -346,3 +346,36 @@ impl Relay {
         let _ = (&mut self.task).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_key_is_created_private_and_kept() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let home = dir.path().join("relay");
+        let first = load_or_create_key(&home).expect("created");
+        let mode = std::fs::metadata(home.join(KEY_FILE))
+            .expect("key file")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let again = load_or_create_key(&home).expect("loaded");
+        assert_eq!(first.public(), again.public());
+    }
+
+    #[test]
+    fn a_readable_or_damaged_relay_key_is_refused() {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        load_or_create_key(dir.path()).expect("created");
+        let path = dir.path().join(KEY_FILE);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+        let error = load_or_create_key(dir.path()).expect_err("group-readable key");
+        assert!(error.to_string().contains("chmod 600"), "{error}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+        std::fs::write(&path, [1u8; 31]).expect("truncate");
+        let error = load_or_create_key(dir.path()).expect_err("damaged key");
+        assert!(error.to_string().contains("damaged"), "{error}");
+    }
+}

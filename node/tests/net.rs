@@ -562,3 +562,53 @@ async fn codec_frames_round_trip_and_reject_bad_input() {
         assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "{bad:?}");
     }
 }
+
+/// Relay-only mode is enforced by the TCP transport itself: a direct dial to anything but
+/// an allowed relay fails before any packet leaves (the target sees no connection), while
+/// the allowed relay can be dialled.
+#[tokio::test]
+async fn a_relay_only_swarm_dials_nothing_directly_but_its_relays() {
+    within(async {
+        let mut member = new_swarm();
+        let member_addr = listen(&mut member).await;
+        let mut relay = new_swarm();
+        let relay_addr = listen(&mut relay).await;
+        let relay_full = relay_addr
+            .clone()
+            .with(libp2p::multiaddr::Protocol::P2p(*relay.local_peer_id()));
+
+        let policy = net::DialPolicy::relay_only([relay_full.clone()]);
+        assert!(policy.allows(&relay_addr) && !policy.allows(&member_addr));
+        let mut private = net::build_swarm(
+            identity::Keypair::generate_ed25519(),
+            &NetConfig::for_tests(),
+            policy,
+        )
+        .expect("swarm builds");
+
+        private.dial(member_addr).expect("the dial starts");
+        loop {
+            tokio::select! {
+                event = private.select_next_some() => match event {
+                    SwarmEvent::OutgoingConnectionError { .. } => break,
+                    SwarmEvent::ConnectionEstablished { .. } => {
+                        panic!("a relay-only swarm connected directly to a member")
+                    }
+                    _ => {}
+                },
+                event = member.select_next_some() => {
+                    assert!(
+                        !matches!(
+                            event,
+                            SwarmEvent::IncomingConnection { .. }
+                                | SwarmEvent::ConnectionEstablished { .. }
+                        ),
+                        "the member saw a connection attempt: {event:?}"
+                    );
+                }
+            }
+        }
+        connect(&mut private, &mut relay, relay_full).await;
+    })
+    .await;
+}

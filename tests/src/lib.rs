@@ -6,8 +6,10 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use confer_node::api::{MessageInfo, Reply, Request};
+use confer_node::api::{MessageInfo, Reply, Request, StatusInfo};
 use confer_node::net::NetConfig;
+use confer_node::relay::{Relay, RelayConfig, RelayLimits};
+use confer_node::settings::Settings;
 use confer_node::{Node, NodeConfig};
 use confer_store::Profile;
 use tempfile::TempDir;
@@ -35,6 +37,43 @@ impl TestNode {
         let profile = Profile::create(home.path(), PASSPHRASE, name).expect("create profile");
         let node = start_node(profile).await;
         TestNode { node, home }
+    }
+
+    /// Creates a profile named `name`, in relay-only mode or not, and starts a node for
+    /// it that reserves on `relays` (a relay-only node listens on nothing directly).
+    pub async fn start_reaching(name: &str, relay_only: bool, relays: &[String]) -> TestNode {
+        init_tracing();
+        let home = tempfile::tempdir().expect("temporary directory");
+        let profile = Profile::create(home.path(), PASSPHRASE, name).expect("create profile");
+        if relay_only {
+            Settings {
+                relay_only,
+                relays: Vec::new(),
+            }
+            .save(&profile)
+            .expect("save the settings");
+        }
+        let listen = if relay_only {
+            Vec::new()
+        } else {
+            vec!["/ip4/127.0.0.1/tcp/0".into()]
+        };
+        let config = NodeConfig {
+            listen,
+            relays: relays.to_vec(),
+            net: NetConfig::for_tests(),
+            control_socket: true,
+        };
+        let node = Node::start(profile, config).await.expect("start node");
+        TestNode { node, home }
+    }
+
+    /// The node's status.
+    pub async fn status(&self) -> StatusInfo {
+        match self.ok(Request::Status).await {
+            Reply::Status(info) => info,
+            other => panic!("unexpected reply to Status: {other:?}"),
+        }
     }
 
     /// Stops the node (cleanly) and starts it again on the same profile directory and
@@ -80,6 +119,11 @@ impl TestNode {
             display_name: Some(display_name.into()),
         })
         .await;
+        self.form_more(room, joiners).await;
+    }
+
+    /// Invites each joiner into an existing room and waits until each has joined.
+    pub async fn form_more(&self, room: &str, joiners: &[(&TestNode, &str)]) {
         for (node, name) in joiners {
             let Reply::Invite(invite) = self
                 .ok(Request::Invite {
@@ -160,6 +204,20 @@ pub async fn start_node(profile: Profile) -> Node {
         control_socket: true,
     };
     Node::start(profile, config).await.expect("start node")
+}
+
+/// Starts a relay on 127.0.0.1 with a fresh identity; its address is
+/// `relay.addresses()[0]`.
+pub async fn start_relay() -> Relay {
+    init_tracing();
+    let config = RelayConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+        announce: Vec::new(),
+        limits: RelayLimits::default(),
+    };
+    Relay::start(libp2p::identity::Keypair::generate_ed25519(), config)
+        .await
+        .expect("start relay")
 }
 
 /// Awaits `future`, failing the test with `what` if it takes longer than [`EVENT_TIMEOUT`].

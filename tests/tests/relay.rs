@@ -1,0 +1,201 @@
+//! Reaching members through a relay, and relay-only mode: real nodes and a real relay
+//! (circuit relay v2) on loopback, with real profiles and stores.
+//!
+//! The property under test is the privacy setting of issue 4: a member in relay-only mode
+//! never connects directly to another member, so no member learns its IP address, while
+//! the room works as usual. Across real network boundaries (namespaces, NAT) the same is
+//! exercised by `cli/tests/netns.rs`.
+
+use std::time::Duration;
+
+use confer_node::api::{Reply, Request, StatusInfo};
+use confer_node::settings::Settings;
+use confer_store::Profile;
+use confer_tests::{PASSPHRASE, TestNode, start_relay, within};
+
+const ROOM: &str = "Supervision";
+
+/// Polls until `check` holds for the node's status.
+async fn until_status(node: &TestNode, what: &str, check: impl Fn(&StatusInfo) -> bool) {
+    within(what, async {
+        loop {
+            if check(&node.status().await) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+}
+
+/// Polls until the node holds a message with this text.
+async fn until_said(node: &TestNode, text: &str) {
+    within(text, async {
+        loop {
+            if node.said(ROOM).await.iter().any(|m| m.text == text) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+}
+
+/// The node's connections to `peer`: (how many, how many through a relay).
+fn connections_to(status: &StatusInfo, peer: &str) -> (usize, usize) {
+    let to_peer: Vec<_> = status
+        .connections
+        .iter()
+        .filter(|c| c.peer_id == peer)
+        .collect();
+    (to_peer.len(), to_peer.iter().filter(|c| c.relayed).count())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_only_member_talks_through_the_relay_and_no_member_learns_its_address() {
+    let relay = start_relay().await;
+    let relay_addr = relay.addresses()[0].to_string();
+    let relay_id = relay.peer_id().to_string();
+
+    // Alice reserves on the relay; her invites then lead with her relayed address.
+    let alice = TestNode::start_reaching("Alice", false, std::slice::from_ref(&relay_addr)).await;
+    let status = alice.status().await;
+    assert!(
+        status.relays.iter().all(|r| r.reserved) && status.relays.len() == 1,
+        "{status:?}"
+    );
+    assert!(
+        status.listen.iter().any(|a| a.contains("/p2p-circuit")),
+        "{status:?}"
+    );
+
+    // Bob is relay-only and knows no relay yet: he learns Alice's from her invite.
+    let bob = TestNode::start_reaching("Bob", true, &[]).await;
+    assert!(bob.status().await.listen.is_empty());
+    // Carol is an ordinary member without a relay.
+    let carol = TestNode::start_reaching("Carol", false, &[]).await;
+
+    alice
+        .ok(Request::CreateRoom {
+            name: ROOM.into(),
+            display_name: Some("Alice".into()),
+        })
+        .await;
+    let Reply::Invite(invite) = alice
+        .ok(Request::Invite {
+            room: ROOM.into(),
+            expires_in_secs: 600,
+        })
+        .await
+    else {
+        panic!("no invite");
+    };
+    let addresses = confer_room_addresses(&invite.code);
+    assert!(
+        addresses[0].contains("/p2p-circuit") && addresses[0].starts_with(&relay_addr),
+        "the invite should lead with the relayed address: {addresses:?}"
+    );
+    let joined = within(
+        "Bob's join",
+        bob.node.request(Request::Join {
+            code: invite.code,
+            display_name: "Bob".into(),
+        }),
+    )
+    .await;
+    assert!(matches!(joined, Reply::Room(_)), "{joined:?}");
+    alice.form_more(ROOM, &[(&carol, "Carol")]).await;
+
+    // Bob now holds a reservation on the relay he learned, and listens only through it.
+    until_status(&bob, "Bob's reservation", |s| {
+        s.relays.len() == 1 && s.relays[0].reserved && s.relays[0].address == relay_addr
+    })
+    .await;
+
+    // The room works in every direction.
+    bob.send(ROOM, "From Bob, through the relay").await;
+    alice.send(ROOM, "From Alice").await;
+    carol.send(ROOM, "From Carol").await;
+    for node in [&alice, &bob, &carol] {
+        for text in ["From Bob, through the relay", "From Alice", "From Carol"] {
+            until_said(node, text).await;
+        }
+    }
+
+    // Nobody is connected to Bob except through the relay; Bob is connected directly
+    // to nobody but the relay; everything Bob listens on is relayed.
+    let bob_id = bob.node.peer_id();
+    until_status(&carol, "Carol's connection to Bob", |s| {
+        connections_to(s, &bob_id).0 > 0
+    })
+    .await;
+    for (name, node) in [("Alice", &alice), ("Carol", &carol)] {
+        let status = node.status().await;
+        let (all, relayed) = connections_to(&status, &bob_id);
+        assert!(all > 0, "{name} should be connected to Bob: {status:?}");
+        assert_eq!(all, relayed, "{name} connected to Bob directly: {status:?}");
+    }
+    let status = bob.status().await;
+    for c in &status.connections {
+        assert!(
+            c.relayed || c.peer_id == relay_id,
+            "Bob connected directly to {}: {status:?}",
+            c.peer_id
+        );
+    }
+    assert!(
+        status.listen.iter().all(|a| a.contains("/p2p-circuit")),
+        "{status:?}"
+    );
+    assert_eq!(status.nat, "not probed (relay-only)");
+
+    // Bob keeps the relay for the next start.
+    let home = bob.home.path().to_path_buf();
+    bob.node.clone().shutdown().await;
+    let profile = Profile::unlock(&home, PASSPHRASE).expect("unlock");
+    let settings = Settings::load(&profile).expect("settings");
+    assert!(settings.relay_only);
+    assert_eq!(settings.relays, vec![relay_addr]);
+    drop(bob);
+    relay.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_only_member_refuses_an_invite_it_could_only_use_directly() {
+    let alice = TestNode::start_reaching("Alice", false, &[]).await;
+    let bob = TestNode::start_reaching("Bob", true, &[]).await;
+    alice
+        .ok(Request::CreateRoom {
+            name: ROOM.into(),
+            display_name: None,
+        })
+        .await;
+    let Reply::Invite(invite) = alice
+        .ok(Request::Invite {
+            room: ROOM.into(),
+            expires_in_secs: 600,
+        })
+        .await
+    else {
+        panic!("no invite");
+    };
+    let message = bob
+        .err(Request::Join {
+            code: invite.code,
+            display_name: "Bob".into(),
+        })
+        .await;
+    assert!(message.contains("relay-only"), "{message}");
+    // Bob never even tried: Alice has seen no connection from him.
+    let status = alice.status().await;
+    assert_eq!(connections_to(&status, &bob.node.peer_id()), (0, 0));
+    assert!(bob.status().await.connections.is_empty());
+}
+
+/// The addresses an invite code carries.
+fn confer_room_addresses(code: &str) -> Vec<String> {
+    confer_room::Invite::from_code(code)
+        .expect("invite decodes")
+        .body
+        .addresses
+}
