@@ -76,6 +76,42 @@ pub fn init(home: &Path, name: &str) {
     ok(home, &["init", "--name", name]);
 }
 
+/// Runs `confer ARGS… --json` as a child (stderr passed on) and waits up to 60 s for its
+/// first stdout line, a JSON readiness document, which it returns with the child.
+pub fn spawn_ready(home: &Path, args: &[&str]) -> (Child, serde_json::Value) {
+    let mut child = confer(home)
+        .args(args)
+        .arg("--json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) => line,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("confer {args:?} printed no readiness line within 60 s");
+        }
+    };
+    match serde_json::from_str(&line) {
+        Ok(ready) => (child, ready),
+        Err(e) => {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            panic!(
+                "the readiness line of confer {args:?} is not JSON ({e}): {line:?}; exit {status}"
+            );
+        }
+    }
+}
+
 /// A `confer node run --json` child process, stopped (SIGKILL) if still running when dropped.
 pub struct NodeProcess {
     pub child: Child,
@@ -86,34 +122,14 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts a node on loopback for the profile in `home` and waits for its readiness line.
     pub fn start(home: &Path) -> NodeProcess {
-        let mut child = confer(home)
-            .args(["node", "run", "--listen", "/ip4/127.0.0.1/tcp/0", "--json"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(stdout).read_line(&mut line);
-            let _ = tx.send(line);
-        });
-        let line = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(line) => line,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the node printed no readiness line within 60 s");
-            }
-        };
-        let ready: serde_json::Value = match serde_json::from_str(&line) {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = child.kill();
-                let status = child.wait().unwrap();
-                panic!("the node's readiness line is not JSON ({e}): {line:?}; exit {status}");
-            }
-        };
+        Self::start_with(home, &["--listen", "/ip4/127.0.0.1/tcp/0"])
+    }
+
+    /// Starts `confer node run ARGS… --json` and waits for its readiness line.
+    pub fn start_with(home: &Path, args: &[&str]) -> NodeProcess {
+        let mut all = vec!["node", "run"];
+        all.extend_from_slice(args);
+        let (child, ready) = spawn_ready(home, &all);
         let peer_id = ready["peer_id"].as_str().unwrap().to_owned();
         let listen = ready["listen"]
             .as_array()
