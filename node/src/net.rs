@@ -80,23 +80,29 @@
 //! dropped after 10 s of silence.
 
 use std::{
+    collections::{HashMap, HashSet},
     io,
+    ops::{Deref, DerefMut},
     pin::Pin,
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
     task::{Context, Poll},
     time::Duration,
 };
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use libp2p::{
-    Multiaddr, StreamProtocol, Swarm, SwarmBuilder, Transport, autonat, connection_limits,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, autonat, connection_limits,
     core::{
+        Endpoint,
         multiaddr::Protocol,
-        transport::{DialOpts, ListenerId, TransportError, TransportEvent},
+        transport::{DialOpts, ListenerId, PortUse, TransportError, TransportEvent},
         upgrade,
     },
     dcutr, gossipsub, identify, identity, noise, ping, relay, request_response,
-    swarm::{NetworkBehaviour, behaviour::toggle::Toggle},
+    swarm::{
+        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+        THandlerOutEvent, ToSwarm, behaviour::toggle::Toggle,
+    },
     tcp, yamux,
 };
 use sha2::{Digest, Sha256};
@@ -337,13 +343,241 @@ pub enum NetError {
     PeerScore(String),
 }
 
+/// Which peers may take part in which gossip topics: for each of the node's room topics,
+/// the peers of that room's members. Cloning shares it; the node updates it whenever a
+/// room's membership or topics change.
+#[derive(Debug, Clone, Default)]
+pub struct TopicGate(Arc<Mutex<GateState>>);
+
+#[derive(Debug, Default)]
+struct GateState {
+    /// The peer whose gossip is being handled right now (see [`RoomGossip`]).
+    current: Option<PeerId>,
+    /// Room topics and the peers allowed on each.
+    members: HashMap<gossipsub::TopicHash, HashSet<PeerId>>,
+    /// Subscriptions refused, for when their peer is admitted later.
+    refused: HashSet<(PeerId, gossipsub::TopicHash)>,
+}
+
+/// Most refused subscriptions remembered (a peer is only re-admitted through them).
+const MAX_REFUSED: usize = 4096;
+
+impl TopicGate {
+    /// Sets the peers allowed on a room topic.
+    pub fn set_topic(&self, topic: gossipsub::TopicHash, peers: HashSet<PeerId>) {
+        if let Ok(mut state) = self.0.lock() {
+            state.members.insert(topic, peers);
+        }
+    }
+
+    /// Forgets a topic the node left.
+    pub fn remove_topic(&self, topic: &gossipsub::TopicHash) {
+        if let Ok(mut state) = self.0.lock() {
+            state.members.remove(topic);
+            state.refused.retain(|(_, t)| t != topic);
+        }
+    }
+
+    /// Whether `peer` may take part in `topic`: topics that are not the node's own are
+    /// not gated (nothing of the node's is ever sent on them).
+    pub fn allows(&self, peer: &PeerId, topic: &gossipsub::TopicHash) -> bool {
+        self.0.lock().is_ok_and(|s| {
+            s.members
+                .get(topic)
+                .is_none_or(|peers| peers.contains(peer))
+        })
+    }
+
+    /// Peers whose subscription was refused on a topic that now allows them: their
+    /// subscription must be heard again (gossipsub hears a peer's subscriptions only when
+    /// they change and on each new connection).
+    pub fn take_admitted(&self) -> Vec<PeerId> {
+        let Ok(mut state) = self.0.lock() else {
+            return Vec::new();
+        };
+        let GateState {
+            members, refused, ..
+        } = &mut *state;
+        let mut admitted = Vec::new();
+        refused.retain(|(peer, topic)| {
+            let now_allowed = members.get(topic).is_some_and(|p| p.contains(peer));
+            if now_allowed && !admitted.contains(peer) {
+                admitted.push(*peer);
+            }
+            !now_allowed
+        });
+        admitted
+    }
+
+    fn set_current(&self, peer: Option<PeerId>) {
+        if let Ok(mut state) = self.0.lock() {
+            state.current = peer;
+        }
+    }
+}
+
+/// gossipsub's subscription filter, consulted for every subscription a peer announces
+/// and for the node's own (`current` is `None` then: always allowed).
+#[derive(Debug)]
+pub struct GateFilter(TopicGate);
+
+impl gossipsub::TopicSubscriptionFilter for GateFilter {
+    fn can_subscribe(&mut self, topic: &gossipsub::TopicHash) -> bool {
+        let Ok(mut state) = self.0.0.lock() else {
+            return false;
+        };
+        let Some(peer) = state.current else {
+            return true;
+        };
+        let allowed = state
+            .members
+            .get(topic)
+            .is_none_or(|peers| peers.contains(&peer));
+        if !allowed && state.refused.len() < MAX_REFUSED {
+            state.refused.insert((peer, topic.clone()));
+        }
+        allowed
+    }
+}
+
+/// The gossipsub behaviour used by the node.
+type Gossip = gossipsub::Behaviour<gossipsub::IdentityTransform, GateFilter>;
+
+/// gossipsub, gated per room: a peer's subscription to a room's topic is only recorded
+/// if the peer is a member of that room ([`TopicGate`]). gossipsub sends a topic's
+/// messages (flood publishing, mesh forwarding, gossip) only to peers it has recorded as
+/// subscribed, and accepts a GRAFT only from them, so a peer that is not a member of the
+/// room (a stranger, or a member of another room that learned the opaque topic name)
+/// receives none of its traffic.
+///
+/// gossipsub's subscription filter does not say whose subscription it is looking at, so
+/// this wrapper tells the filter (through the shared gate) which peer's event is being
+/// handled, around the one synchronous call that handles it. Everything else is passed
+/// through unchanged; it dereferences to the gossipsub behaviour.
+pub struct RoomGossip {
+    inner: Gossip,
+    gate: TopicGate,
+}
+
+impl std::fmt::Debug for RoomGossip {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoomGossip").finish_non_exhaustive()
+    }
+}
+
+impl RoomGossip {
+    /// The gate (shared with the node).
+    pub fn gate(&self) -> &TopicGate {
+        &self.gate
+    }
+}
+
+impl Deref for RoomGossip {
+    type Target = Gossip;
+    fn deref(&self) -> &Gossip {
+        &self.inner
+    }
+}
+
+impl DerefMut for RoomGossip {
+    fn deref_mut(&mut self) -> &mut Gossip {
+        &mut self.inner
+    }
+}
+
+impl NetworkBehaviour for RoomGossip {
+    type ConnectionHandler = <Gossip as NetworkBehaviour>::ConnectionHandler;
+    type ToSwarm = <Gossip as NetworkBehaviour>::ToSwarm;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_inbound_connection(
+            connection_id,
+            peer,
+            local_addr,
+            remote_addr,
+        )
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.inner.handle_established_outbound_connection(
+            connection_id,
+            peer,
+            addr,
+            role_override,
+            port_use,
+        )
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        self.inner.on_swarm_event(event);
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        self.gate.set_current(Some(peer_id));
+        self.inner
+            .on_connection_handler_event(peer_id, connection_id, event);
+        self.gate.set_current(None);
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        self.inner.poll(cx)
+    }
+}
+
 /// The node's libp2p behaviour. Its events are [`BehaviourEvent`]s, one variant per field
 /// (`Gossipsub`, `Join`, `Sync`, `Identify`, `Ping`, `Limits`, `RelayClient`, `Dcutr`,
 /// `Autonat`).
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    /// Room traffic (see the module documentation; every received message MUST be reported).
-    pub gossipsub: gossipsub::Behaviour,
+    /// Room traffic, gated per room (see the module documentation; every received message
+    /// MUST be reported).
+    pub gossipsub: RoomGossip,
     /// The join handshake on [`JOIN_PROTOCOL`].
     pub join: request_response::Behaviour<JoinCodec>,
     /// Pushes of recent envelopes on [`SYNC_PROTOCOL`].
@@ -420,9 +654,11 @@ pub fn build_swarm(
 ) -> Result<Swarm<Behaviour>, NetError> {
     let local = keypair.public().to_peer_id();
     let relay_only = policy.is_relay_only();
-    let mut gossipsub = gossipsub::Behaviour::new(
+    let gate = TopicGate::default();
+    let mut gossipsub = Gossip::new_with_subscription_filter(
         gossipsub::MessageAuthenticity::Anonymous,
         gossipsub_config(config)?,
+        GateFilter(gate.clone()),
     )
     .map_err(NetError::Gossipsub)?;
     gossipsub
@@ -476,7 +712,10 @@ pub fn build_swarm(
         .unwrap_or_else(|never| match never {})
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(|_, relay_client| Behaviour {
-            gossipsub,
+            gossipsub: RoomGossip {
+                inner: gossipsub,
+                gate,
+            },
             join,
             sync,
             identify,
@@ -622,6 +861,36 @@ mod tests {
             ))),
             None
         );
+    }
+
+    #[test]
+    fn the_gate_refuses_non_members_on_room_topics_and_remembers_them_for_admission() {
+        use gossipsub::TopicSubscriptionFilter;
+        let gate = TopicGate::default();
+        let mut filter = GateFilter(gate.clone());
+        let topic = gossipsub::IdentTopic::new("confer-room").hash();
+        let other = gossipsub::IdentTopic::new("someone-elses").hash();
+        let (member, outsider) = (PeerId::random(), PeerId::random());
+        gate.set_topic(topic.clone(), [member].into_iter().collect());
+
+        // Our own subscriptions (no current peer) are always allowed.
+        assert!(filter.can_subscribe(&topic));
+        gate.set_current(Some(member));
+        assert!(filter.can_subscribe(&topic));
+        gate.set_current(Some(outsider));
+        assert!(!filter.can_subscribe(&topic));
+        // Topics that are not ours are not gated.
+        assert!(filter.can_subscribe(&other));
+        gate.set_current(None);
+        assert!(gate.take_admitted().is_empty());
+
+        // Once the outsider is admitted, it is reported once, to be heard again.
+        gate.set_topic(topic.clone(), [member, outsider].into_iter().collect());
+        assert_eq!(gate.take_admitted(), vec![outsider]);
+        assert!(gate.take_admitted().is_empty());
+        assert!(gate.allows(&outsider, &topic));
+        gate.remove_topic(&topic);
+        assert!(gate.allows(&PeerId::random(), &topic));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! awaits anything slow: network work is started and its completion arrives later as a
 //! swarm event (a pending join is parked until its response comes back).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use confer_room::invite::{JoinBody, JoinRequest, JoinResponse};
@@ -492,22 +492,61 @@ impl EventLoop {
 
     /// Listens on the topic of every epoch key the room holds, and stops listening on
     /// topics whose keys were deleted.
+    ///
+    /// It also keeps gossip gated to the room: each of its topics admits only the peers
+    /// of its current members (see `net::RoomGossip`).
     fn sync_topics(&mut self, id: RoomId) {
         let wanted = self.rooms.get(&id).map(Room::topics).unwrap_or_default();
         let held = self.room_topics.remove(&id).unwrap_or_default();
+        let gate = self.swarm.behaviour().gossipsub.gate().clone();
         for old in held.iter().filter(|t| !wanted.contains(t)) {
             let topic = IdentTopic::new(old.clone());
             self.swarm.behaviour_mut().gossipsub.unsubscribe(&topic);
             self.topics.remove(&topic.hash());
+            gate.remove_topic(&topic.hash());
         }
+        let members: HashSet<PeerId> = if self.rooms.get(&id).is_some_and(Room::is_member) {
+            self.member_peers(&id).into_iter().collect()
+        } else {
+            HashSet::new()
+        };
+        for topic in &wanted {
+            gate.set_topic(IdentTopic::new(topic.clone()).hash(), members.clone());
+        }
+        let mut fresh = Vec::new();
         for new in wanted.iter().filter(|t| !held.contains(t)) {
             let topic = IdentTopic::new(new.clone());
             if let Err(e) = self.swarm.behaviour_mut().gossipsub.subscribe(&topic) {
                 tracing::warn!("could not subscribe to a room topic: {e}");
             }
             self.topics.insert(topic.hash(), id);
+            fresh.push(topic.hash());
         }
         self.room_topics.insert(id, wanted);
+
+        // A peer that subscribed to a topic before we knew it (so before it was gated) and
+        // is not a member of its room has no business there: it learned the opaque name
+        // from someone else's announcement. Drop it.
+        let intruders: Vec<PeerId> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .filter(|(peer, topics)| {
+                topics
+                    .iter()
+                    .any(|t| fresh.contains(t) && !gate.allows(peer, t))
+            })
+            .map(|(peer, _)| *peer)
+            .collect();
+        // A member whose subscription was refused before we learned of its admission is
+        // reconnected, so that gossipsub hears the subscription again.
+        let admitted = gate.take_admitted();
+        for peer in intruders.into_iter().chain(admitted) {
+            tracing::debug!(%peer, "reconnecting to re-check its room subscriptions");
+            let _ = self.swarm.disconnect_peer_id(peer);
+            self.redial.remove(&peer);
+        }
     }
 
     /// Once a second: rotate where a departure is waiting for a new key (the facilitator
@@ -1185,6 +1224,8 @@ impl EventLoop {
                                     JoinResponse::Refused(InviteError::BadRequest)
                                 } else {
                                     self.rescore_peers();
+                                    // Gate the joiner in before it subscribes.
+                                    self.sync_topics(id);
                                     let topic = self.rooms[&id].topic().unwrap_or_default();
                                     self.remember(id, &admission.announcement);
                                     self.publish(id, topic, admission.announcement);

@@ -320,3 +320,104 @@ async fn a_stranger_flooding_join_requests_is_rate_limited() {
         })
         .await;
 }
+
+/// Gossip is gated per room, not just per peer: Carol is a member of one of Alice's rooms
+/// but not of the other. With a modified client (an ordinary libp2p stack under Carol's own
+/// identity) she subscribes to every topic she hears Alice announce. She receives her own
+/// room's traffic, and none of the other room's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_another_room_gets_nothing_of_this_one() {
+    let alice = TestNode::start("Alice").await;
+    let bob = TestNode::start("Bob").await;
+    let carol = TestNode::start("Carol").await;
+    alice
+        .form_room("Carol's room", "Alice", &[(&carol, "Carol")])
+        .await;
+    alice
+        .form_room("Bob's room", "Alice", &[(&bob, "Bob")])
+        .await;
+    let addr: Multiaddr = alice.node.listen_addrs()[0].parse().unwrap();
+
+    // Carol's node steps aside; her identity comes back as a bare libp2p swarm.
+    carol.node.clone().shutdown().await;
+    let profile = confer_store::Profile::unlock(carol.home(), confer_tests::PASSPHRASE).unwrap();
+    let mut secret = *profile.device_secret();
+    let keypair = identity::Keypair::ed25519_from_bytes(&mut secret).unwrap();
+    let mut carol_swarm =
+        net::build_swarm(keypair, &NetConfig::for_tests(), net::DialPolicy::open()).unwrap();
+    carol_swarm.dial(addr).unwrap();
+    let mut heard = std::collections::HashSet::new();
+    within("Alice's two room topics", async {
+        while heard.len() < 2 {
+            if let SwarmEvent::Behaviour(net::BehaviourEvent::Gossipsub(
+                gossipsub::Event::Subscribed { topic, .. },
+            )) = carol_swarm.select_next_some().await
+            {
+                heard.insert(topic);
+            }
+        }
+    })
+    .await;
+    for topic in &heard {
+        carol_swarm
+            .behaviour_mut()
+            .gossipsub
+            .subscribe(&IdentTopic::new(topic.clone().into_string()))
+            .unwrap();
+    }
+    let (received_tx, mut received) = tokio::sync::mpsc::channel(64);
+    let driver = tokio::spawn(async move {
+        loop {
+            if let SwarmEvent::Behaviour(net::BehaviourEvent::Gossipsub(
+                gossipsub::Event::Message { message, .. },
+            )) = carol_swarm.select_next_some().await
+            {
+                let _ = received_tx.send(message.topic).await;
+            }
+        }
+    });
+
+    // Alice talks in Carol's room until Carol's swarm hears it: her subscription there
+    // is accepted, so the channel works.
+    let mut warm_ups = 0;
+    let carols_topic = within("Carol's room traffic", async {
+        loop {
+            alice.send("Carol's room", "warm-up").await;
+            warm_ups += 1;
+            if let Ok(Some(topic)) =
+                tokio::time::timeout(Duration::from_millis(200), received.recv()).await
+            {
+                return topic;
+            }
+        }
+    })
+    .await;
+    // Then in Bob's room, then once more in Carol's: everything for Carol's swarm goes over
+    // the one connection in order, so once that last message is in, anything from Bob's
+    // room would have been too.
+    for i in 0..5 {
+        alice
+            .send("Bob's room", &format!("not for Carol {i}"))
+            .await;
+    }
+    alice.send("Carol's room", "last").await;
+    let mut in_carols = 1;
+    let mut elsewhere = Vec::new();
+    within("the last message", async {
+        while in_carols < warm_ups + 1 {
+            let topic = received.recv().await.unwrap();
+            if topic == carols_topic {
+                in_carols += 1;
+            } else {
+                elsewhere.push(topic);
+            }
+        }
+    })
+    .await;
+    driver.abort();
+    assert!(
+        elsewhere.is_empty(),
+        "Carol received {} messages of Bob's room",
+        elsewhere.len()
+    );
+}
