@@ -144,6 +144,24 @@ const _: () = assert!(
         && MESH_OUTBOUND_MIN * 2 <= MESH_N
 );
 
+/// How often a connection is pinged. A peer whose network silently drops (a cable pulled,
+/// a laptop lid closed) keeps its TCP connection "open" for many minutes; the node closes a
+/// connection after two failed pings (ping reports the second consecutive failure), so a
+/// dead member is noticed within about `2 × (PING_INTERVAL + PING_TIMEOUT)`, its relay slot
+/// is freed and it is redialled (and caught up) when it returns.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// How long a ping may take before it counts as failed.
+pub const PING_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The ping behaviour, as the node and the relay use it.
+pub fn ping_behaviour() -> ping::Behaviour {
+    ping::Behaviour::new(
+        ping::Config::new()
+            .with_interval(PING_INTERVAL)
+            .with_timeout(PING_TIMEOUT),
+    )
+}
+
 /// Most connections to one peer (two allows a simultaneous dial in both directions).
 pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
 /// Most incoming connections still in their handshake.
@@ -719,7 +737,7 @@ pub fn build_swarm(
             join,
             sync,
             identify,
-            ping: ping::Behaviour::default(),
+            ping: ping_behaviour(),
             limits,
             relay_client,
             dcutr: dcutr.into(),

@@ -1330,6 +1330,16 @@ impl EventLoop {
                 tracing::info!(status = ?new, "reachability (AutoNAT)");
                 self.reach.on_nat(&new);
             }
+            // A peer whose network dropped silently: close the connection so that the
+            // member is redialled (and caught up) when it comes back, and a relay
+            // reservation on it is asked for again.
+            SwarmEvent::Behaviour(BehaviourEvent::Ping(libp2p::ping::Event {
+                connection,
+                result: Err(failure),
+                ..
+            })) if !matches!(failure, libp2p::ping::Failure::Unsupported) => {
+                self.swarm.close_connection(connection);
+            }
             SwarmEvent::Behaviour(BehaviourEvent::Dcutr(event)) => {
                 tracing::debug!(peer = %event.remote_peer_id, ok = event.result.is_ok(), "hole punch (DCUtR)");
             }

@@ -324,8 +324,9 @@ impl Reach {
 
     /// The NAT status, as `confer status` shows it.
     pub(crate) fn nat(&self) -> String {
+        // Relay-only nodes do not probe (it would reveal their address): always unknown.
         if self.relay_only() {
-            "not probed (relay-only)".to_owned()
+            "unknown".to_owned()
         } else {
             self.nat.to_owned()
         }

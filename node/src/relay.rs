@@ -219,7 +219,7 @@ impl Relay {
                 IDENTIFY_PROTOCOL_VERSION.to_owned(),
                 keypair.public(),
             )),
-            ping: ping::Behaviour::default(),
+            ping: crate::net::ping_behaviour(),
             autonat: autonat::Behaviour::new(
                 peer_id,
                 autonat::Config {
@@ -314,6 +314,14 @@ impl Relay {
                         }
                         SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(event)) => {
                             tracing::debug!(?event, "relay");
+                        }
+                        // A member whose network dropped silently: free its slot now.
+                        SwarmEvent::Behaviour(RelayBehaviourEvent::Ping(ping::Event {
+                            connection,
+                            result: Err(failure),
+                            ..
+                        })) if !matches!(failure, ping::Failure::Unsupported) => {
+                            swarm.close_connection(connection);
                         }
                         _ => {}
                     }
