@@ -3,9 +3,9 @@
 //! reach a relay host on "the internet" and nothing else.
 //!
 //! ```text
-//!   memA 10.1.0.2 ── 10.1.0.1 natA 198.18.1.2 ──┐
-//!   memB 10.2.0.2 ── 10.2.0.1 natB 198.18.2.2 ──┼── pub: the relay, on 198.18.0.1
-//!   memC 10.3.0.2 ── 10.3.0.1 natC 198.18.3.2 ──┘
+//!   memA 10.1.0.2 ── 10.1.0.1 natA 11.18.1.2 ──┐
+//!   memB 10.2.0.2 ── 10.2.0.1 natB 11.18.2.2 ──┼── pub: the relay, on 11.18.0.1
+//!   memC 10.3.0.2 ── 10.3.0.1 natC 11.18.3.2 ──┘
 //! ```
 //!
 //! Each `natX` forwards and masquerades its member behind its uplink address. `pub` owns
@@ -17,7 +17,12 @@
 //! Alice (facilitator, memA), Bob (memB) and Carol (memC, a relay-only profile) form a
 //! room and talk; Carol's network is then cut, Alice and Bob talk on, and when Carol's
 //! network comes back she must catch up on everything. Finally nobody may be connected to
-//! Carol other than through the relay.
+//! Carol other than through the relay, and AutoNAT must have found Alice and Bob behind
+//! NAT (the public addresses are in 11.0.0.0/8, which AutoNAT treats as global).
+//!
+//! A second topology lets `pub` forward between the organisations' public addresses (the
+//! internet) while each router drops unsolicited inbound connections (a NAT): Alice and
+//! Bob meet through the relay and DCUtR must leave them with a direct connection.
 //!
 //! Needs root, iproute2 and iptables, so it is ignored by `cargo test`; `.ci/run` runs
 //! it with `cargo test -p confer-cli --test netns -- --ignored --nocapture`. Namespaces
@@ -41,15 +46,15 @@ use tempfile::TempDir;
 
 const CONFER: &str = env!("CARGO_BIN_EXE_confer");
 const NS_PREFIX: &str = "confer-netns-";
-const RELAY_IP: &str = "198.18.0.1";
+const RELAY_IP: &str = "11.18.0.1";
 const RELAY_PORT: u16 = 4001;
 const ROOM: &str = "Across three networks";
 const POLL: Duration = Duration::from_millis(200);
 /// How long a readiness line, a join, or a message through the relay may take.
 const PATIENCE: Duration = Duration::from_secs(60);
 /// How long the others and a member cut off from the network may take to notice that
-/// their connections are dead. With libp2p's ping defaults (every 15 s, 20 s timeout, the
-/// first failure ignored) and a connection closed on a reported ping failure, about 60 s.
+/// their connections are dead: a node closes a connection after two failed pings (every
+/// 5 s, 10 s timeout; see `confer_node::net::PING_INTERVAL`), about 30 s.
 const NOTICE: Duration = Duration::from_secs(120);
 /// How long a member cut off from the network may take to catch up once it is back
 /// (its node re-reserves on the relay and redials with backoff).
@@ -285,24 +290,31 @@ impl Lab {
         ns
     }
 
-    /// Builds the topology in the module comment.
-    fn build(&mut self) {
+    /// Builds the topology in the module comment. With `internet`, `pub` also forwards
+    /// between the organisations' public addresses, as the internet would, and each router
+    /// drops unsolicited inbound connections, as a NAT does: members still cannot connect
+    /// to each other, except by punching a hole from both sides at once (DCUtR).
+    fn build(&mut self, internet: bool) {
         let public = self.add_ns("pub");
         ip(&public, &format!("addr add {RELAY_IP}/32 dev lo"));
-        in_ns(&public, "sh -c 'echo 0 > /proc/sys/net/ipv4/ip_forward'");
+        let forward = u8::from(internet);
+        in_ns(
+            &public,
+            &format!("sh -c 'echo {forward} > /proc/sys/net/ipv4/ip_forward'"),
+        );
         for (n, org) in [(1, "a"), (2, "b"), (3, "c")] {
             let nat = self.add_ns(&format!("nat{org}"));
             let mem = self.add_ns(&format!("mem{org}"));
-            // pub:org{X} 198.18.n.1/30 <-> nat:wan 198.18.n.2/30
+            // pub:org{X} 11.18.n.1/30 <-> nat:wan 11.18.n.2/30
             ip(
                 &public,
                 &format!("link add org{org} type veth peer name wan netns {nat}"),
             );
-            ip(&public, &format!("addr add 198.18.{n}.1/30 dev org{org}"));
+            ip(&public, &format!("addr add 11.18.{n}.1/30 dev org{org}"));
             ip(&public, &format!("link set dev org{org} up"));
-            ip(&nat, &format!("addr add 198.18.{n}.2/30 dev wan"));
+            ip(&nat, &format!("addr add 11.18.{n}.2/30 dev wan"));
             ip(&nat, "link set dev wan up");
-            ip(&nat, &format!("route add default via 198.18.{n}.1"));
+            ip(&nat, &format!("route add default via 11.18.{n}.1"));
             // nat:lan 10.n.0.1/24 <-> mem:eth0 10.n.0.2/24
             ip(
                 &nat,
@@ -315,7 +327,33 @@ impl Lab {
             ip(&mem, &format!("route add default via 10.{n}.0.1"));
             in_ns(&nat, "sh -c 'echo 1 > /proc/sys/net/ipv4/ip_forward'");
             in_ns(&nat, "iptables -t nat -A POSTROUTING -o wan -j MASQUERADE");
+            if internet {
+                in_ns(
+                    &nat,
+                    "iptables -A INPUT -i wan -p tcp -m conntrack --ctstate NEW -j DROP",
+                );
+            }
         }
+    }
+
+    /// Starts the relay on "the internet"; returns its peer id and address.
+    fn relay(&mut self) -> (String, String) {
+        let relay_ns = self.ns("pub");
+        let relay_home = self.home();
+        let listen = format!("/ip4/{RELAY_IP}/tcp/{RELAY_PORT}");
+        let ready = self.spawn(
+            "relay",
+            &relay_ns,
+            &relay_home,
+            &["relay", "run", "--listen", &listen, "--json"],
+        );
+        let relay_id = ready["peer_id"].as_str().unwrap().to_owned();
+        let relay_addr = strings(&ready["addresses"])
+            .into_iter()
+            .find(|a| a.starts_with(&format!("{listen}/p2p/")))
+            .unwrap_or_else(|| panic!("the relay does not announce {listen}/p2p/…: {ready}"));
+        assert_eq!(relay_addr, format!("{listen}/p2p/{relay_id}"));
+        (relay_id, relay_addr)
     }
 
     fn home(&mut self) -> PathBuf {
@@ -531,7 +569,7 @@ fn connections_to<'a>(status: &'a Value, peer_id: &str) -> Vec<&'a Value> {
 fn the_namespaces_let_members_reach_the_public_host_and_nothing_else() {
     preflight();
     let mut lab = Lab::new();
-    lab.build();
+    lab.build(false);
     let public = lab.ns("pub");
     let host = lab.profile("Host", public.clone(), &[]);
     let listen = format!("/ip4/{RELAY_IP}/tcp/{RELAY_PORT}");
@@ -559,8 +597,8 @@ fn the_namespaces_let_members_reach_the_public_host_and_nothing_else() {
         (ns_a, ip_b, *port_b, Reach::Nothing),
         (ns_b, ip_a, *port_a, Reach::Nothing),
         (&ns_c, ip_a, *port_a, Reach::Nothing),
-        (ns_a, "198.18.2.2", *port_b, Reach::Nothing),
-        (ns_b, "198.18.1.2", *port_a, Reach::Nothing),
+        (ns_a, "11.18.2.2", *port_b, Reach::Nothing),
+        (ns_b, "11.18.1.2", *port_a, Reach::Nothing),
         // The public host reaches no member.
         (&public, ip_a, *port_a, Reach::Nothing),
         (&public, ip_b, *port_b, Reach::Nothing),
@@ -585,24 +623,10 @@ fn members_behind_separate_nats_talk_through_a_relay_and_catch_up() {
     preflight();
     let started = Instant::now();
     let mut lab = Lab::new();
-    lab.build();
+    lab.build(false);
 
     // The relay, on "the internet".
-    let relay_ns = lab.ns("pub");
-    let relay_home = lab.home();
-    let listen = format!("/ip4/{RELAY_IP}/tcp/{RELAY_PORT}");
-    let ready = lab.spawn(
-        "relay",
-        &relay_ns,
-        &relay_home,
-        &["relay", "run", "--listen", &listen, "--json"],
-    );
-    let relay_id = ready["peer_id"].as_str().unwrap().to_owned();
-    let relay_addr = strings(&ready["addresses"])
-        .into_iter()
-        .find(|a| a.starts_with(&format!("{listen}/p2p/")))
-        .unwrap_or_else(|| panic!("the relay does not announce {listen}/p2p/…: {ready}"));
-    assert_eq!(relay_addr, format!("{listen}/p2p/{relay_id}"));
+    let (relay_id, relay_addr) = lab.relay();
 
     // Three members in three organisations; Carol never connects directly to anyone.
     let alice = lab.member("Alice", "a", &[]);
@@ -780,13 +804,14 @@ fn members_behind_separate_nats_talk_through_a_relay_and_catch_up() {
     // Privacy: nobody holds a direct connection to Carol, and she holds none to anyone
     // but the relay; no connection to her shows her networks' addresses.
     for member in [&alice, &bob] {
+        // AutoNAT: the relay dialled back the address it saw them at, and the NAT said no.
+        lab.wait(
+            &format!("AutoNAT to find {} behind NAT", member.name),
+            PATIENCE,
+            || (member.json(&["status"])["nat"] == "private").then_some(()),
+        );
         let status = member.json(&["status"]);
         assert_eq!(status["relay_only"], false, "{}: {status}", member.name);
-        assert_ne!(
-            status["nat"], "public",
-            "{} is behind NAT: {status}",
-            member.name
-        );
         let to_carol = connections_to(&status, &carol_id);
         for c in &to_carol {
             assert_eq!(
@@ -796,7 +821,7 @@ fn members_behind_separate_nats_talk_through_a_relay_and_catch_up() {
             );
             let address = c["address"].as_str().unwrap_or("");
             assert!(
-                !address.contains("/10.3.") && !address.contains("/198.18.3."),
+                !address.contains("/10.3.") && !address.contains("/11.18.3."),
                 "{} sees Carol's network address {address}",
                 member.name
             );
@@ -827,4 +852,82 @@ fn members_behind_separate_nats_talk_through_a_relay_and_catch_up() {
         "Carol is connected to no member, yet her message got out: {status}"
     );
     eprintln!("[netns] done in {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Hole punching: with "the internet" forwarding between the organisations' public
+/// addresses, but each NAT dropping unsolicited inbound connections, Alice and Bob cannot
+/// connect to each other directly; they meet through the relay, and DCUtR then punches a
+/// hole from both sides at once, leaving them with a direct connection.
+#[test]
+#[ignore = "needs root, iproute2 and iptables; run by .ci/run"]
+fn members_behind_nat_punch_a_hole_to_a_direct_connection() {
+    preflight();
+    let started = Instant::now();
+    let mut lab = Lab::new();
+    lab.build(true);
+    let (_, relay_addr) = lab.relay();
+    let alice = lab.member("Alice", "a", &[]);
+    let bob = lab.member("Bob", "b", &[]);
+    let mut ports = BTreeMap::new();
+    let mut peer_ids = BTreeMap::new();
+    for member in [&alice, &bob] {
+        let ready = lab.start_node(
+            member,
+            &["--listen", "/ip4/0.0.0.0/tcp/0", "--relay", &relay_addr],
+        );
+        ports.insert(member.name, tcp_port(&strings(&ready["listen"])));
+        peer_ids.insert(member.name, ready["peer_id"].as_str().unwrap().to_owned());
+    }
+    // Unsolicited connections into the other organisation go nowhere, by its private or
+    // its public address.
+    for (from, to, private, public) in [
+        (&alice, "Bob", "10.2.0.2", "11.18.2.2"),
+        (&bob, "Alice", "10.1.0.2", "11.18.1.2"),
+    ] {
+        for ip in [private, public] {
+            assert_eq!(
+                tcp_probe(&from.ns, ip, ports[to]),
+                Reach::Nothing,
+                "{} can reach {to}'s node at {ip} unasked",
+                from.name
+            );
+        }
+    }
+
+    let room = alice.json(&["room", "create", ROOM]);
+    let invite = alice.json(&["invite", ROOM, "--expires", "1h"]);
+    let joined = bob.json(&["join", invite["code"].as_str().unwrap(), "--as", "Bob"]);
+    assert_eq!(joined["room_id"], room["room_id"]);
+    let text = "Bob, from behind his organisation's NAT";
+    let id = bob.send(text);
+    lab.wait("Alice to read Bob's message", PATIENCE, || {
+        (alice.history().get(&id) == Some(&("Bob".to_owned(), text.to_owned()))).then_some(())
+    });
+
+    let bob_id = peer_ids["Bob"].clone();
+    let direct = lab.wait(
+        "a direct connection between Alice and Bob (DCUtR)",
+        PATIENCE,
+        || {
+            let status = alice.json(&["status"]);
+            connections_to(&status, &bob_id)
+                .into_iter()
+                .find(|c| c["relayed"] == false)
+                .map(|c| c["address"].as_str().unwrap_or("").to_owned())
+        },
+    );
+    assert!(
+        direct.contains("/11.18.2.2/"),
+        "the direct connection should reach Bob through his NAT's public address: {direct}"
+    );
+    eprintln!(
+        "[netns] hole punched ({direct}) after {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    // And the room works over it.
+    let text = "Alice, directly";
+    let id = alice.send(text);
+    lab.wait("Bob to read Alice's message", PATIENCE, || {
+        (bob.history().get(&id) == Some(&("Alice".to_owned(), text.to_owned()))).then_some(())
+    });
 }
