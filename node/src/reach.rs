@@ -284,14 +284,16 @@ impl Reach {
         peer: PeerId,
         endpoint: &ConnectedPoint,
     ) {
-        self.connections.insert(
-            id,
-            (
-                peer,
-                endpoint.get_remote_address().clone(),
-                endpoint.is_relayed(),
-            ),
-        );
+        // An inbound relayed connection's remote address is only `/p2p/<peer>`; show it as
+        // the peer reached through our relay (our circuit address names the relay).
+        let address = match endpoint {
+            ConnectedPoint::Listener { local_addr, .. } if endpoint.is_relayed() => {
+                local_addr.clone().with(Protocol::P2p(peer))
+            }
+            _ => endpoint.get_remote_address().clone(),
+        };
+        self.connections
+            .insert(id, (peer, address, endpoint.is_relayed()));
         if endpoint.is_relayed() {
             return;
         }
