@@ -34,8 +34,11 @@ use crate::sync::{self, Id, StoredMessage, SyncPush, SyncReply};
 
 /// How many commands may wait for the event loop.
 const COMMAND_QUEUE: usize = 64;
-/// How many new messages a follower may lag behind before it is dropped.
-const FOLLOW_QUEUE: usize = 256;
+/// How many new messages a follower may lag behind before it is dropped. Followers are
+/// told of messages once they are flushed, several hundred at once during a catch-up
+/// (everything stored while the previous flush ran), so this is well above a flush's
+/// batch ([`PUSH_WINDOW`] pushes of up to 64 KiB).
+const FOLLOW_QUEUE: usize = 1024;
 /// Envelopes waiting for a room peer to subscribe, per room.
 const OUTBOX_LIMIT: usize = 1024;
 /// Envelopes from authors not yet known (their admission may still be on its way).
@@ -65,6 +68,11 @@ const OUTGOING_LIMIT: usize = 64 * 1024 * 1024;
 /// How long a message id asked of one member is not asked of another (see
 /// [`EventLoop::receive_reply`]).
 const WANT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most threads that open a batch of pushed envelopes (see
+/// [`EventLoop::open_in_parallel`]).
+const OPEN_THREADS: usize = 4;
+/// Batches with fewer new envelopes than this are opened on the event loop alone.
+const PARALLEL_OPEN_MIN: usize = 8;
 /// Most message ids remembered as asked for.
 const WANTED_LIMIT: usize = 4 * sync::MAX_REPLY_IDS;
 
@@ -158,6 +166,33 @@ struct Transfers {
     /// recognised after decrypting and verifying it (about 80 µs); with it, a duplicate
     /// (several members pushing the same envelope) costs one hash.
     held: HashMap<RoomId, HashMap<[u8; 32], Id>>,
+}
+
+/// How many threads [`EventLoop::take_in_parallel`] uses: one per core, at most
+/// [`OPEN_THREADS`].
+fn open_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .min(OPEN_THREADS)
+}
+
+/// A message opened from a pushed envelope, and whether storing it was new.
+type Taken = (MessageRecord, Result<bool, confer_store::StoreError>);
+
+/// Stores a message opened and verified from `envelope`, with the envelope; whether it
+/// was new. Runs on the event loop or on the threads of [`EventLoop::take_in_parallel`].
+fn insert_opened(
+    store: &Store,
+    id: RoomId,
+    record: &MessageRecord,
+    envelope: &[u8],
+) -> Result<bool, confer_store::StoreError> {
+    let value = StoredMessage {
+        record: record.clone(),
+        envelope: envelope.to_vec(),
+    }
+    .to_bytes();
+    store.insert_message(&id.0, &record.id, record.sent_at, &value)
 }
 
 /// The SHA-256 of an envelope (also its gossipsub message id).
@@ -1454,32 +1489,7 @@ impl EventLoop {
             return (MessageAcceptance::Ignore, None);
         };
         match room.open(&data, now_ms()) {
-            Ok(Incoming::Message(record)) => {
-                let value = StoredMessage {
-                    record: record.clone(),
-                    envelope: data.clone(),
-                }
-                .to_bytes();
-                let stored = self
-                    .store
-                    .insert_message(&id.0, &record.id, record.sent_at, &value);
-                let message_id = record.id;
-                match stored {
-                    Ok(true) => {
-                        self.stored_unflushed(id, record, &data);
-                        self.remember(id, &data);
-                    }
-                    Ok(false) => {
-                        // Held already, under another envelope's bytes.
-                        self.transfers.wanted.remove(&message_id);
-                    }
-                    Err(e) => {
-                        tracing::error!("could not store a message: {e}");
-                        return (MessageAcceptance::Ignore, None);
-                    }
-                }
-                (MessageAcceptance::Accept, Some(message_id))
-            }
+            Ok(Incoming::Message(record)) => self.store_opened(id, record, data),
             Ok(Incoming::Op { new }) => {
                 if new {
                     self.remember(id, &data);
@@ -1503,6 +1513,156 @@ impl EventLoop {
                 (MessageAcceptance::Reject, None)
             }
         }
+    }
+
+    /// Stores a message opened and verified from `data` (see [`Self::receive_one`]).
+    fn store_opened(
+        &mut self,
+        id: RoomId,
+        record: MessageRecord,
+        data: Vec<u8>,
+    ) -> (MessageAcceptance, Option<Id>) {
+        let stored = insert_opened(&self.store, id, &record, &data);
+        self.after_insert(id, record, data, stored)
+    }
+
+    /// Follows [`insert_opened`]: shows a new message once flushed, keeps its envelope.
+    fn after_insert(
+        &mut self,
+        id: RoomId,
+        record: MessageRecord,
+        data: Vec<u8>,
+        stored: Result<bool, confer_store::StoreError>,
+    ) -> (MessageAcceptance, Option<Id>) {
+        let message_id = record.id;
+        match stored {
+            Ok(true) => {
+                self.stored_unflushed(id, record, &data);
+                self.remember(id, &data);
+            }
+            Ok(false) => {
+                // Held already, under another envelope's bytes.
+                self.transfers.wanted.remove(&message_id);
+            }
+            Err(e) => {
+                tracing::error!("could not store a message: {e}");
+                return (MessageAcceptance::Ignore, None);
+            }
+        }
+        (MessageAcceptance::Accept, Some(message_id))
+    }
+
+    /// Opens and stores the messages among a batch of pushed envelopes on several
+    /// threads: opening (decrypting and verifying the author's signature, about 80 µs)
+    /// and storing (sealing, sled) are most of the cost of taking in a catch-up, and the
+    /// event loop is otherwise one thread.
+    ///
+    /// First each thread opens its share on its own clone of the room, so nothing here
+    /// changes the room. Then the messages are stored, again in parallel (the store may
+    /// be used from several threads), up to the first envelope that is not a message
+    /// (an operation, a message that waits for an operation, invalid input): that one
+    /// and all after it are left to the ordinary way ([`Self::receive_one`], on the room
+    /// itself), so that a message following an operation in the batch is judged by the
+    /// room after that operation, as it would be one by one. Envelopes already held are
+    /// left to it too (it recognises them by their hash).
+    ///
+    /// Returns, per envelope, the message and the outcome of storing it (see
+    /// [`Self::after_insert`]), or `None` for the ordinary way.
+    fn take_in_parallel(&self, id: RoomId, envelopes: &[Vec<u8>]) -> Vec<Option<Taken>> {
+        let mut out: Vec<Option<Taken>> = envelopes.iter().map(|_| None).collect();
+        let Some(records) = self.open_in_parallel(id, envelopes) else {
+            return out;
+        };
+        let threads = records
+            .len()
+            .div_ceil(PARALLEL_OPEN_MIN)
+            .clamp(1, open_threads());
+        let share = records.len().div_ceil(threads).max(1);
+        let store = &self.store;
+        let stored: Vec<Vec<Option<Taken>>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = records
+                .chunks(share)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(i, record)| {
+                                let stored = insert_opened(store, id, record, &envelopes[*i]);
+                                Some((record.clone(), stored))
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        // A thread that panicked yields nothing: its share goes the ordinary way.
+        for (part, results) in records.chunks(share).zip(stored) {
+            for ((i, _), taken) in part.iter().zip(results) {
+                out[*i] = taken;
+            }
+        }
+        out
+    }
+
+    /// The first stage of [`Self::take_in_parallel`]: the messages opened, with their
+    /// envelopes' positions, up to the first envelope that is not a new message; `None`
+    /// if the batch is small enough for the event loop alone.
+    fn open_in_parallel(
+        &self,
+        id: RoomId,
+        envelopes: &[Vec<u8>],
+    ) -> Option<Vec<(usize, MessageRecord)>> {
+        let held = self.transfers.held.get(&id);
+        let fresh: Vec<usize> = envelopes
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| held.is_none_or(|h| !h.contains_key(&envelope_digest(e))))
+            .map(|(i, _)| i)
+            .collect();
+        let threads = open_threads();
+        let room = self.rooms.get(&id)?;
+        if threads < 2 || fresh.len() < PARALLEL_OPEN_MIN {
+            return None;
+        }
+        let now = now_ms();
+        let share = fresh.len().div_ceil(threads);
+        let mut out = Vec::with_capacity(fresh.len());
+        let opened: Vec<Vec<Option<MessageRecord>>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = fresh
+                .chunks(share)
+                .map(|part| {
+                    let mut room = room.clone();
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|&i| match room.open(&envelopes[i], now) {
+                                Ok(Incoming::Message(record)) => Some(record),
+                                _ => None,
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            // A thread that panicked yields nothing: its share goes the ordinary way.
+            workers
+                .into_iter()
+                .map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        'parts: for (part, results) in fresh.chunks(share).zip(opened) {
+            if results.len() != part.len() {
+                break;
+            }
+            for (&i, record) in part.iter().zip(results) {
+                match record {
+                    Some(record) => out.push((i, record)),
+                    None => break 'parts,
+                }
+            }
+        }
+        Some(out)
     }
 
     fn retry_unknown_authors(&mut self, id: RoomId) {
@@ -2041,8 +2201,13 @@ impl EventLoop {
         // Envelopes: store each; the reply confirming what we hold waits for the flush
         // (see `handle_sync`).
         let mut stored = Vec::new();
-        for envelope in push.envelopes {
-            if let (_, Some(held)) = self.receive_one(id, envelope) {
+        let taken = self.take_in_parallel(id, &push.envelopes);
+        for (envelope, taken) in push.envelopes.into_iter().zip(taken) {
+            let held = match taken {
+                Some((record, stored)) => self.after_insert(id, record, envelope, stored).1,
+                None => self.receive_one(id, envelope).1,
+            };
+            if let Some(held) = held {
                 stored.push(held);
             }
         }
