@@ -538,11 +538,13 @@ impl EventLoop {
                         let _ = reply.send(self.follow(&room));
                     }
                     Some(Command::Shutdown(done)) => {
+                        self.finish_flush().await;
                         self.close();
                         let _ = done.send(());
                         return;
                     }
                     None => {
+                        self.finish_flush().await;
                         self.close();
                         return;
                     }
@@ -555,6 +557,15 @@ impl EventLoop {
                 }
             }
             self.start_flush();
+        }
+    }
+
+    /// Waits for the flush in progress, if any, so that its handle on the store is gone
+    /// when the node stops (a node restarted on the same profile must find it unlocked).
+    /// What waited for it is reported by [`Self::close`], after a final flush.
+    async fn finish_flush(&mut self) {
+        if let Some(task) = self.commit.task.take() {
+            let _ = task.await;
         }
     }
 
