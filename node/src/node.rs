@@ -73,6 +73,9 @@ const WANT_TIMEOUT: Duration = Duration::from_secs(10);
 const OPEN_THREADS: usize = 4;
 /// Batches with fewer new envelopes than this are opened on the event loop alone.
 const PARALLEL_OPEN_MIN: usize = 8;
+/// Group commits of at most this many messages are flushed on the event loop itself
+/// (see [`EventLoop::start_flush`]).
+const INLINE_FLUSH_MAX: usize = 8;
 /// Most message ids remembered as asked for.
 const WANTED_LIMIT: usize = 4 * sync::MAX_REPLY_IDS;
 
@@ -571,8 +574,20 @@ impl EventLoop {
 
     /// Starts flushing everything stored since the last flush began, unless a flush is
     /// in progress (then this waits for the next turn after it completes).
+    ///
+    /// A batch of at most [`INLINE_FLUSH_MAX`] messages (live traffic) is flushed at once
+    /// on the event loop: handing it to a blocking task costs two thread wake-ups, which
+    /// on a busy machine cost more than the flush itself (the room benchmark's live p50
+    /// was about 30% worse that way). A larger batch (a catch-up) goes to a blocking task,
+    /// so that the event loop opens the next pushes while the disk works.
     fn start_flush(&mut self) {
         if self.commit.task.is_some() || self.commit.next.is_empty() {
+            return;
+        }
+        if self.commit.next.stored.len() <= INLINE_FLUSH_MAX {
+            let batch = std::mem::take(&mut self.commit.next);
+            let flushed = self.store.flush().map_err(|e| e.to_string());
+            self.complete(batch, flushed);
             return;
         }
         self.commit.flushing = std::mem::take(&mut self.commit.next);
