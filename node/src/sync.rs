@@ -7,8 +7,12 @@
 //!
 //! Reconciliation is by day buckets: a member sends, per UTC day of `sent_at`, the count of
 //! messages it holds and the XOR of their ids. The other answers with the days that differ
-//! and its ids in those days; then each sends the envelopes the other lacks. A room's
-//! summary is small (44 bytes a day that has messages), and only differing days cost more.
+//! and its ids in those days; the asker then asks (`want`) for the envelopes it lacks.
+//! Nothing is sent unasked: both sides of a connection start a reconciliation, so each
+//! learns what it lacks from its own, and a member missing much asks one member for it
+//! rather than receiving it from all (see `EventLoop::receive_reply` in `node.rs`). A
+//! room's summary is small (44 bytes a day that has messages), and only differing days
+//! cost more.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -80,7 +84,8 @@ pub struct SyncPush {
 pub struct SyncReply {
     /// Ids of the pushed messages the receiver now holds (confirms delivery).
     pub stored: Vec<Id>,
-    /// Days on which the two summaries differ.
+    /// Days on which the two summaries differ (the asker now goes by `ids` alone; kept
+    /// in the format so that nodes of either version understand each other).
     pub days: Vec<u64>,
     /// The receiver's message ids on those days.
     pub ids: Vec<Id>,

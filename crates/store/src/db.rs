@@ -396,6 +396,16 @@ impl Store {
         Ok(())
     }
 
+    /// A handle that flushes this store from another thread, e.g. a blocking task, so
+    /// that the caller need not wait for the disk. [`Flusher::flush`] makes durable
+    /// everything written to the store before the call began, like [`Store::flush`].
+    pub fn flusher(&self) -> Flusher {
+        Flusher {
+            db: self.db.clone(),
+            home: self.home.clone(),
+        }
+    }
+
     fn message_key(&self, room_id: &Id, message_id: &Id) -> Result<[u8; 2 * INDEX_TAG_LEN]> {
         let mut key = [0u8; 2 * INDEX_TAG_LEN];
         key[..INDEX_TAG_LEN].copy_from_slice(&self.keys.room_tag(room_id)?);
@@ -480,6 +490,29 @@ impl Store {
 
     fn db_error(&self, e: sled::Error) -> StoreError {
         runtime_error(&self.home, e)
+    }
+}
+
+/// Flushes a [`Store`] from anywhere (see [`Store::flusher`]). It holds no keys.
+#[derive(Clone)]
+pub struct Flusher {
+    db: sled::Db,
+    home: PathBuf,
+}
+
+impl fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Flusher")
+            .field("home", &self.home)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Flusher {
+    /// Writes everything stored so far to disk (blocking; see [`Store::flush`]).
+    pub fn flush(&self) -> Result<()> {
+        self.db.flush().map_err(|e| runtime_error(&self.home, e))?;
+        Ok(())
     }
 }
 

@@ -74,7 +74,7 @@ pub mod profile;
 use std::io;
 use std::path::PathBuf;
 
-pub use db::Store;
+pub use db::{Flusher, Store};
 pub use profile::{Profile, ProfileSecrets};
 
 /// Everything that can go wrong in this crate.

@@ -278,7 +278,7 @@ async fn start_node(name: String, net: NetConfig) -> Result<TestNode, String> {
 /// now) and every new one as it is stored. Returns once the follower is registered.
 ///
 /// The stream is drained by a thread of its own, not a task: with every core busy
-/// running nodes, a task can fall more than the node's follow queue (256) behind and be
+/// running nodes, a task can fall more than the node's follow queue (1,024) behind and be
 /// dropped, and a thread also stamps arrivals without waiting for a runtime worker.
 async fn follow(node: &Node, index: usize, record: &Record) -> Result<(), String> {
     let generation = record.next_generation(index);
