@@ -77,9 +77,6 @@ const WANT_TIMEOUT: Duration = Duration::from_secs(10);
 const OPEN_THREADS: usize = 4;
 /// Batches with fewer new envelopes than this are opened on the event loop alone.
 const PARALLEL_OPEN_MIN: usize = 8;
-/// Group commits of at most this many messages are flushed on the event loop itself
-/// (see [`EventLoop::start_flush`]).
-const INLINE_FLUSH_MAX: usize = 8;
 /// Most message ids remembered as asked for.
 const WANTED_LIMIT: usize = 4 * sync::MAX_REPLY_IDS;
 
@@ -117,8 +114,6 @@ struct Outgoing {
 struct Commit {
     /// Messages stored since the previous flush began.
     stored: Vec<Id>,
-    /// Followers' notifications of those messages.
-    notify: Vec<(RoomId, MessageRecord)>,
     /// `send` replies.
     sends: Vec<(oneshot::Sender<Reply>, Reply)>,
     /// Sync replies naming messages as held.
@@ -128,7 +123,6 @@ struct Commit {
 impl Commit {
     fn is_empty(&self) -> bool {
         self.stored.is_empty()
-            && self.notify.is_empty()
             && self.sends.is_empty()
             && self.responses.is_empty()
     }
@@ -136,13 +130,16 @@ impl Commit {
 
 /// Group commit of stored messages.
 ///
-/// Sending or receiving a message stores it at once (so it is deduplicated and can be
-/// handed on, and a sent one is published at once), but the flush runs on a blocking
-/// task, one flush for everything stored since the previous flush began, while the event
-/// loop goes on with other work. Until that flush has completed nothing claims the
-/// message is held: `send` does not return, followers are not notified, a sync reply
-/// naming it (a delivery confirmation for its sender) is not sent, and `Read` leaves it
-/// out. A node killed before the flush may lose it, but has told nobody it had it.
+/// Sending or receiving a message stores it at once (so it is deduplicated, readable and
+/// can be handed on, and a sent one is published at once), but the flush is grouped: one
+/// flush for everything stored since the previous flush began. Until that flush has
+/// completed nothing claims the message is *held*: `send` does not return, and a sync
+/// reply naming it (a delivery confirmation for its sender, which keeps the message in
+/// its outbox until one arrives) is not sent. A received message is readable (`Read`,
+/// followers) as soon as it is stored: a node killed before the flush may lose it from
+/// its own history, but has told no other member it had it, so its author still holds it
+/// as pending and catch-up brings it back after the restart. Durability claims wait for
+/// the disk; showing a message to its reader does not.
 ///
 /// Gossip validation (`Accept`, which lets gossipsub forward the message) is reported
 /// before the flush: forwarding is not a claim to hold the message.
@@ -644,19 +641,13 @@ impl EventLoop {
     /// Starts flushing everything stored since the last flush began, unless a flush is
     /// in progress (then this waits for the next turn after it completes).
     ///
-    /// A batch of at most [`INLINE_FLUSH_MAX`] messages (live traffic) is flushed at once
-    /// on the event loop: handing it to a blocking task costs two thread wake-ups, which
-    /// on a busy machine cost more than the flush itself (the room benchmark's live p50
-    /// was about 30% worse that way). A larger batch (a catch-up) goes to a blocking task,
-    /// so that the event loop opens the next pushes while the disk works.
+    /// The flush runs on a blocking task, so the event loop (and, in one process, other
+    /// nodes' event loops on the same runtime) goes on while the disk works. Only `send`
+    /// replies and delivery confirmations wait for it; a received message is readable
+    /// before (see [`GroupCommit`]). Flushing on the event loop instead made the room
+    /// benchmark's live p50 about 15% worse once readability no longer waited for it.
     fn start_flush(&mut self) {
         if self.commit.task.is_some() || self.commit.next.is_empty() {
-            return;
-        }
-        if self.commit.next.stored.len() <= INLINE_FLUSH_MAX {
-            let batch = std::mem::take(&mut self.commit.next);
-            let flushed = self.store.flush().map_err(|e| e.to_string());
-            self.complete(batch, flushed);
             return;
         }
         self.commit.flushing = std::mem::take(&mut self.commit.next);
@@ -688,11 +679,6 @@ impl EventLoop {
             };
             self.respond(channel, &answer);
         }
-        if flushed.is_ok() {
-            for (room, record) in batch.notify {
-                self.notify(&room, &record);
-            }
-        }
     }
 
     /// Records a message just stored (not yet flushed): see [`GroupCommit`].
@@ -710,7 +696,7 @@ impl EventLoop {
         self.transfers.wanted.remove(&record.id);
         self.commit.not_durable.insert(record.id);
         self.commit.next.stored.push(record.id);
-        self.commit.next.notify.push((id, record));
+        self.notify(&id, &record);
     }
 
     /// Answers a sync request.
@@ -1044,7 +1030,6 @@ impl EventLoop {
         let unconfirmed = self.unconfirmed.get(id);
         for bytes in stored {
             match StoredMessage::from_bytes(&bytes) {
-                Some(stored) if self.commit.not_durable.contains(&stored.record.id) => {}
                 Some(stored) => {
                     let mut info = Self::message_info(room, &stored.record);
                     info.pending = unconfirmed.is_some_and(|u| u.contains(&stored.record.id));
