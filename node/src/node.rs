@@ -122,9 +122,7 @@ struct Commit {
 
 impl Commit {
     fn is_empty(&self) -> bool {
-        self.stored.is_empty()
-            && self.sends.is_empty()
-            && self.responses.is_empty()
+        self.stored.is_empty() && self.sends.is_empty() && self.responses.is_empty()
     }
 }
 
