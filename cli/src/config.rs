@@ -14,15 +14,7 @@ use crate::passphrase;
 
 /// Runs one `confer config` command.
 pub fn run(home: &Path, command: ConfigCommand) -> Result<(), Error> {
-    if !Profile::exists(home) {
-        return Err(StoreError::NotInitialised {
-            dir: home.to_path_buf(),
-        }
-        .into());
-    }
-    let passphrase = passphrase::existing_profile()?;
-    let profile = Profile::unlock(home, &passphrase)?;
-    drop(passphrase);
+    let profile = passphrase::unlock_profile(home)?;
     let load = |profile: &Profile| {
         Settings::load(profile).map_err(|e| match e {
             StoreError::InUse { .. } => Error::usage(

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use confer_node::{Node, NodeConfig};
-use confer_store::{Profile, StoreError};
+use confer_store::Profile;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::error::Error;
@@ -14,15 +14,7 @@ use crate::passphrase;
 /// Unlocks the profile in `home` (blocking: Argon2 is deliberately slow), then runs the
 /// node on a new runtime until it is asked to stop.
 pub fn run(home: &Path, listen: Vec<String>, relays: Vec<String>, json: bool) -> Result<(), Error> {
-    if !Profile::exists(home) {
-        return Err(StoreError::NotInitialised {
-            dir: home.to_path_buf(),
-        }
-        .into());
-    }
-    let passphrase = passphrase::existing_profile()?;
-    let profile = Profile::unlock(home, &passphrase)?;
-    drop(passphrase);
+    let profile = passphrase::unlock_profile(home)?;
     crate::runtime()?.block_on(serve(profile, NodeConfig::new(listen, relays), json))
 }
 

@@ -2,6 +2,9 @@
 //! the terminal without echo. It is never taken from a command-line argument, where other
 //! users of the machine could see it.
 
+use std::path::Path;
+
+use confer_store::{Profile, StoreError};
 use zeroize::Zeroizing;
 
 use crate::error::Error;
@@ -33,6 +36,19 @@ pub fn existing_profile() -> Result<Passphrase, Error> {
         Some(p) => Ok(p),
         None => prompt("Passphrase: "),
     }
+}
+
+/// Unlocks the profile in `home` (blocking: Argon2 is deliberately slow); refuses, before
+/// asking for a passphrase, if there is no profile there.
+pub fn unlock_profile(home: &Path) -> Result<Profile, Error> {
+    if !Profile::exists(home) {
+        return Err(StoreError::NotInitialised {
+            dir: home.to_path_buf(),
+        }
+        .into());
+    }
+    let passphrase = existing_profile()?;
+    Ok(Profile::unlock(home, &passphrase)?)
 }
 
 fn from_env() -> Result<Option<Passphrase>, Error> {

@@ -122,22 +122,28 @@ impl TestNode {
         self.form_more(room, joiners).await;
     }
 
+    /// Issues an invite to `room`, valid for 10 minutes; returns its code.
+    pub async fn invite(&self, room: &str) -> String {
+        match self
+            .ok(Request::Invite {
+                room: room.into(),
+                expires_in_secs: 600,
+            })
+            .await
+        {
+            Reply::Invite(invite) => invite.code,
+            other => panic!("no invite: {other:?}"),
+        }
+    }
+
     /// Invites each joiner into an existing room and waits until each has joined.
     pub async fn form_more(&self, room: &str, joiners: &[(&TestNode, &str)]) {
         for (node, name) in joiners {
-            let Reply::Invite(invite) = self
-                .ok(Request::Invite {
-                    room: room.into(),
-                    expires_in_secs: 600,
-                })
-                .await
-            else {
-                panic!("no invite")
-            };
+            let code = self.invite(room).await;
             let joined = within(
                 "join",
                 node.node.request(Request::Join {
-                    code: invite.code,
+                    code,
                     display_name: (*name).into(),
                 }),
             )

@@ -81,16 +81,8 @@ async fn a_relay_only_member_talks_through_the_relay_and_no_member_learns_its_ad
             display_name: Some("Alice".into()),
         })
         .await;
-    let Reply::Invite(invite) = alice
-        .ok(Request::Invite {
-            room: ROOM.into(),
-            expires_in_secs: 600,
-        })
-        .await
-    else {
-        panic!("no invite");
-    };
-    let addresses = confer_room_addresses(&invite.code);
+    let code = alice.invite(ROOM).await;
+    let addresses = confer_room_addresses(&code);
     assert!(
         addresses[0].contains("/p2p-circuit") && addresses[0].starts_with(&relay_addr),
         "the invite should lead with the relayed address: {addresses:?}"
@@ -98,7 +90,7 @@ async fn a_relay_only_member_talks_through_the_relay_and_no_member_learns_its_ad
     let joined = within(
         "Bob's join",
         bob.node.request(Request::Join {
-            code: invite.code,
+            code,
             display_name: "Bob".into(),
         }),
     )
@@ -170,18 +162,10 @@ async fn a_relay_only_member_refuses_an_invite_it_could_only_use_directly() {
             display_name: None,
         })
         .await;
-    let Reply::Invite(invite) = alice
-        .ok(Request::Invite {
-            room: ROOM.into(),
-            expires_in_secs: 600,
-        })
-        .await
-    else {
-        panic!("no invite");
-    };
+    let code = alice.invite(ROOM).await;
     let message = bob
         .err(Request::Join {
-            code: invite.code,
+            code,
             display_name: "Bob".into(),
         })
         .await;
