@@ -178,6 +178,33 @@ fn open_threads() -> usize {
         .min(OPEN_THREADS)
 }
 
+/// Maps `f` over `items` on up to `threads` scoped threads, each taking one contiguous
+/// share with its own state made by `init`. Returns the share size and each share's
+/// results in order; a share whose thread panicked comes back empty.
+fn in_threads<T: Sync, S: Send, R: Send>(
+    items: &[T],
+    threads: usize,
+    init: impl Fn() -> S,
+    f: impl Fn(&mut S, &T) -> R + Sync,
+) -> (usize, Vec<Vec<R>>) {
+    let share = items.len().div_ceil(threads.max(1)).max(1);
+    let f = &f;
+    let results = std::thread::scope(|scope| {
+        let workers: Vec<_> = items
+            .chunks(share)
+            .map(|part| {
+                let mut state = init();
+                scope.spawn(move || part.iter().map(|item| f(&mut state, item)).collect())
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    (share, results)
+}
+
 /// A message opened from a pushed envelope, and whether storing it was new.
 type Taken = (MessageRecord, Result<bool, confer_store::StoreError>);
 
@@ -1772,27 +1799,16 @@ impl EventLoop {
             .len()
             .div_ceil(PARALLEL_OPEN_MIN)
             .clamp(1, open_threads());
-        let share = records.len().div_ceil(threads).max(1);
         let store = &self.store;
-        let stored: Vec<Vec<Option<Taken>>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = records
-                .chunks(share)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|(i, record)| {
-                                let stored = insert_opened(store, id, record, &envelopes[*i]);
-                                Some((record.clone(), stored))
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_default())
-                .collect()
-        });
+        let (share, stored) = in_threads(
+            &records,
+            threads,
+            || (),
+            |(), (i, record)| {
+                let stored = insert_opened(store, id, record, &envelopes[*i]);
+                Some((record.clone(), stored))
+            },
+        );
         // A thread that panicked yields nothing: its share goes the ordinary way.
         for (part, results) in records.chunks(share).zip(stored) {
             for ((i, _), taken) in part.iter().zip(results) {
@@ -1823,29 +1839,18 @@ impl EventLoop {
             return None;
         }
         let now = now_ms();
-        let share = fresh.len().div_ceil(threads);
         let mut out = Vec::with_capacity(fresh.len());
-        let opened: Vec<Vec<Option<MessageRecord>>> = std::thread::scope(|scope| {
-            let workers: Vec<_> = fresh
-                .chunks(share)
-                .map(|part| {
-                    let mut room = room.clone();
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|&i| match room.open(&envelopes[i], now) {
-                                Ok(Incoming::Message(record)) => Some(record),
-                                _ => None,
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            // A thread that panicked yields nothing: its share goes the ordinary way.
-            workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or_default())
-                .collect()
-        });
+        // Each thread opens on its own clone of the room.
+        let (share, opened) = in_threads(
+            &fresh,
+            threads,
+            || room.clone(),
+            |room, &i| match room.open(&envelopes[i], now) {
+                Ok(Incoming::Message(record)) => Some(record),
+                _ => None,
+            },
+        );
+        // A thread that panicked yields nothing: its share goes the ordinary way.
         'parts: for (part, results) in fresh.chunks(share).zip(opened) {
             if results.len() != part.len() {
                 break;
