@@ -177,6 +177,14 @@ pub struct Relay {
     task: tokio::task::JoinHandle<()>,
 }
 
+fn is_loopback(addr: &Multiaddr) -> bool {
+    addr.iter().any(|p| match p {
+        Protocol::Ip4(ip) => ip.is_loopback(),
+        Protocol::Ip6(ip) => ip.is_loopback(),
+        _ => false,
+    })
+}
+
 fn parse_all(list: &[String]) -> Result<Vec<Multiaddr>, RelayError> {
     list.iter()
         .map(|a| a.parse().map_err(|_| RelayError::BadAddress(a.clone())))
@@ -293,6 +301,11 @@ impl Relay {
                 _ => {}
             }
         }
+        // Loopback addresses are useless to members elsewhere (and end up in their relayed
+        // addresses, through the reservation): announce them only if there is nothing else.
+        if addresses.iter().any(|a| !is_loopback(a)) {
+            addresses.retain(|a| !is_loopback(a));
+        }
         for addr in announce.iter().chain(&addresses) {
             swarm.add_external_address(addr.clone());
         }
@@ -309,7 +322,7 @@ impl Relay {
                 tokio::select! {
                     _ = &mut stopped => return,
                     event = swarm.select_next_some() => match event {
-                        SwarmEvent::NewListenAddr { address, .. } => {
+                        SwarmEvent::NewListenAddr { address, .. } if !is_loopback(&address) => {
                             swarm.add_external_address(address);
                         }
                         SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(event)) => {
