@@ -57,9 +57,16 @@ fn announce(node: &Node, json: bool) -> Result<(), Error> {
         "Your node is running. Peer id: {}",
         safe_line(&peer_id)
     ))?;
-    output::line("Listening on:")?;
-    for addr in &addrs {
-        output::line(&format!("  {}", safe_line(addr)))?;
+    if addrs.is_empty() {
+        // Relay-only mode with no relay yet: say how to become reachable.
+        output::line(
+            "It listens on nothing yet: this profile is in relay-only mode and has no relay. Join with an invite from a facilitator who uses one, or add one with `confer config add-relay` (with the node stopped).",
+        )?;
+    } else {
+        output::line("Listening on:")?;
+        for addr in &addrs {
+            output::line(&format!("  {}", safe_line(addr)))?;
+        }
     }
     output::line("Use the other `confer` commands from another terminal; press Ctrl-C to stop.")
 }

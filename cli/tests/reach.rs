@@ -133,3 +133,36 @@ fn a_relay_keeps_its_identity_and_members_reserve_on_it() {
     let error = fails(&run(&relay_home, &["relay", "run", "--listen", "nowhere"]));
     assert!(error.contains("not a valid address"), "{error}");
 }
+
+#[test]
+fn a_relay_only_node_without_a_relay_says_how_to_become_reachable() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    ok_json(home, &["init", "--name", "Bob", "--relay-only"]);
+    let mut child = common::confer(home)
+        .args(["node", "run"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let lines: Vec<String> = BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .take(2)
+            .collect();
+        let _ = tx.send(lines);
+    });
+    let lines = rx.recv_timeout(std::time::Duration::from_secs(60));
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines = lines.expect("the node printed its readiness lines");
+    assert!(lines[0].starts_with("Your node is running."), "{lines:?}");
+    assert!(
+        lines[1].contains("listens on nothing yet") && lines[1].contains("confer config add-relay"),
+        "{lines:?}"
+    );
+}
