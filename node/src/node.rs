@@ -77,6 +77,8 @@ const WANT_TIMEOUT: Duration = Duration::from_secs(10);
 const OPEN_THREADS: usize = 4;
 /// Batches with fewer new envelopes than this are opened on the event loop alone.
 const PARALLEL_OPEN_MIN: usize = 8;
+/// The longest a received message (that nobody waits for) stays unflushed.
+const RECEIVED_FLUSH_DELAY: Duration = Duration::from_millis(100);
 /// Most message ids remembered as asked for.
 const WANTED_LIMIT: usize = 4 * sync::MAX_REPLY_IDS;
 
@@ -137,7 +139,9 @@ impl Commit {
 /// followers) as soon as it is stored: a node killed before the flush may lose it from
 /// its own history, but has told no other member it had it, so its author still holds it
 /// as pending and catch-up brings it back after the restart. Durability claims wait for
-/// the disk; showing a message to its reader does not.
+/// the disk; showing a message to its reader does not. So a batch that nothing waits for
+/// (received messages only) is flushed up to [`RECEIVED_FLUSH_DELAY`] later, with
+/// whatever else arrives meanwhile.
 ///
 /// Gossip validation (`Accept`, which lets gossipsub forward the message) is reported
 /// before the flush: forwarding is not a claim to hold the message.
@@ -151,6 +155,8 @@ struct GroupCommit {
     task: Option<tokio::task::JoinHandle<Result<(), confer_store::StoreError>>>,
     /// Ids of messages stored but not yet known to be on disk.
     not_durable: HashSet<Id>,
+    /// When a batch that nothing waits for (received messages only) is flushed anyway.
+    due: Option<tokio::time::Instant>,
 }
 
 /// Catch-up bookkeeping: the per-peer push queues, what was asked of whom, and which
@@ -230,6 +236,14 @@ fn envelope_digest(envelope: &[u8]) -> [u8; 32] {
 }
 
 /// Waits for the flush in progress; never completes if there is none.
+/// Resolves at `due` (never, if there is none: the branch is disabled then).
+async fn flush_due(due: Option<tokio::time::Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn flush_done(
     task: &mut Option<tokio::task::JoinHandle<Result<(), confer_store::StoreError>>>,
 ) -> Result<(), String> {
@@ -649,6 +663,7 @@ impl EventLoop {
                     let batch = std::mem::take(&mut self.commit.flushing);
                     self.complete(batch, flushed);
                 }
+                () = flush_due(self.commit.due), if self.commit.due.is_some() && self.commit.task.is_none() => {}
             }
             self.start_flush();
         }
@@ -671,10 +686,28 @@ impl EventLoop {
     /// replies and delivery confirmations wait for it; a received message is readable
     /// before (see [`GroupCommit`]). Flushing on the event loop instead made the room
     /// benchmark's live p50 about 15% worse once readability no longer waited for it.
+    ///
+    /// A batch that nothing waits for (messages received, no `send` reply and no delivery
+    /// confirmation) is flushed after at most [`RECEIVED_FLUSH_DELAY`], together with
+    /// whatever arrives meanwhile: during live traffic every member would otherwise flush
+    /// for every message, and on a shared disk those flushes queue behind each other.
     fn start_flush(&mut self) {
         if self.commit.task.is_some() || self.commit.next.is_empty() {
             return;
         }
+        let waited_for =
+            !self.commit.next.sends.is_empty() || !self.commit.next.responses.is_empty();
+        if !waited_for {
+            let now = tokio::time::Instant::now();
+            let due = *self
+                .commit
+                .due
+                .get_or_insert_with(|| now + RECEIVED_FLUSH_DELAY);
+            if now < due {
+                return;
+            }
+        }
+        self.commit.due = None;
         self.commit.flushing = std::mem::take(&mut self.commit.next);
         let flusher = self.store.flusher();
         self.commit.task = Some(tokio::task::spawn_blocking(move || flusher.flush()));
