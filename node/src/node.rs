@@ -65,7 +65,7 @@ const RECENT_LIMIT: usize = 256;
 /// How long `Node::start` waits for the relays to accept reservations.
 const RESERVATION_WAIT: Duration = Duration::from_secs(10);
 /// Most sync requests in flight to one peer; further ones wait in its [`Outgoing`] queue.
-const PUSH_WINDOW: usize = 8;
+const PUSH_WINDOW: usize = 32;
 /// Most bytes of sync requests queued for one peer. A push that does not fit is dropped:
 /// what it carried is found missing again at the next reconciliation.
 const OUTGOING_LIMIT: usize = 64 * 1024 * 1024;
