@@ -37,10 +37,10 @@ use crate::sync::{self, Id, StoredMessage, SyncPush, SyncReply};
 /// How many commands may wait for the event loop.
 const COMMAND_QUEUE: usize = 64;
 /// How many new messages a follower may lag behind before it is dropped. Followers are
-/// told of messages once they are flushed, several hundred at once during a catch-up
-/// (everything stored while the previous flush ran), so this is well above a flush's
-/// batch ([`PUSH_WINDOW`] pushes of up to 64 KiB).
-const FOLLOW_QUEUE: usize = 1024;
+/// told of messages as they are stored, a thousand or more in quick succession during a
+/// catch-up ([`PUSH_WINDOW`] pushes of up to 64 KiB, about 45 messages each, in flight),
+/// so this is well above that.
+const FOLLOW_QUEUE: usize = 4096;
 /// Envelopes waiting for a room peer to subscribe, per room.
 const OUTBOX_LIMIT: usize = 1024;
 /// Envelopes from authors not yet known (their admission may still be on its way).
