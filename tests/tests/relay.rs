@@ -141,6 +141,13 @@ async fn a_relay_only_member_talks_through_the_relay_and_no_member_learns_its_ad
     );
     assert_eq!(status.nat, "unknown", "a relay-only node does not probe");
 
+    // AutoNAT: the relay dialled Alice back at the address it saw her at, and reached
+    // her (the cross-network test checks the opposite, members behind NAT).
+    until_status(&alice, "AutoNAT to find Alice reachable", |s| {
+        s.nat == "public"
+    })
+    .await;
+
     // Bob keeps the relay for the next start.
     let home = bob.home.path().to_path_buf();
     bob.node.clone().shutdown().await;
