@@ -9,10 +9,11 @@
 //! * **gossipsub** carries room traffic. Topic names are announced to every connected peer,
 //!   so the caller must use opaque topic names (never a room name).
 //! * **request-response** on [`JOIN_PROTOCOL`] carries the join handshake: one opaque request,
-//!   one opaque response ([`JoinCodec`]); on [`SYNC_PROTOCOL`] a member pushes recent room
-//!   envelopes to a member whose subscription it has just seen, closing the window in which
-//!   gossip would not yet route to a newly subscribed peer.
-//! * **identify** (protocol version [`IDENTIFY_PROTOCOL_VERSION`]) and **ping** (defaults).
+//!   one opaque response ([`FrameCodec`]); [`SYNC_PROTOCOL`], framed the same way, carries
+//!   what members exchange directly: operations, reconciliation summaries and wants, and
+//!   the envelopes asked for (see `crate::sync`).
+//! * **identify** (protocol version [`IDENTIFY_PROTOCOL_VERSION`]) and **ping** (every
+//!   [`PING_INTERVAL`]; the node closes a connection after two failed pings).
 //! * **connection limits** bound the number of connections (see [`build_swarm`]).
 //!
 //! # Reaching peers behind NAT
@@ -597,9 +598,9 @@ pub struct Behaviour {
     /// MUST be reported).
     pub gossipsub: RoomGossip,
     /// The join handshake on [`JOIN_PROTOCOL`].
-    pub join: request_response::Behaviour<JoinCodec>,
+    pub join: request_response::Behaviour<FrameCodec>,
     /// Pushes of recent envelopes on [`SYNC_PROTOCOL`].
-    pub sync: request_response::Behaviour<JoinCodec>,
+    pub sync: request_response::Behaviour<FrameCodec>,
     /// Exchange of protocol versions and listen addresses.
     pub identify: identify::Behaviour,
     /// Liveness checks.
@@ -749,8 +750,8 @@ pub fn build_swarm(
     Ok(swarm)
 }
 
-/// The join protocol's codec: each request and each response is opaque bytes, framed as a
-/// `u32` big-endian length followed by that many bytes.
+/// The codec of the join and sync protocols: each request and each response is opaque
+/// bytes, framed as a `u32` big-endian length followed by that many bytes.
 ///
 /// Reading rejects a length above [`MAX_REQUEST`] / [`MAX_RESPONSE`] with
 /// [`io::ErrorKind::InvalidData`] before allocating anything for the body, and the body
@@ -758,7 +759,7 @@ pub fn build_swarm(
 /// [`io::ErrorKind::UnexpectedEof`]. Writing refuses (with [`io::ErrorKind::InvalidInput`])
 /// a message the peer would reject. Bytes after the frame are ignored.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct JoinCodec;
+pub struct FrameCodec;
 
 async fn read_frame<T>(io: &mut T, max: usize) -> io::Result<Vec<u8>>
 where
@@ -806,7 +807,7 @@ where
     io.flush().await
 }
 
-impl request_response::Codec for JoinCodec {
+impl request_response::Codec for FrameCodec {
     type Protocol = StreamProtocol;
     type Request = Vec<u8>;
     type Response = Vec<u8>;

@@ -13,7 +13,8 @@ use std::{
 };
 
 use confer_node::net::{
-    self, Behaviour, BehaviourEvent, JOIN_PROTOCOL, JoinCodec, MAX_REQUEST, MAX_RESPONSE, NetConfig,
+    self, Behaviour, BehaviourEvent, FrameCodec, JOIN_PROTOCOL, MAX_REQUEST, MAX_RESPONSE,
+    NetConfig,
 };
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{
@@ -205,7 +206,7 @@ async fn oversized_request_is_refused_by_sender() {
     .await;
 }
 
-/// A codec that frames like [`JoinCodec`] but enforces no limit, to play a hostile peer.
+/// A codec that frames like [`FrameCodec`] but enforces no limit, to play a hostile peer.
 #[derive(Debug, Clone, Default)]
 struct LaxCodec;
 
@@ -490,7 +491,7 @@ async fn codec_rejects_overlong_length_prefix_before_reading_body() {
             header: claimed.to_be_bytes(),
             sent: 0,
         };
-        let err = JoinCodec
+        let err = FrameCodec
             .read_request(&JOIN_PROTOCOL, &mut io)
             .await
             .expect_err(limit_name);
@@ -506,7 +507,7 @@ async fn codec_rejects_overlong_length_prefix_before_reading_body() {
             header: claimed.to_be_bytes(),
             sent: 0,
         };
-        let err = JoinCodec
+        let err = FrameCodec
             .read_response(&JOIN_PROTOCOL, &mut io)
             .await
             .expect_err("over-long response");
@@ -519,13 +520,13 @@ async fn codec_frames_round_trip_and_reject_bad_input() {
     // Round trip at the limit.
     let mut wire = futures::io::Cursor::new(Vec::new());
     let max = vec![0xab; MAX_REQUEST];
-    JoinCodec
+    FrameCodec
         .write_request(&JOIN_PROTOCOL, &mut wire, max.clone())
         .await
         .expect("write");
     assert_eq!(wire.get_ref()[..4], (MAX_REQUEST as u32).to_be_bytes());
     wire.set_position(0);
-    let got = JoinCodec
+    let got = FrameCodec
         .read_request(&JOIN_PROTOCOL, &mut wire)
         .await
         .expect("read");
@@ -533,12 +534,12 @@ async fn codec_frames_round_trip_and_reject_bad_input() {
 
     // Empty messages are fine.
     let mut wire = futures::io::Cursor::new(Vec::new());
-    JoinCodec
+    FrameCodec
         .write_response(&JOIN_PROTOCOL, &mut wire, Vec::new())
         .await
         .expect("write");
     wire.set_position(0);
-    let got = JoinCodec
+    let got = FrameCodec
         .read_response(&JOIN_PROTOCOL, &mut wire)
         .await
         .expect("read");
@@ -546,7 +547,7 @@ async fn codec_frames_round_trip_and_reject_bad_input() {
 
     // Writing over the limit is refused and writes nothing.
     let mut wire = futures::io::Cursor::new(Vec::new());
-    let err = JoinCodec
+    let err = FrameCodec
         .write_response(&JOIN_PROTOCOL, &mut wire, vec![0; MAX_RESPONSE + 1])
         .await
         .expect_err("over-long response");
@@ -555,7 +556,7 @@ async fn codec_frames_round_trip_and_reject_bad_input() {
 
     // Truncated header or body.
     for bad in [&[0u8, 0][..], &[0, 0, 0, 5, 1, 2][..], &[][..]] {
-        let err = JoinCodec
+        let err = FrameCodec
             .read_request(&JOIN_PROTOCOL, &mut futures::io::Cursor::new(bad))
             .await
             .expect_err("truncated frame");
