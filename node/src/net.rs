@@ -111,8 +111,9 @@ use sha2::{Digest, Sha256};
 /// The join handshake's request-response protocol.
 pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/join/1");
 
-/// The protocol on which a member pushes recent room envelopes to another member whose
-/// subscription it has just seen (framed like [`JOIN_PROTOCOL`], response empty).
+/// The protocol on which members exchange operations, reconciliation summaries, wants and
+/// envelopes directly (a `SyncPush` request, a `SyncReply` response; see `crate::sync`),
+/// framed by [`FrameCodec`] like [`JOIN_PROTOCOL`].
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/sync/1");
 
 /// Protocol version announced by identify.
