@@ -90,7 +90,7 @@ use std::{
     time::Duration,
 };
 
-use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, autonat, connection_limits,
     core::{
@@ -101,12 +101,74 @@ use libp2p::{
     },
     dcutr, gossipsub, identify, identity, noise, ping, relay, request_response,
     swarm::{
-        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
-        THandlerOutEvent, ToSwarm, behaviour::toggle::Toggle,
+        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, SwarmEvent, THandler,
+        THandlerInEvent, THandlerOutEvent, ToSwarm, behaviour::toggle::Toggle,
     },
     tcp, yamux,
 };
 use sha2::{Digest, Sha256};
+
+/// How long [`listen_all`] waits for more addresses once every listener has one.
+const LISTEN_SETTLE: Duration = Duration::from_millis(50);
+
+/// Why [`listen_all`] failed: the address(es) concerned and the reason.
+#[derive(Debug)]
+pub(crate) struct ListenFailure {
+    pub(crate) addr: String,
+    pub(crate) reason: String,
+}
+
+/// Listens on every address and returns the addresses the swarm then listens on: the first
+/// of each listener, and any more reported within [`LISTEN_SETTLE`] after (an unspecified
+/// address such as `0.0.0.0` yields one address per interface, reported one by one). Other
+/// swarm events meanwhile are dropped; call it before anything else uses the swarm.
+pub(crate) async fn listen_all<B: NetworkBehaviour>(
+    swarm: &mut Swarm<B>,
+    addrs: &[Multiaddr],
+) -> Result<Vec<Multiaddr>, ListenFailure> {
+    let mut waiting = Vec::new();
+    for addr in addrs {
+        let id = swarm.listen_on(addr.clone()).map_err(|e| ListenFailure {
+            addr: addr.to_string(),
+            reason: e.to_string(),
+        })?;
+        waiting.push(id);
+    }
+    let mut found = Vec::new();
+    loop {
+        let event = if waiting.is_empty() {
+            match tokio::time::timeout(LISTEN_SETTLE, swarm.select_next_some()).await {
+                Ok(event) => event,
+                Err(_) => return Ok(found),
+            }
+        } else {
+            swarm.select_next_some().await
+        };
+        match event {
+            SwarmEvent::NewListenAddr {
+                listener_id,
+                address,
+            } => {
+                waiting.retain(|l| *l != listener_id);
+                found.push(address);
+            }
+            SwarmEvent::ListenerError { error, .. }
+            | SwarmEvent::ListenerClosed {
+                reason: Err(error), ..
+            } => {
+                return Err(ListenFailure {
+                    addr: addrs
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    reason: error.to_string(),
+                });
+            }
+            _ => {}
+        }
+    }
+}
 
 /// The join handshake's request-response protocol.
 pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/join/1");
@@ -881,6 +943,39 @@ mod tests {
             ))),
             None
         );
+    }
+
+    #[tokio::test]
+    async fn listening_on_every_interface_reports_every_interface() {
+        let mut swarm = build_swarm(
+            identity::Keypair::generate_ed25519(),
+            &NetConfig::for_tests(),
+            DialPolicy::open(),
+        )
+        .expect("swarm builds");
+        let found = listen_all(&mut swarm, &[addr("/ip4/0.0.0.0/tcp/0")])
+            .await
+            .expect("listens");
+        // Loopback is always there; with only the first address (as before) a machine whose
+        // first reported interface is another one would lose it.
+        assert!(
+            found
+                .iter()
+                .any(|a| a.to_string().starts_with("/ip4/127.0.0.1/")),
+            "{found:?}"
+        );
+        let ports: HashSet<Option<u16>> = found
+            .iter()
+            .map(|a| {
+                a.iter().find_map(|p| match p {
+                    Protocol::Tcp(port) => Some(port),
+                    _ => None,
+                })
+            })
+            .collect();
+        assert_eq!(ports.len(), 1, "one listener, one port: {found:?}");
+        let error = listen_all(&mut swarm, &[addr("/ip4/127.0.0.1/tcp/1/ws")]).await;
+        assert!(error.is_err(), "an address no transport serves is refused");
     }
 
     #[test]

@@ -389,39 +389,19 @@ impl Node {
         let peer_id = keypair.public().to_peer_id();
         let mut swarm = net::build_swarm(keypair, &config.net, reach.policy())?;
 
-        let mut listeners = Vec::new();
-        for addr in &listen_on {
-            let parsed: Multiaddr = addr
-                .parse()
-                .map_err(|_| NodeError::BadListen(addr.clone()))?;
-            let id = swarm.listen_on(parsed).map_err(|e| NodeError::Listen {
-                addr: addr.clone(),
-                reason: e.to_string(),
-            })?;
-            listeners.push(id);
-        }
-        let mut listen = Vec::new();
-        while !listeners.is_empty() {
-            match swarm.select_next_some().await {
-                SwarmEvent::NewListenAddr {
-                    listener_id,
-                    address,
-                } => {
-                    listeners.retain(|l| *l != listener_id);
-                    listen.push(address.to_string());
-                }
-                SwarmEvent::ListenerError { error, .. }
-                | SwarmEvent::ListenerClosed {
-                    reason: Err(error), ..
-                } => {
-                    return Err(NodeError::Listen {
-                        addr: listen_on.join(", "),
-                        reason: error.to_string(),
-                    });
-                }
-                _ => {}
-            }
-        }
+        let parsed = listen_on
+            .iter()
+            .map(|a| a.parse().map_err(|_| NodeError::BadListen(a.clone())))
+            .collect::<Result<Vec<Multiaddr>, _>>()?;
+        let mut listen: Vec<String> = net::listen_all(&mut swarm, &parsed)
+            .await
+            .map_err(|f| NodeError::Listen {
+                addr: f.addr,
+                reason: f.reason,
+            })?
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         // Reserve on the relays before announcing the addresses, so that they include the
         // relayed ones; a relay that does not answer in time is retried in the background.
         reach.reserve_due(&mut swarm);

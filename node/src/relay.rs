@@ -262,45 +262,12 @@ impl Relay {
             .relay
             .set_status(Some(relay::Status::Enable));
 
-        let mut listeners = Vec::new();
-        for addr in &listen {
-            let id = swarm
-                .listen_on(addr.clone())
-                .map_err(|e| RelayError::Listen {
-                    addr: addr.to_string(),
-                    reason: e.to_string(),
-                })?;
-            listeners.push(id);
-        }
-        let mut addresses: Vec<Multiaddr> = Vec::new();
-        // Wait for each listener's first address (an unspecified address yields one per
-        // interface, reported together).
-        while !listeners.is_empty() {
-            match swarm.select_next_some().await {
-                SwarmEvent::NewListenAddr {
-                    listener_id,
-                    address,
-                } => {
-                    listeners.retain(|l| *l != listener_id);
-                    addresses.push(address);
-                }
-                SwarmEvent::ListenerError { error, .. }
-                | SwarmEvent::ListenerClosed {
-                    reason: Err(error), ..
-                } => {
-                    return Err(RelayError::Listen {
-                        addr: config
-                            .listen
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                        reason: error.to_string(),
-                    });
-                }
-                _ => {}
-            }
-        }
+        let mut addresses = crate::net::listen_all(&mut swarm, &listen)
+            .await
+            .map_err(|f| RelayError::Listen {
+                addr: f.addr,
+                reason: f.reason,
+            })?;
         // Loopback addresses are useless to members elsewhere (and end up in their relayed
         // addresses, through the reservation): announce them only if there is nothing else.
         if addresses.iter().any(|a| !is_loopback(a)) {
