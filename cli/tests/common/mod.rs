@@ -76,6 +76,19 @@ pub fn init(home: &Path, name: &str) {
     ok(home, &["init", "--name", name]);
 }
 
+/// Reads the child's (piped) stdout up to its first line on a thread of its own, so that
+/// the caller can wait for it with a timeout.
+fn first_line(child: &mut Child) -> mpsc::Receiver<String> {
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    rx
+}
+
 /// Runs `confer ARGS… --json` as a child (stderr passed on) and waits up to 60 s for its
 /// first stdout line, a JSON readiness document, which it returns with the child.
 pub fn spawn_ready(home: &Path, args: &[&str]) -> (Child, serde_json::Value) {
@@ -86,14 +99,7 @@ pub fn spawn_ready(home: &Path, args: &[&str]) -> (Child, serde_json::Value) {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
-    });
-    let line = match rx.recv_timeout(Duration::from_secs(60)) {
+    let line = match first_line(&mut child).recv_timeout(Duration::from_secs(60)) {
         Ok(line) => line,
         Err(_) => {
             let _ = child.kill();
@@ -130,17 +136,20 @@ impl NodeProcess {
         let mut all = vec!["node", "run"];
         all.extend_from_slice(args);
         let (child, ready) = spawn_ready(home, &all);
-        let peer_id = ready["peer_id"].as_str().unwrap().to_owned();
-        let listen = ready["listen"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|a| a.as_str().unwrap().to_owned())
-            .collect();
+        Self::from_ready(child, &ready)
+    }
+
+    /// The node `child`, from its readiness line.
+    fn from_ready(child: Child, ready: &serde_json::Value) -> NodeProcess {
         NodeProcess {
             child,
-            peer_id,
-            listen,
+            peer_id: ready["peer_id"].as_str().unwrap().to_owned(),
+            listen: ready["listen"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap().to_owned())
+                .collect(),
         }
     }
 
@@ -201,14 +210,8 @@ pub fn try_start_node(home: &Path, listen: &str) -> Result<NodeProcess, Output> 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
+    let line_rx = first_line(&mut child);
     let stderr = child.stderr.take().unwrap();
-    let (line_tx, line_rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = line_tx.send(line);
-    });
     let (err_tx, err_rx) = mpsc::channel();
     std::thread::spawn(move || {
         let mut text = String::new();
@@ -251,15 +254,5 @@ pub fn try_start_node(home: &Path, listen: &str) -> Result<NodeProcess, Output> 
             stderr: stderr.into_bytes(),
         });
     };
-    let listen = ready["listen"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_owned())
-        .collect();
-    Ok(NodeProcess {
-        peer_id: ready["peer_id"].as_str().unwrap().to_owned(),
-        child,
-        listen,
-    })
+    Ok(NodeProcess::from_ready(child, &ready))
 }
