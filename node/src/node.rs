@@ -367,7 +367,7 @@ impl Node {
             let room = Room::from_bytes(&bytes)?;
             rooms.insert(room.id(), room);
         }
-        let mut settings = Settings::read(&store)?;
+        let settings = Settings::read(&store)?;
         let mut relays = Vec::new();
         for relay in settings.relays.iter().chain(&config.relays) {
             let relay = settings::parse_relay(relay)?;
@@ -376,7 +376,6 @@ impl Node {
             }
         }
         let mut reach = Reach::new(settings.relay_only, relays);
-        settings.relays = reach.relay_addresses();
         let listen_on = match (settings.relay_only, config.listen.is_empty()) {
             (true, false) => return Err(NodeError::RelayOnlyListen),
             (true, true) => Vec::new(),
@@ -2349,18 +2348,20 @@ impl EventLoop {
         }
     }
 
-    /// Reserves on a relay learned at run time (from an invite) and keeps it in the
-    /// profile's settings for the next start.
+    /// Reserves on a relay learned at run time (from an invite) and adds it to the
+    /// profile's settings for the next start (relays given with `--relay` stay out of them).
     fn use_relay(&mut self, relay: Multiaddr) {
-        if !self.reach.add_relay(relay) {
+        if !self.reach.add_relay(relay.clone()) {
             return;
         }
-        if self.settings.relays.len() < settings::MAX_RELAYS {
-            self.settings.relays = self.reach.relay_addresses();
-            self.settings.relays.truncate(settings::MAX_RELAYS);
-            if let Err(e) = self.settings.write(&self.store) {
-                tracing::warn!("could not save a relay in the settings: {e}");
+        match self.settings.add_relay(&relay.to_string()) {
+            Ok(true) => {
+                if let Err(e) = self.settings.write(&self.store) {
+                    tracing::warn!("could not save a relay in the settings: {e}");
+                }
             }
+            Ok(false) => {}
+            Err(e) => tracing::warn!("not keeping a relay learned from an invite: {e}"),
         }
     }
 

@@ -156,11 +156,6 @@ impl Reach {
         self.insert(relay, Instant::now() + RELAY_RETRY_MIN)
     }
 
-    /// The relays in use, as strings (for the settings).
-    pub(crate) fn relay_addresses(&self) -> Vec<String> {
-        self.relays.keys().map(ToString::to_string).collect()
-    }
-
     /// Moves every slot on whose time has come: dials relays not connected, reserves on
     /// connected ones, gives up on dials that take too long.
     pub(crate) fn reserve_due(&mut self, swarm: &mut Swarm<Behaviour>) {

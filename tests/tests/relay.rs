@@ -190,3 +190,34 @@ fn confer_room_addresses(code: &str) -> Vec<String> {
         .body
         .addresses
 }
+
+/// A relay given for one run (`--relay`) stays out of the profile's settings, while a
+/// relay learned from an invite is kept for the next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_relays_learned_from_invites_are_kept_in_the_settings() {
+    let (relay_a, relay_b) = (start_relay().await, start_relay().await);
+    let addr_a = relay_a.addresses()[0].to_string();
+    let addr_b = relay_b.addresses()[0].to_string();
+    let alice = TestNode::start_reaching("Alice", false, std::slice::from_ref(&addr_a)).await;
+    let dave = TestNode::start_reaching("Dave", false, std::slice::from_ref(&addr_b)).await;
+    alice
+        .ok(Request::CreateRoom {
+            name: ROOM.into(),
+            display_name: None,
+        })
+        .await;
+    alice.form_more(ROOM, &[(&dave, "Dave")]).await;
+    until_status(&dave, "Dave's two reservations", |s| {
+        s.relays.len() == 2 && s.relays.iter().all(|r| r.reserved)
+    })
+    .await;
+
+    let home = dave.home.path().to_path_buf();
+    dave.node.clone().shutdown().await;
+    let profile = Profile::unlock(&home, PASSPHRASE).expect("unlock");
+    let settings = Settings::load(&profile).expect("settings");
+    assert_eq!(settings.relays, vec![addr_a]);
+    drop(dave);
+    relay_a.shutdown().await;
+    relay_b.shutdown().await;
+}
