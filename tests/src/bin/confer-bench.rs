@@ -70,7 +70,7 @@ struct Args {
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
-    /// Live phase: messages sent (round-robin over the 8 members).
+    /// Live phase: messages sent (round-robin over the members).
     #[arg(long, default_value_t = 200)]
     messages: u32,
     /// Live phase: message text size in bytes.
@@ -119,12 +119,25 @@ struct Args {
     /// one per core, like `confer node run`).
     #[arg(long)]
     worker_threads: Option<usize>,
+    /// Live phase and its baseline only: members of the room and bare gossipsub swarms,
+    /// 2 to 8 (an experiment: how the ratio depends on how many nodes share the cores;
+    /// anything but 8 needs --skip rotation --skip join --skip catchup --skip idle).
+    #[arg(long, default_value_t = MEMBERS, value_parser = parse_members)]
+    members: usize,
     /// Skip a phase: baseline, live, rotation, join, catchup or idle (repeatable).
     #[arg(long, value_parser = ["baseline", "live", "rotation", "join", "catchup", "idle"])]
     skip: Vec<String>,
     /// Run as the idle child process (started by the benchmark itself).
     #[arg(long)]
     idle: bool,
+}
+
+/// `--members`: 2 to [`MEMBERS`].
+fn parse_members(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if (2..=MEMBERS).contains(&n) => Ok(n),
+        _ => Err(format!("a room of 2 to {MEMBERS} members, not {s:?}")),
+    }
 }
 
 impl Args {
@@ -178,6 +191,15 @@ async fn run(args: Args) -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .try_init();
+    let needs_all = ["rotation", "join", "catchup", "idle"];
+    if args.members != MEMBERS && needs_all.iter().any(|p| args.runs(p)) {
+        eprintln!(
+            "confer-bench: --members {} measures only the live phase and its baseline; \
+             add --skip rotation --skip join --skip catchup --skip idle",
+            args.members
+        );
+        return ExitCode::from(2);
+    }
     let started = Instant::now();
     let mut bench = Bench::new(args);
     match bench.run().await {
@@ -365,19 +387,30 @@ impl Bench {
     async fn run(&mut self) -> Result<(), String> {
         say("store: insert + flush, one message at a time");
         self.store_flush().await?;
-        say("forming a room of 8 Confer nodes");
+        say(&format!(
+            "forming a room of {} Confer nodes",
+            self.args.members
+        ));
         self.form_room().await?;
         self.live().await?;
-        self.rotation().await?;
-        self.join().await?;
-        if self.args.runs("catchup") {
+        if self.args.members < MEMBERS {
+            // Only the live phase was asked for (see `--members`).
+            self.figures.extend([
+                Figure::skipped("rotation_ms", "rotation", "< 100 ms"),
+                Figure::skipped("join_ms", "join", "< 500 ms"),
+            ]);
+        } else {
+            self.rotation().await?;
+            self.join().await?;
+        }
+        if self.args.runs("catchup") && self.args.members == MEMBERS {
             say("catch-up");
             self.catch_up().await?;
         } else {
             self.figures
                 .push(Figure::skipped("catchup_s", "catch-up", "<= 2 s"));
         }
-        if self.args.runs("idle") {
+        if self.args.runs("idle") && self.args.members == MEMBERS {
             say("idle node (child process)");
             self.idle().await?;
         } else {
@@ -398,6 +431,7 @@ impl Bench {
             "live_size_bytes": a.size,
             "live_rate_per_s": a.rate,
             "live_rounds": a.rounds,
+            "members": a.members,
             "catchup_sources": a.catchup_sources,
             "profiles_under": std::env::temp_dir().display().to_string(),
             "straggler_secs": a.straggler_secs,
@@ -445,14 +479,14 @@ impl Bench {
 
     // ---- baseline -------------------------------------------------------------------
 
-    /// Starts the 8 bare gossipsub swarms, connects each to every other, waits for their
+    /// Starts the bare gossipsub swarms (8, or `--members`), connects each to every other, waits for their
     /// meshes and warms them up.
     async fn baseline_start(&mut self) -> Result<Vec<baseline::Bare>, String> {
         let mut bares = Vec::new();
-        for i in 0..MEMBERS {
+        for i in 0..self.args.members {
             bares.push(baseline::Bare::start(i, self.record.clone()).await?);
         }
-        for i in 0..MEMBERS {
+        for i in 0..self.args.members {
             for j in 0..i {
                 bares[i].dial(bares[j].addr.clone()).await;
             }
@@ -460,10 +494,14 @@ impl Bench {
         // Connected to all, subscriptions known, meshes at least gossipsub's mesh_n_low
         // (the first heartbeat is 5 s after start by default).
         let deadline = Instant::now() + Duration::from_secs(20);
+        let members = self.args.members;
         let ready = poll(deadline, || async {
             for b in &bares {
                 let s = b.stats().await;
-                if s.connected < MEMBERS - 1 || s.subscribed < MEMBERS - 1 || s.mesh < 5 {
+                if s.connected < members - 1
+                    || s.subscribed < members - 1
+                    || s.mesh < 5.min(members - 1)
+                {
                     return None;
                 }
             }
@@ -488,9 +526,14 @@ impl Bench {
                 .publish(text(GOSSIP_WARM_UP, i as u32, self.args.size).into_bytes())
                 .await?;
         }
-        let all: Vec<usize> = (0..MEMBERS).collect();
+        let all: Vec<usize> = (0..self.args.members).collect();
         if !self
-            .wait_all(GOSSIP_WARM_UP, &all, MEMBERS, Duration::from_secs(10))
+            .wait_all(
+                GOSSIP_WARM_UP,
+                &all,
+                self.args.members,
+                Duration::from_secs(10),
+            )
             .await
         {
             return Err("the baseline's warm-up messages did not all arrive in 10 s".into());
@@ -578,7 +621,7 @@ impl Bench {
 
     async fn form_room(&mut self) -> Result<(), String> {
         let net = self.args.net();
-        for i in 0..MEMBERS {
+        for i in 0..self.args.members {
             let tn = start_node(format!("member {i}"), net.clone()).await?;
             self.members.push(Some(Member {
                 tn,
@@ -596,7 +639,7 @@ impl Bench {
         )
         .await?;
         let mut joins = Vec::new();
-        for i in 1..MEMBERS {
+        for i in 1..self.args.members {
             let code = invite(&facilitator, ROOM).await?;
             let node = self.node(i)?;
             joins.push(async move {
@@ -616,16 +659,20 @@ impl Bench {
         for result in futures::future::join_all(joins).await {
             took.push(format!("{:.0}", ms(result?)));
         }
-        say(&format!("7 concurrent joins took {} ms", took.join(", ")));
-        let all: Vec<usize> = (0..MEMBERS).collect();
-        self.wait_members(&all, MEMBERS, Duration::from_secs(30))
+        say(&format!(
+            "{} concurrent joins took {} ms",
+            took.len(),
+            took.join(", ")
+        ));
+        let all: Vec<usize> = (0..self.args.members).collect();
+        self.wait_members(&all, self.args.members, Duration::from_secs(30))
             .await?;
-        for i in 0..MEMBERS {
+        for i in 0..self.args.members {
             self.attach(i).await?;
         }
         // Warm-up: every member says something and hears everyone else, so every node
         // knows every other's address and subscription; then let meshes settle.
-        for i in 0..MEMBERS {
+        for i in 0..self.args.members {
             self.record.sent(WARM_UP, i as u32, i);
             ask(
                 &self.node(i)?,
@@ -637,7 +684,7 @@ impl Bench {
             .await?;
         }
         if !self
-            .wait_all(WARM_UP, &all, MEMBERS, Duration::from_secs(30))
+            .wait_all(WARM_UP, &all, self.args.members, Duration::from_secs(30))
             .await
         {
             return Err("the warm-up messages did not reach every member in 30 s".into());
@@ -733,7 +780,10 @@ impl Bench {
         let gossip = self.args.runs("baseline");
         let confer = self.args.runs("live");
         let bares = if gossip {
-            say("baseline: 8 bare gossipsub swarms, full mesh");
+            say(&format!(
+                "baseline: {} bare gossipsub swarms, full mesh",
+                self.args.members
+            ));
             Some(self.baseline_start().await?)
         } else {
             None
@@ -745,7 +795,7 @@ impl Bench {
         });
         let confer_senders = if confer {
             Some(Senders::Confer(std::sync::Arc::new(
-                (0..MEMBERS)
+                (0..self.args.members)
                     .map(|i| self.node(i))
                     .collect::<Result<_, _>>()?,
             )))
@@ -778,11 +828,11 @@ impl Bench {
                 b.stop();
             }
         }
-        let all: Vec<usize> = (0..MEMBERS).collect();
+        let all: Vec<usize> = (0..self.args.members).collect();
         if gossip {
             let [g, _] = &results;
             let lat = self.record.latencies(GOSSIP, &all);
-            let ranks = rank_detail(&self.record.by_rank(GOSSIP, &all));
+            let ranks = rank_detail(&self.record.by_rank(GOSSIP, &all), self.args.members - 1);
             let (p50, p99) = (lat.quantile_ms(0.5), lat.quantile_ms(0.99));
             self.gossip_p50 = Some((p50, p99));
             self.figures.push(
@@ -821,14 +871,17 @@ impl Bench {
         if confer {
             let [_, c] = &results;
             let lat = self.record.latencies(LIVE, &all);
-            let ranks = rank_detail(&self.record.by_rank(LIVE, &all));
+            let ranks = rank_detail(&self.record.by_rank(LIVE, &all), self.args.members - 1);
             let (p50, p99) = (lat.quantile_ms(0.5), lat.quantile_ms(0.99));
             self.live_p50 = Some((p50, p99));
             let delivered = lat.delivered();
             self.figures.push(
                 Figure::new(
                     "live_p50_ms",
-                    "live delivery p50 (send -> stored at each of 7)",
+                    format!(
+                        "live delivery p50 (send -> stored at each of {})",
+                        self.args.members - 1
+                    ),
                     p50,
                     "ms",
                 )
@@ -881,9 +934,10 @@ impl Bench {
         let size = self.args.size;
         let start = seqs.start;
         let end = seqs.end;
+        let members = self.args.members;
         let sends = paced(end - start, self.args.rate, |k| {
             let seq = start + k;
-            let sender = seq as usize % MEMBERS;
+            let sender = seq as usize % members;
             let senders = senders.clone();
             let record = record.clone();
             let times = times.clone();
@@ -902,7 +956,7 @@ impl Bench {
         })
         .await;
         futures::future::join_all(sends).await;
-        let all: Vec<usize> = (0..MEMBERS).collect();
+        let all: Vec<usize> = (0..self.args.members).collect();
         let complete = self
             .wait_all(
                 phase,
@@ -943,7 +997,7 @@ impl Bench {
     async fn rotation(&mut self) -> Result<(), String> {
         let facilitator = self.node(0)?;
         let (old_epoch, _) = epoch_and_members(&facilitator).await?;
-        let others: Vec<usize> = (1..MEMBERS).filter(|i| *i != REMOVED).collect();
+        let others: Vec<usize> = (1..self.args.members).filter(|i| *i != REMOVED).collect();
         let measured = self.args.runs("rotation");
         if measured {
             say("rotation");
@@ -1140,7 +1194,7 @@ impl Bench {
         }
         // Everyone knows the joiner before the next phase.
         let online = self.online();
-        self.wait_members(&online, MEMBERS, Duration::from_secs(30))
+        self.wait_members(&online, self.args.members, Duration::from_secs(30))
             .await?;
         tokio::time::sleep(Duration::from_millis(2 * self.args.heartbeat_ms + 500)).await;
         self.quiet(Duration::from_secs(15)).await;
@@ -1551,16 +1605,17 @@ fn latency_detail(lat: &Latencies, complete: bool, cpu: CpuUse) -> String {
     )
 }
 
-/// p50 latency of each message's fastest receiver and of its slowest.
-fn rank_detail(by_rank: &[Vec<Duration>]) -> String {
+/// p50 latency of each message's fastest receiver and of its slowest (the
+/// `receivers`-th, counting only messages every receiver had).
+fn rank_detail(by_rank: &[Vec<Duration>], receivers: usize) -> String {
     let first: Vec<Duration> = by_rank.iter().filter_map(|l| l.first().copied()).collect();
     let last: Vec<Duration> = by_rank
         .iter()
-        .filter(|l| l.len() == MEMBERS - 1)
+        .filter(|l| l.len() == receivers)
         .filter_map(|l| l.last().copied())
         .collect();
     format!(
-        "p50 of each message's first receiver {:.2} ms, of its 7th {:.2} ms",
+        "p50 of each message's first receiver {:.2} ms, of the last of {receivers} {:.2} ms",
         quantile_ms(&first, 0.5),
         quantile_ms(&last, 0.5)
     )
