@@ -243,3 +243,60 @@ fn a_message_nobody_else_holds_yet_is_marked() {
         "{human}"
     );
 }
+
+#[test]
+fn a_history_longer_than_one_socket_line_is_read_whole() {
+    // The control socket's lines are limited to 1 MiB; 40 messages of 30,000 characters
+    // make a history of about 1.2 MB, which the node sends in parts.
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    init(home, "Sam");
+    let _node = NodeProcess::start(home);
+    ok_json(home, &["room", "create", "Long"]);
+    let filler = "x".repeat(30_000);
+    let texts: Vec<String> = (0..40).map(|i| format!("note {i:02} {filler}")).collect();
+    for text in &texts {
+        ok_json(home, &["send", "Long", text]);
+    }
+
+    let json = ok(home, &["read", "Long", "--json"]);
+    assert!(json.len() > 1024 * 1024, "only {} bytes", json.len());
+    let history: Vec<Value> = serde_json::from_str(&json).unwrap();
+    let got: Vec<&str> = history
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, texts);
+
+    let human = ok(home, &["read", "Long"]);
+    for i in 0..40 {
+        assert!(human.contains(&format!("note {i:02} ")), "note {i} missing");
+    }
+
+    let mut follower = common::confer(home)
+        .args(["read", "Long", "--follow", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let lines: Vec<String> = {
+        use std::io::BufRead;
+        std::io::BufReader::new(stdout)
+            .lines()
+            .take(40)
+            .map(Result::unwrap)
+            .collect()
+    };
+    follower.kill().unwrap();
+    let _ = follower.wait();
+    let followed: Vec<String> = lines
+        .iter()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["text"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(followed, texts);
+}

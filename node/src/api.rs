@@ -7,12 +7,18 @@
 //! [`Request::Read`] with `follow: true`, which gets the history and then one
 //! [`Reply::Message`] per new message until the client hangs up.
 //!
-//! Lines are limited to [`MAX_LINE`] bytes in both directions.
+//! Lines are limited to [`MAX_LINE`] bytes in both directions; a longer history is sent
+//! in [`Reply::HistoryPart`]s.
 
 use serde::{Deserialize, Serialize};
 
 /// Longest line either side accepts, in bytes.
 pub const MAX_LINE: usize = 1024 * 1024;
+
+/// Largest [`Reply::HistoryPart`] line the node writes, in bytes (one message is at most
+/// a few hundred KiB of JSON, so a part may exceed this by one message, never
+/// [`MAX_LINE`]).
+pub const HISTORY_PART: usize = 256 * 1024;
 
 /// File name of the control socket inside the profile directory.
 pub const SOCKET_NAME: &str = "control.sock";
@@ -127,6 +133,14 @@ pub enum Reply {
     /// Answer to [`Request::Read`]: the history so far.
     History {
         /// Messages, oldest first.
+        messages: Vec<MessageInfo>,
+    },
+    /// On the control socket only: one part of a history too long for one line
+    /// ([`MAX_LINE`]). Parts of at most [`HISTORY_PART`] bytes come first, then
+    /// [`Reply::History`] with the rest; [`crate::client::Client::next`] joins them, so
+    /// its callers see one [`Reply::History`].
+    HistoryPart {
+        /// Messages, oldest first, continued by the next part.
         messages: Vec<MessageInfo>,
     },
     /// A new message, streamed after [`Reply::History`] when following.

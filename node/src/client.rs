@@ -51,8 +51,27 @@ impl Client {
         Ok(())
     }
 
-    /// Reads the next reply; `None` when the node closed the connection.
+    /// Reads the next reply; `None` when the node closed the connection. A history
+    /// sent in parts ([`Reply::HistoryPart`]) is returned whole, as one
+    /// [`Reply::History`].
     pub async fn next(&mut self) -> Result<Option<Reply>, ClientError> {
+        let mut parts = Vec::new();
+        loop {
+            match self.next_line().await? {
+                Some(Reply::HistoryPart { messages }) => parts.extend(messages),
+                Some(Reply::History { messages }) => {
+                    parts.extend(messages);
+                    return Ok(Some(Reply::History { messages: parts }));
+                }
+                // A history cut off, or something else in the middle of one.
+                None | Some(_) if !parts.is_empty() => return Err(ClientError::BadReply),
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Reads one reply line.
+    async fn next_line(&mut self) -> Result<Option<Reply>, ClientError> {
         let mut line = Vec::new();
         let n = (&mut self.reader)
             .take(MAX_LINE as u64 + 1)

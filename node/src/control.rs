@@ -11,7 +11,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
-use crate::api::{MAX_LINE, Reply, Request, SOCKET_NAME};
+use crate::api::{HISTORY_PART, MAX_LINE, Reply, Request, SOCKET_NAME};
 use crate::node::{Node, NodeError};
 
 /// Binds the socket (replacing a stale one left by a crash) and serves it until aborted.
@@ -45,14 +45,53 @@ pub(crate) async fn serve(home: &Path, node: Node) -> Result<JoinHandle<()>, Nod
     }))
 }
 
+/// Writes one reply as one line; a line the client would refuse ([`MAX_LINE`]) is
+/// replaced by an error saying so.
 async fn write(
     writer: &mut tokio::net::unix::OwnedWriteHalf,
     reply: &Reply,
 ) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    if line.len() > MAX_LINE {
+        let too_large = Reply::Error {
+            message: format!(
+                "the answer is too large to send ({} bytes; the limit is {MAX_LINE})",
+                line.len()
+            ),
+        };
+        line = serde_json::to_vec(&too_large).map_err(std::io::Error::other)?;
+    }
     line.push(b'\n');
     writer.write_all(&line).await?;
     writer.flush().await
+}
+
+/// Writes a reply; a history goes out in parts of about [`HISTORY_PART`] bytes
+/// ([`Reply::HistoryPart`]s, then a [`Reply::History`] with the rest), so that a long
+/// discussion fits the line limit.
+async fn write_reply(
+    writer: &mut tokio::net::unix::OwnedWriteHalf,
+    reply: Reply,
+) -> std::io::Result<()> {
+    let Reply::History { messages } = reply else {
+        return write(writer, &reply).await;
+    };
+    let mut part = Vec::new();
+    let mut size = 0;
+    for message in messages {
+        let len = serde_json::to_vec(&message)
+            .map_err(std::io::Error::other)?
+            .len()
+            + 1;
+        if !part.is_empty() && size + len > HISTORY_PART {
+            let messages = std::mem::take(&mut part);
+            write(writer, &Reply::HistoryPart { messages }).await?;
+            size = 0;
+        }
+        size += len;
+        part.push(message);
+    }
+    write(writer, &Reply::History { messages: part }).await
 }
 
 async fn connection(stream: UnixStream, node: Node) {
@@ -93,7 +132,7 @@ async fn connection(stream: UnixStream, node: Node) {
             return;
         }
         let reply = node.request(request).await;
-        if write(&mut writer, &reply).await.is_err() {
+        if write_reply(&mut writer, reply).await.is_err() {
             return;
         }
     }
@@ -105,7 +144,7 @@ async fn follow(room: String, node: Node, mut writer: tokio::net::unix::OwnedWri
             let _ = write(&mut writer, &Reply::Error { message }).await;
         }
         Ok((messages, mut updates)) => {
-            if write(&mut writer, &Reply::History { messages })
+            if write_reply(&mut writer, Reply::History { messages })
                 .await
                 .is_err()
             {
