@@ -141,7 +141,9 @@ pub enum Command {
         /// Keep running and show new messages as they arrive (stop with Ctrl-C).
         ///
         /// With --json, each message is printed as its own JSON object on its own line
-        /// (JSON Lines), history first, instead of one JSON array.
+        /// (JSON Lines), history first, instead of one JSON array. If messages arrive
+        /// much faster than they can be shown (more than 4,096 behind, as after a long
+        /// absence), it stops with an error; run it again to see them all.
         #[arg(long, short)]
         follow: bool,
         #[command(flatten)]

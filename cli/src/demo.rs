@@ -296,6 +296,7 @@ async fn start(name: &'static str, who: &str) -> Result<Person, Error> {
         relays: Vec::new(),
         net: NetConfig::for_tests(),
         control_socket: false,
+        follow_queue: confer_node::FOLLOW_QUEUE,
     };
     let node = Node::start(profile, config).await?;
     say(&format!(

@@ -155,6 +155,15 @@ async fn follow(room: String, node: Node, mut writer: tokio::net::unix::OwnedWri
                     return;
                 }
             }
+            // The stream ended with the node still running: this reader fell behind.
+            if node.is_running() {
+                let message = format!(
+                    "stopped following: more than {} new messages arrived before this reader \
+                     could take them; run `confer read` again to see them all",
+                    node.follow_queue()
+                );
+                let _ = write(&mut writer, &Reply::Error { message }).await;
+            }
         }
     }
 }

@@ -22,4 +22,4 @@ pub mod relay;
 pub mod settings;
 pub mod sync;
 
-pub use node::{Following, Node, NodeConfig, NodeError};
+pub use node::{FOLLOW_QUEUE, Following, Node, NodeConfig, NodeError};

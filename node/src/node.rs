@@ -36,11 +36,11 @@ use crate::sync::{self, Id, StoredMessage, SyncPush, SyncReply};
 
 /// How many commands may wait for the event loop.
 const COMMAND_QUEUE: usize = 64;
-/// How many new messages a follower may lag behind before it is dropped. Followers are
-/// told of messages as they are stored, a thousand or more in quick succession during a
-/// catch-up ([`PUSH_WINDOW`] pushes of up to 64 KiB, about 45 messages each, in flight),
-/// so this is well above that.
-const FOLLOW_QUEUE: usize = 4096;
+/// How many new messages a follower may lag behind before it is dropped, by default
+/// ([`NodeConfig::follow_queue`]). Followers are told of messages as they are stored, a
+/// thousand or more in quick succession during a catch-up ([`PUSH_WINDOW`] pushes of up
+/// to 64 KiB, about 45 messages each, in flight), so this is well above that.
+pub const FOLLOW_QUEUE: usize = 4096;
 /// Envelopes waiting for a room peer to subscribe, per room.
 const OUTBOX_LIMIT: usize = 1024;
 /// Envelopes from authors not yet known (their admission may still be on its way).
@@ -281,6 +281,9 @@ pub struct NodeConfig {
     pub net: NetConfig,
     /// Serve the control socket in the profile directory.
     pub control_socket: bool,
+    /// How many new messages a follower ([`Node::follow`]) may lag behind before its
+    /// stream is ended ([`FOLLOW_QUEUE`] by default; tests use less).
+    pub follow_queue: usize,
 }
 
 impl NodeConfig {
@@ -292,6 +295,7 @@ impl NodeConfig {
             relays,
             net: NetConfig::default(),
             control_socket: true,
+            follow_queue: FOLLOW_QUEUE,
         }
     }
 }
@@ -353,6 +357,7 @@ pub struct Node {
     peer_id: String,
     listen: Vec<String>,
     home: std::path::PathBuf,
+    follow_queue: usize,
     control: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
     task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -448,6 +453,7 @@ impl Node {
             listen: listen.clone(),
             pending_joins: HashMap::new(),
             followers: HashMap::new(),
+            follow_queue: config.follow_queue.max(1),
             outbox: HashMap::new(),
             unknown_author: VecDeque::new(),
             recent: HashMap::new(),
@@ -478,6 +484,7 @@ impl Node {
             peer_id: peer_id.to_string(),
             listen,
             home: home.clone(),
+            follow_queue: config.follow_queue.max(1),
             control: Default::default(),
             task: std::sync::Arc::new(std::sync::Mutex::new(Some(task))),
         };
@@ -514,7 +521,19 @@ impl Node {
         rx.await.unwrap_or_else(|_| stopped())
     }
 
-    /// A room's history and a stream of its new messages.
+    /// False once the node has stopped (or is stopping).
+    pub fn is_running(&self) -> bool {
+        !self.commands.is_closed()
+    }
+
+    /// How many new messages a follower may lag behind ([`NodeConfig::follow_queue`]).
+    pub fn follow_queue(&self) -> usize {
+        self.follow_queue
+    }
+
+    /// A room's history and a stream of its new messages. The stream ends when the node
+    /// stops, or if its receiver falls more than [`Node::follow_queue`] messages behind
+    /// (the node never waits for a reader); [`Node::is_running`] tells the two apart.
     pub async fn follow(&self, room: String) -> Result<Following, String> {
         let (tx, rx) = oneshot::channel();
         if self.commands.send(Command::Follow(room, tx)).await.is_err() {
@@ -585,6 +604,8 @@ struct EventLoop {
     listen: Vec<String>,
     pending_joins: HashMap<OutboundRequestId, PendingJoin>,
     followers: HashMap<RoomId, Vec<mpsc::Sender<MessageInfo>>>,
+    /// See [`NodeConfig::follow_queue`].
+    follow_queue: usize,
     outbox: HashMap<RoomId, VecDeque<(String, Vec<u8>)>>,
     unknown_author: VecDeque<(RoomId, Vec<u8>)>,
     recent: HashMap<RoomId, VecDeque<Recent>>,
@@ -627,12 +648,14 @@ impl EventLoop {
                     Some(Command::Shutdown(done)) => {
                         self.finish_flush().await;
                         self.close();
+                        self.stop_following(&mut commands);
                         let _ = done.send(());
                         return;
                     }
                     None => {
                         self.finish_flush().await;
                         self.close();
+                        self.stop_following(&mut commands);
                         return;
                     }
                 },
@@ -646,6 +669,13 @@ impl EventLoop {
             }
             self.start_flush();
         }
+    }
+
+    /// Ends every follower's stream, after closing the command channel: a stream that
+    /// ends while [`Node::is_running`] is still true was dropped for falling behind.
+    fn stop_following(&mut self, commands: &mut mpsc::Receiver<Command>) {
+        commands.close();
+        self.followers.clear();
     }
 
     /// Waits for the flush in progress, if any, so that its handle on the store is gone
@@ -1081,7 +1111,7 @@ impl EventLoop {
     fn follow(&mut self, query: &str) -> Result<Following, String> {
         let id = self.resolve(query)?;
         let history = self.history(&id)?;
-        let (tx, rx) = mpsc::channel(FOLLOW_QUEUE);
+        let (tx, rx) = mpsc::channel(self.follow_queue);
         self.followers.entry(id).or_default().push(tx);
         Ok((history, rx))
     }

@@ -63,6 +63,7 @@ impl TestNode {
             relays: relays.to_vec(),
             net: NetConfig::for_tests(),
             control_socket: true,
+            follow_queue: confer_node::FOLLOW_QUEUE,
         };
         let node = Node::start(profile, config).await.expect("start node");
         TestNode { node, home }
@@ -93,6 +94,7 @@ impl TestNode {
             relays: Vec::new(),
             net: NetConfig::for_tests(),
             control_socket: true,
+            follow_queue: confer_node::FOLLOW_QUEUE,
         };
         self.node = Node::start(profile, config).await.expect("restart node");
     }
@@ -208,6 +210,7 @@ pub async fn start_node(profile: Profile) -> Node {
         relays: Vec::new(),
         net: NetConfig::for_tests(),
         control_socket: true,
+        follow_queue: confer_node::FOLLOW_QUEUE,
     };
     Node::start(profile, config).await.expect("start node")
 }

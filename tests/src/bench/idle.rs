@@ -72,6 +72,7 @@ pub async fn child(
         relays: Vec::new(),
         net,
         control_socket: true,
+        follow_queue: confer_node::FOLLOW_QUEUE,
     };
     let node = Node::start(profile, config)
         .await

@@ -289,6 +289,7 @@ async fn start_node(name: String, net: NetConfig) -> Result<TestNode, String> {
             relays: Vec::new(),
             net,
             control_socket: true,
+            follow_queue: confer_node::FOLLOW_QUEUE,
         },
     )
     .await
@@ -300,7 +301,7 @@ async fn start_node(name: String, net: NetConfig) -> Result<TestNode, String> {
 /// now) and every new one as it is stored. Returns once the follower is registered.
 ///
 /// The stream is drained by a thread of its own, not a task: with every core busy
-/// running nodes, a task can fall more than the node's follow queue (1,024) behind and be
+/// running nodes, a task can fall more than the node's follow queue (4,096) behind and be
 /// dropped, and a thread also stamps arrivals without waiting for a runtime worker.
 async fn follow(node: &Node, index: usize, record: &Record) -> Result<(), String> {
     let generation = record.next_generation(index);
@@ -730,6 +731,7 @@ impl Bench {
                 relays: Vec::new(),
                 net: self.args.net(),
                 control_socket: true,
+                follow_queue: confer_node::FOLLOW_QUEUE,
             },
         )
         .await

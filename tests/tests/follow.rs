@@ -1,0 +1,111 @@
+//! Following a room over the control socket, as `confer read --follow` does: a reader
+//! that stops taking messages is not waited for, and is told it fell behind rather than
+//! left to think the node stopped; a reader of a running node that stops is told nothing
+//! more than that the stream ended.
+
+use confer_node::api::{Reply, Request};
+use confer_node::client::Client;
+use confer_node::net::NetConfig;
+use confer_node::{Node, NodeConfig};
+use confer_store::Profile;
+use confer_tests::{PASSPHRASE, TestNode, within};
+
+const ROOM: &str = "Supervision";
+
+/// Opens a follower over the control socket and takes its history.
+async fn follower(node: &TestNode) -> Client {
+    let mut client = Client::connect(node.home()).await.expect("connect");
+    client
+        .send(&Request::Read {
+            room: ROOM.into(),
+            follow: true,
+        })
+        .await
+        .expect("send");
+    match client.next().await.expect("history") {
+        Some(Reply::History { messages }) => assert!(messages.is_empty()),
+        other => panic!("unexpected {other:?}"),
+    }
+    client
+}
+
+/// Messages a follower may lag behind in the first test (the default is 4,096).
+const QUEUE: usize = 32;
+/// Messages sent while the reader takes none: well over [`QUEUE`] plus what the socket's
+/// buffers hold (a few hundred KiB, some dozens of these messages).
+const SENT: usize = 400;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_falls_behind_is_told_so() {
+    let home = tempfile::tempdir().expect("temporary directory");
+    let profile = Profile::create(home.path(), PASSPHRASE, "Sam").expect("create profile");
+    let config = NodeConfig {
+        net: NetConfig::for_tests(),
+        follow_queue: QUEUE,
+        ..NodeConfig::new(vec!["/ip4/127.0.0.1/tcp/0".into()], Vec::new())
+    };
+    let node = Node::start(profile, config).await.expect("start node");
+    let sam = TestNode { node, home };
+    sam.ok(Request::CreateRoom {
+        name: ROOM.into(),
+        display_name: None,
+    })
+    .await;
+    let mut reader = follower(&sam).await;
+
+    // The reader takes nothing while the messages are stored.
+    let filler = "x".repeat(4000);
+    for i in 0..SENT {
+        sam.send(ROOM, &format!("message {i} {filler}")).await;
+    }
+
+    // Then it reads: what the buffers held, then why the stream ended.
+    let (taken, last) = within("the end of the stream", async {
+        let mut taken = 0;
+        loop {
+            match reader.next().await.expect("read") {
+                Some(Reply::Message(_)) => taken += 1,
+                other => return (taken, other),
+            }
+        }
+    })
+    .await;
+    assert!(
+        taken < SENT,
+        "took all {taken}: the reader never fell behind"
+    );
+    match last {
+        Some(Reply::Error { message }) => {
+            assert!(
+                message.contains(&format!("more than {QUEUE} new messages")),
+                "{message}"
+            );
+            assert!(message.contains("run `confer read` again"), "{message}");
+        }
+        other => panic!("expected an error saying the reader fell behind, got {other:?}"),
+    }
+    // The node went on, and holds everything.
+    assert!(sam.node.is_running());
+    assert_eq!(sam.history(ROOM).await.len(), SENT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_of_a_node_that_stops_sees_the_stream_end() {
+    let sam = TestNode::start("Sam").await;
+    sam.ok(Request::CreateRoom {
+        name: ROOM.into(),
+        display_name: None,
+    })
+    .await;
+    let mut reader = follower(&sam).await;
+    sam.send(ROOM, "before the node stops").await;
+    match reader.next().await.expect("read") {
+        Some(Reply::Message(m)) => assert_eq!(m.text, "before the node stops"),
+        other => panic!("unexpected {other:?}"),
+    }
+    sam.node.clone().shutdown().await;
+    match within("the end of the stream", reader.next()).await {
+        Ok(None) => {}
+        other => panic!("expected the stream to end quietly, got {other:?}"),
+    }
+}
