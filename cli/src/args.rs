@@ -146,6 +146,10 @@ pub enum Command {
         /// absence), it stops with an error; run it again to see them all.
         #[arg(long, short)]
         follow: bool,
+        /// Show only the last N messages of the history (with --follow, then every new
+        /// one).
+        #[arg(long, short = 'n', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        last: Option<u64>,
         #[command(flatten)]
         output: Output,
     },

@@ -272,18 +272,28 @@ fn check_message(text: &str) -> Result<(), Error> {
     Ok(())
 }
 
-/// `confer read`
-pub async fn read(home: &Path, room: String, follow: bool, json: bool) -> Result<(), Error> {
+/// `confer read`; `last` keeps only the end of the history.
+pub async fn read(
+    home: &Path,
+    room: String,
+    follow: bool,
+    last: Option<u64>,
+    json: bool,
+) -> Result<(), Error> {
     let mut client = Client::connect(home).await?;
     client.send(&Request::Read { room, follow }).await?;
     let first = client
         .next()
         .await?
         .ok_or_else(|| Error::usage("the node closed the connection without answering"))?;
-    let history = match refused(first)? {
+    let mut history = match refused(first)? {
         Reply::History { messages } => messages,
         other => return Err(unexpected(&other)),
     };
+    if let Some(last) = last {
+        let keep = usize::try_from(last).unwrap_or(usize::MAX);
+        history.drain(..history.len().saturating_sub(keep));
+    }
     if !follow {
         if json {
             return output::json(&history);

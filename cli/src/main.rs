@@ -118,8 +118,9 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Read {
             room,
             follow,
+            last,
             output,
-        } => client(commands::read(home, room, follow, output.json)),
+        } => client(commands::read(home, room, follow, last, output.json)),
         Command::Members { room, output } => client(commands::members(home, room, output.json)),
         Command::Leave { room, output } => client(commands::leave(home, room, output.json)),
         Command::Remove {

@@ -300,3 +300,35 @@ fn a_history_longer_than_one_socket_line_is_read_whole() {
         .collect();
     assert_eq!(followed, texts);
 }
+
+#[test]
+fn read_last_shows_only_the_end_of_the_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    init(home, "Sam");
+    let _node = NodeProcess::start(home);
+    ok_json(home, &["room", "create", "Notes"]);
+    for i in 1..=5 {
+        ok_json(home, &["send", "Notes", &format!("note {i}")]);
+    }
+    let texts = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let last_two = ok_json(home, &["read", "Notes", "--last", "2"]);
+    assert_eq!(texts(&last_two), ["note 4", "note 5"]);
+    let more_than_all = ok_json(home, &["read", "Notes", "-n", "50"]);
+    assert_eq!(texts(&more_than_all).len(), 5);
+    let human = ok(home, &["read", "Notes", "-n", "1"]);
+    assert!(
+        human.contains("note 5") && !human.contains("note 4"),
+        "{human}"
+    );
+    // Zero is a usage error, and nothing is printed on standard output.
+    let out = run(home, &["read", "Notes", "--last", "0"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(out.stdout.is_empty());
+}
