@@ -480,8 +480,8 @@ impl Bench {
 
     // ---- baseline -------------------------------------------------------------------
 
-    /// Starts the bare gossipsub swarms (8, or `--members`), connects each to every other, waits for their
-    /// meshes and warms them up.
+    /// Starts the bare gossipsub swarms (8, or `--members`), connects each to every
+    /// other, waits for their meshes and warms them up.
     async fn baseline_start(&mut self) -> Result<Vec<baseline::Bare>, String> {
         let mut bares = Vec::new();
         for i in 0..self.args.members {
