@@ -139,10 +139,16 @@ fn print_rooms(rooms: &[RoomSummary]) -> Result<(), Error> {
         } else {
             "members"
         };
+        let said = if room.messages == 1 {
+            "message"
+        } else {
+            "messages"
+        };
         output::line(&format!(
-            "  {}  ({} {people})  id {}",
+            "  {}  ({} {people}, {} {said})  id {}",
             safe_line(&room.name),
             room.members,
+            room.messages,
             safe_line(&room.room_id)
         ))?;
     }

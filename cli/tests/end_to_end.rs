@@ -327,6 +327,10 @@ fn read_last_shows_only_the_end_of_the_history() {
         human.contains("note 5") && !human.contains("note 4"),
         "{human}"
     );
+    // The room list says how many messages the room holds.
+    assert_eq!(ok_json(home, &["room", "list"])[0]["messages"], 5);
+    let rooms = ok(home, &["room", "list"]);
+    assert!(rooms.contains("(1 member, 5 messages)"), "{rooms}");
     // Zero is a usage error, and nothing is printed on standard output.
     let out = run(home, &["read", "Notes", "--last", "0"]);
     assert_eq!(out.status.code(), Some(2));

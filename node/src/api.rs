@@ -223,6 +223,10 @@ pub struct RoomSummary {
     pub name: String,
     /// How many members the room has.
     pub members: usize,
+    /// How many messages this node holds in the room (it grows while a returning member
+    /// catches up).
+    #[serde(default)]
+    pub messages: usize,
 }
 
 /// A room that was just created or joined.

@@ -1066,16 +1066,17 @@ impl EventLoop {
         }
     }
 
-    fn summary(room: &Room) -> RoomSummary {
+    fn summary(&self, room: &Room) -> RoomSummary {
         RoomSummary {
             room_id: room.id().to_hex(),
             name: room.name().to_owned(),
             members: room.members().len(),
+            messages: self.index.get(&room.id()).map_or(0, BTreeMap::len),
         }
     }
 
     fn summaries(&self) -> Vec<RoomSummary> {
-        let mut rooms: Vec<RoomSummary> = self.rooms.values().map(Self::summary).collect();
+        let mut rooms: Vec<RoomSummary> = self.rooms.values().map(|r| self.summary(r)).collect();
         rooms.sort_by(|a, b| a.name.cmp(&b.name).then(a.room_id.cmp(&b.room_id)));
         rooms
     }

@@ -69,6 +69,8 @@ async fn an_offline_member_catches_up_from_whoever_is_online() {
     })
     .await;
     assert_eq!(carol.said(ROOM).await, alice.said(ROOM).await);
+    // Her status counts them: the first message and the 20 of her absence.
+    assert_eq!(carol.status().await.rooms[0].messages, 21);
 
     // Alone now, Carol sends: stored at once, pending until someone else holds it.
     let alice_id = alice.node.peer_id();
