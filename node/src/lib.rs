@@ -10,6 +10,7 @@
 //! message text, names or key material.
 #![deny(missing_docs)]
 
+mod addresses;
 pub mod api;
 pub mod client;
 mod control;

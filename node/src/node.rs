@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::addresses::AddressBook;
 use crate::api::{
     ChangeInfo, InviteInfo, InviteSummary, MemberInfo, MessageInfo, Reply, Request, RoomInfo,
     RoomSummary, StatusInfo,
@@ -460,7 +461,7 @@ impl Node {
             room_topics: HashMap::new(),
             index: HashMap::new(),
             unconfirmed: HashMap::new(),
-            addresses: HashMap::new(),
+            addresses: AddressBook::default(),
             redial: HashMap::new(),
             addresses_dirty: false,
             manifest_dirty: false,
@@ -615,7 +616,7 @@ struct EventLoop {
     /// Per room: this member's messages no other member has confirmed holding yet.
     unconfirmed: HashMap<RoomId, BTreeSet<Id>>,
     /// Addresses at which peers were reached or announced (identify, other members).
-    addresses: HashMap<PeerId, Vec<Multiaddr>>,
+    addresses: AddressBook,
     /// When to dial a disconnected member next, and the current backoff.
     redial: HashMap<PeerId, (std::time::Instant, Duration)>,
     addresses_dirty: bool,
@@ -1433,7 +1434,10 @@ impl EventLoop {
         for addr in &usable {
             self.swarm.add_peer_address(peer, addr.clone());
         }
-        self.learn_addresses(peer, usable);
+        // The facilitator we are joining counts as a member here (see `known_peer`).
+        if self.addresses.learn(peer, true, usable) {
+            self.addresses_dirty = true;
+        }
         let keys = MemberKeys::generate(&mut rng());
         let body = JoinBody {
             room_id: invite.body.room_id,
@@ -1628,8 +1632,17 @@ impl EventLoop {
                     self.listen.retain(|a| *a != address);
                 }
             }
-            SwarmEvent::ConnectionClosed { connection_id, .. } => {
+            SwarmEvent::ConnectionClosed {
+                connection_id,
+                peer_id,
+                num_established,
+                ..
+            } => {
                 self.reach.on_connection_closed(connection_id);
+                if num_established == 0 {
+                    let member = self.known_peer(&peer_id);
+                    self.addresses.disconnected(&peer_id, member);
+                }
             }
             SwarmEvent::ExternalAddrConfirmed { address } if !self.reach.usable(&address) => {
                 // Relay-only: never announce an address that would reveal where we are.
@@ -2397,13 +2410,11 @@ impl EventLoop {
     }
 
     /// Remembers where a peer can be reached (bounded).
+    /// Keeps `addrs` for `peer` (bounded for non-members: see [`AddressBook`]).
     fn learn_addresses(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
-        let known = self.addresses.entry(peer).or_default();
-        for a in addrs {
-            if !known.contains(&a) && known.len() < 16 {
-                known.push(a);
-                self.addresses_dirty = true;
-            }
+        let member = self.known_peer(&peer);
+        if self.addresses.learn(peer, member, addrs) {
+            self.addresses_dirty = true;
         }
     }
 
@@ -2513,17 +2524,23 @@ impl EventLoop {
     /// Gates gossip by membership: a connected peer that is a member of none of our rooms
     /// (and not a facilitator we are joining through) is scored far below gossipsub's
     /// graylist threshold, so we ignore its gossip and send it none.
-    fn score_peer(&mut self, peer: PeerId) {
+    /// Whether `peer` is a member of one of our rooms, or the facilitator of a join in
+    /// progress: not a stranger.
+    fn known_peer(&self, peer: &PeerId) -> bool {
         let bytes = peer.to_bytes();
         let member = self
             .rooms
             .values()
             .any(|r| r.is_member() && r.members().iter().any(|m| m.peer == bytes));
-        let joining = self
-            .pending_joins
-            .values()
-            .any(|p| p.invite.body.facilitator_peer == bytes);
-        let score = if member || joining {
+        member
+            || self
+                .pending_joins
+                .values()
+                .any(|p| p.invite.body.facilitator_peer == bytes)
+    }
+
+    fn score_peer(&mut self, peer: PeerId) {
+        let score = if self.known_peer(&peer) {
             0.0
         } else {
             net::STRANGER_SCORE
