@@ -134,35 +134,69 @@ fn a_relay_keeps_its_identity_and_members_reserve_on_it() {
     assert!(error.contains("not a valid address"), "{error}");
 }
 
-#[test]
-fn a_relay_only_node_without_a_relay_says_how_to_become_reachable() {
+/// Runs `confer node run` (human output) and returns its first `n` lines.
+fn first_lines_of_node_run(home: &std::path::Path, n: usize) -> Vec<String> {
     use std::io::{BufRead, BufReader};
-    let dir = tempfile::tempdir().unwrap();
-    let home = dir.path();
-    ok_json(home, &["init", "--name", "Bob", "--relay-only"]);
     let mut child = common::confer(home)
         .args(["node", "run"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
+        .expect("start confer node run");
+    let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let lines: Vec<String> = BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
-            .take(2)
+            .take(n)
             .collect();
         let _ = tx.send(lines);
     });
     let lines = rx.recv_timeout(std::time::Duration::from_secs(60));
     let _ = child.kill();
     let _ = child.wait();
-    let lines = lines.expect("the node printed its readiness lines");
+    lines.expect("the node printed its readiness lines")
+}
+
+#[test]
+fn a_relay_only_node_without_a_relay_says_how_to_become_reachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    ok_json(home, &["init", "--name", "Bob", "--relay-only"]);
+    let lines = first_lines_of_node_run(home, 2);
     assert!(lines[0].starts_with("Your node is running."), "{lines:?}");
     assert!(
         lines[1].contains("listens on nothing yet") && lines[1].contains("confer config add-relay"),
         "{lines:?}"
+    );
+}
+
+#[test]
+fn a_relay_only_node_whose_relay_is_down_says_so_not_that_it_has_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    ok_json(home, &["init", "--name", "Bob", "--relay-only"]);
+    // Nothing listens on 127.0.0.1:9 (discard): the dial is refused at once.
+    let relay = format!("/ip4/127.0.0.1/tcp/9/p2p/{RELAY_ID}");
+    ok_json(home, &["config", "add-relay", &relay]);
+    let lines = first_lines_of_node_run(home, 3);
+    assert!(lines[0].starts_with("Your node is running."), "{lines:?}");
+    assert!(
+        lines[1].contains("none of its relays (1) has accepted it")
+            && !lines[1].contains("has no relay"),
+        "{lines:?}"
+    );
+    assert!(
+        lines[2].contains("Relay not reached yet") && lines[2].contains(&relay),
+        "{lines:?}"
+    );
+    // The readiness line for scripts lists the relay too.
+    let (mut child, ready) = spawn_ready(home, &["node", "run"]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        ready["relays"],
+        json!([{ "address": relay, "reserved": false }])
     );
 }
