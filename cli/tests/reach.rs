@@ -199,4 +199,12 @@ fn a_relay_only_node_whose_relay_is_down_says_so_not_that_it_has_none() {
         ready["relays"],
         json!([{ "address": relay, "reserved": false }])
     );
+
+    // Running, still without a relay: an invite could not be used by anyone, so none
+    // is made.
+    let _node = NodeProcess::start_with(home, &[]);
+    ok_json(home, &["room", "create", "Peer group"]);
+    let refused = fails(&run(home, &["invite", "Peer group"]));
+    assert!(refused.contains("no invite was made"), "{refused}");
+    assert_eq!(ok_json(home, &["invite", "list", "Peer group"]), json!([]));
 }

@@ -1269,6 +1269,12 @@ impl EventLoop {
         }
         let expires_at = now_ms() / 1000 + expires_in_secs;
         let addresses = self.invite_addresses();
+        if addresses.is_empty() {
+            // Relay-only and no relay has accepted us: nobody could use the invite.
+            return error(
+                "no invite was made: this node has no address anyone could reach yet (in relay-only mode it is reached only through a relay, and none has accepted it so far; `confer status` shows when one does)",
+            );
+        }
         let peer = self.swarm.local_peer_id().to_bytes();
         let Some(room) = self.rooms.get_mut(&id) else {
             return error("unknown room");
