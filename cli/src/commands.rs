@@ -232,12 +232,24 @@ pub async fn send(home: &Path, room: String, text: String, json: bool) -> Result
         text
     };
     check_message(&text)?;
-    let message_id = match ask(home, &Request::Send { room, text }).await? {
-        Reply::Sent { message_id } => message_id,
+    let (message_id, waiting) = match ask(home, &Request::Send { room, text }).await? {
+        Reply::Sent {
+            message_id,
+            waiting,
+        } => (message_id, waiting),
         other => return Err(unexpected(&other)),
     };
     if json {
-        return output::json(&serde_json::json!({ "message_id": message_id }));
+        return output::json(&serde_json::json!({
+            "message_id": message_id,
+            "waiting": waiting,
+        }));
+    }
+    if waiting {
+        return output::line(&format!(
+            "Stored (message id {}). No other member was reachable just now: it goes out as soon as one is, and `confer read` marks it until someone holds it.",
+            safe_line(&message_id)
+        ));
     }
     output::line(&format!("Sent (message id {}).", safe_line(&message_id)))
 }

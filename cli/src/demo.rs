@@ -179,7 +179,7 @@ async fn session(people: &[Person; 3]) -> Result<(), Error> {
         )
         .await?
         {
-            Reply::Sent { message_id } => message_id,
+            Reply::Sent { message_id, .. } => message_id,
             other => return Err(unexpected(&other)),
         };
         say(&format!("{} writes: {}", author.name, text))?;

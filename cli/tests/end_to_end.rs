@@ -188,6 +188,7 @@ fn three_nodes_discuss_through_the_binary() {
         assert_eq!(next()["message_id"], id.as_str());
     }
     let later = ok_json(priya, &["send", ROOM, "Thank you, that helped."]);
+    assert_eq!(later["waiting"], false, "the others are connected");
     assert_eq!(next()["message_id"], later["message_id"]);
     let _ = follower.kill();
     let _ = follower.wait();
@@ -234,7 +235,10 @@ fn a_message_nobody_else_holds_yet_is_marked() {
     init(home, "Sam");
     let _node = NodeProcess::start(home);
     ok_json(home, &["room", "create", "Solo"]);
-    ok_json(home, &["send", "Solo", "Notes before the others join."]);
+    let sent = ok_json(home, &["send", "Solo", "Notes before the others join."]);
+    assert_eq!(sent["waiting"], true);
+    let human = ok(home, &["send", "Solo", "A second note."]);
+    assert!(human.contains("No other member was reachable"), "{human}");
     let read = ok_json(home, &["read", "Solo"]);
     assert_eq!(read[0]["pending"], true);
     let human = ok(home, &["read", "Solo"]);

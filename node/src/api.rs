@@ -129,6 +129,11 @@ pub enum Reply {
     Sent {
         /// The new message's id (hex).
         message_id: String,
+        /// No other member of the room was reachable (connected and subscribed) just
+        /// now: the message is stored and goes out as soon as one is (until someone holds
+        /// it, it is pending, see [`MessageInfo::pending`]).
+        #[serde(default)]
+        waiting: bool,
     },
     /// Answer to [`Request::Read`]: the history so far.
     History {

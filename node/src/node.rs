@@ -1348,19 +1348,23 @@ impl EventLoop {
         let message_id = hex::encode(record.id);
         self.stored_unflushed(id, record, &envelope);
         self.remember(id, &envelope);
-        self.publish(id, topic, envelope);
-        Ok(Reply::Sent { message_id })
+        let published = self.publish(id, topic, envelope);
+        Ok(Reply::Sent {
+            message_id,
+            waiting: !published,
+        })
     }
 
-    /// Publishes, or keeps the envelope for when a room peer subscribes.
-    fn publish(&mut self, id: RoomId, topic: String, envelope: Vec<u8>) {
+    /// Publishes, or keeps the envelope for when a room peer subscribes. Returns whether
+    /// it went out now (some other member of the room is connected).
+    fn publish(&mut self, id: RoomId, topic: String, envelope: Vec<u8>) -> bool {
         match self
             .swarm
             .behaviour_mut()
             .gossipsub
             .publish(IdentTopic::new(topic.clone()), envelope.clone())
         {
-            Ok(_) | Err(gossipsub::PublishError::Duplicate) => {}
+            Ok(_) | Err(gossipsub::PublishError::Duplicate) => true,
             Err(e) => {
                 tracing::debug!("publish deferred until a room peer is reachable: {e}");
                 let queue = self.outbox.entry(id).or_default();
@@ -1368,6 +1372,7 @@ impl EventLoop {
                     queue.pop_front();
                 }
                 queue.push_back((topic, envelope));
+                false
             }
         }
     }
@@ -1377,7 +1382,7 @@ impl EventLoop {
             return;
         };
         for (topic, envelope) in queue {
-            self.publish(id, topic, envelope);
+            let _ = self.publish(id, topic, envelope);
         }
     }
 

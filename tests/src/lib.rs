@@ -108,7 +108,7 @@ impl TestNode {
             })
             .await
         {
-            Reply::Sent { message_id } => message_id,
+            Reply::Sent { message_id, .. } => message_id,
             other => panic!("unexpected {other:?}"),
         }
     }

@@ -113,7 +113,7 @@ async fn three_members_discuss_and_store_nothing_in_clear() {
                 text: text.into(),
             })
             .await;
-        let Reply::Sent { message_id } = reply else {
+        let Reply::Sent { message_id, .. } = reply else {
             panic!("unexpected {reply:?}")
         };
         for rx in follows.iter_mut() {

@@ -1238,7 +1238,7 @@ impl Bench {
                         .await;
                     times.push(t.elapsed());
                     match reply {
-                        Reply::Sent { message_id } => ids.push(message_id),
+                        Reply::Sent { message_id, .. } => ids.push(message_id),
                         other => return Err(format!("catch-up send failed: {other:?}")),
                     }
                 }
