@@ -340,3 +340,19 @@ fn read_last_shows_only_the_end_of_the_history() {
     assert_eq!(out.status.code(), Some(2));
     assert!(out.stdout.is_empty());
 }
+
+#[test]
+fn a_second_room_of_the_same_name_is_refused_and_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path();
+    init(home, "Sam");
+    let _node = NodeProcess::start(home);
+    let first = ok_json(home, &["room", "create", "Peer group"]);
+    let refused = fails(&run(home, &["room", "create", "Peer group"]));
+    assert!(refused.contains("already have a room called"), "{refused}");
+    let rooms = ok_json(home, &["room", "list"]);
+    assert_eq!(rooms.as_array().unwrap().len(), 1);
+    assert_eq!(rooms[0]["room_id"], first["room_id"]);
+    // The name still names the one room.
+    ok_json(home, &["send", "Peer group", "Still one room."]);
+}

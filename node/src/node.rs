@@ -1239,6 +1239,14 @@ impl EventLoop {
     }
 
     fn create_room(&mut self, name: &str, display_name: Option<String>) -> Reply {
+        // Rooms are named by their names in every command: two of the same name could
+        // only be told apart by id.
+        if let Some(same) = self.rooms.values().find(|r| r.name() == name) {
+            return error(format!(
+                "you already have a room called \"{name}\" (id {}…); give the new one another name",
+                &same.id().to_hex()[..8]
+            ));
+        }
         let display_name = display_name.unwrap_or_else(|| self.profile_name.clone());
         let peer = self.swarm.local_peer_id().to_bytes();
         let room = match Room::create(name, &display_name, peer, now_ms(), &mut rng()) {
