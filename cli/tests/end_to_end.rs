@@ -17,6 +17,15 @@ fn read(home: &Path, room: &str) -> Vec<Value> {
     ok_json(home, &["read", room]).as_array().unwrap().clone()
 }
 
+/// Sam alone: a profile, a running node and a room called `room` (the room's JSON).
+fn sam_alone_in(room: &str) -> (tempfile::TempDir, NodeProcess, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    init(dir.path(), "Sam");
+    let node = NodeProcess::start(dir.path());
+    let created = ok_json(dir.path(), &["room", "create", room]);
+    (dir, node, created)
+}
+
 /// Sends `text` from `from` and waits until every home in `others` shows it.
 fn send_and_wait(from: &Path, room: &str, text: &str, others: &[&Path]) -> String {
     let sent = ok_json(from, &["send", room, text]);
@@ -230,11 +239,8 @@ fn a_malformed_invite_is_one_clear_sentence() {
 
 #[test]
 fn a_message_nobody_else_holds_yet_is_marked() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _node, _) = sam_alone_in("Solo");
     let home = dir.path();
-    init(home, "Sam");
-    let _node = NodeProcess::start(home);
-    ok_json(home, &["room", "create", "Solo"]);
     let sent = ok_json(home, &["send", "Solo", "Notes before the others join."]);
     assert_eq!(sent["waiting"], true);
     let human = ok(home, &["send", "Solo", "A second note."]);
@@ -252,11 +258,8 @@ fn a_message_nobody_else_holds_yet_is_marked() {
 fn a_history_longer_than_one_socket_line_is_read_whole() {
     // The control socket's lines are limited to 1 MiB; 40 messages of 30,000 characters
     // make a history of about 1.2 MB, which the node sends in parts.
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _node, _) = sam_alone_in("Long");
     let home = dir.path();
-    init(home, "Sam");
-    let _node = NodeProcess::start(home);
-    ok_json(home, &["room", "create", "Long"]);
     let filler = "x".repeat(30_000);
     let texts: Vec<String> = (0..40).map(|i| format!("note {i:02} {filler}")).collect();
     for text in &texts {
@@ -307,11 +310,8 @@ fn a_history_longer_than_one_socket_line_is_read_whole() {
 
 #[test]
 fn read_last_shows_only_the_end_of_the_history() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _node, _) = sam_alone_in("Notes");
     let home = dir.path();
-    init(home, "Sam");
-    let _node = NodeProcess::start(home);
-    ok_json(home, &["room", "create", "Notes"]);
     for i in 1..=5 {
         ok_json(home, &["send", "Notes", &format!("note {i}")]);
     }
@@ -343,11 +343,8 @@ fn read_last_shows_only_the_end_of_the_history() {
 
 #[test]
 fn a_second_room_of_the_same_name_is_refused_and_nothing_changes() {
-    let dir = tempfile::tempdir().unwrap();
+    let (dir, _node, first) = sam_alone_in("Peer group");
     let home = dir.path();
-    init(home, "Sam");
-    let _node = NodeProcess::start(home);
-    let first = ok_json(home, &["room", "create", "Peer group"]);
     let refused = fails(&run(home, &["room", "create", "Peer group"]));
     assert!(refused.contains("already have a room called"), "{refused}");
     let rooms = ok_json(home, &["room", "list"]);
