@@ -425,7 +425,8 @@ pub async fn leave(home: &Path, room: String, json: bool) -> Result<(), Error> {
 fn left_sentence(room_name: &str) -> String {
     format!(
         "You have left \"{}\". You can still read what was said before you left, \
-         but you will not receive anything new.",
+         but you will not receive anything new. To come back, ask the facilitator for a \
+         new invite.",
         safe_line(room_name)
     )
 }

@@ -224,3 +224,49 @@ fn handover_makes_another_member_facilitator() {
         assert!(node.terminate().success());
     }
 }
+
+#[test]
+fn a_member_who_left_can_join_again_with_a_new_invite() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [sam, priya] = [dirs[0].path(), dirs[1].path()];
+    init(sam, "Sam");
+    init(priya, "Priya");
+    let _nodes = [NodeProcess::start(sam), NodeProcess::start(priya)];
+    ok_json(sam, &["room", "create", ROOM]);
+    ok_json(priya, &["join", &invite(sam), "--as", "Priya"]);
+    let before = ok_json(priya, &["send", ROOM, "Before I step back."]);
+    eventually("Sam to hold Priya's message", PATIENCE, || {
+        let history = ok_json(sam, &["read", ROOM]);
+        (history.as_array().unwrap().len() == 1).then_some(())
+    });
+    ok_json(priya, &["leave", ROOM]);
+    eventually("Sam to see Priya leave", PATIENCE, || {
+        (members(sam).1 == ["Sam"]).then_some(())
+    });
+
+    // While a member, a second invite is refused; once gone, a new one admits her again.
+    ok_json(priya, &["join", &invite(sam), "--as", "Priya"]);
+    let again = fails(&run(priya, &["join", &invite(sam), "--as", "Priya"]));
+    assert!(again.contains("already a member"), "{again}");
+    eventually("Sam to see Priya back", PATIENCE, || {
+        (members(sam).1 == ["Sam", "Priya"]).then_some(())
+    });
+    let after = ok_json(priya, &["send", ROOM, "Back again."]);
+    eventually("Sam to hold her new message", PATIENCE, || {
+        let history = ok_json(sam, &["read", ROOM]);
+        let ids: Vec<&str> = history
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["message_id"].as_str().unwrap())
+            .collect();
+        (ids == [
+            before["message_id"].as_str().unwrap(),
+            after["message_id"].as_str().unwrap(),
+        ])
+        .then_some(())
+    });
+    // Her own history still has what she said before she left.
+    let hers = ok_json(priya, &["read", ROOM]);
+    assert_eq!(hers.as_array().unwrap().len(), 2, "{hers}");
+}

@@ -1414,7 +1414,13 @@ impl EventLoop {
         if let Err(e) = confer_room::invite::check_display_name(display_name) {
             return refuse(reply, format!("display name: {e}"));
         }
-        if self.rooms.contains_key(&invite.body.room_id) {
+        // A room this profile left (or was removed from) may be joined again with a new
+        // invite, under a new identity; its history stays readable.
+        if self
+            .rooms
+            .get(&invite.body.room_id)
+            .is_some_and(Room::is_member)
+        {
             return refuse(reply, "you are already a member of this room".into());
         }
         let Ok(peer) = PeerId::from_bytes(&invite.body.facilitator_peer) else {
