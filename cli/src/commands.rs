@@ -144,8 +144,13 @@ fn print_rooms(rooms: &[RoomSummary]) -> Result<(), Error> {
         } else {
             "messages"
         };
+        let gone = if room.member {
+            ""
+        } else {
+            ", you are no longer a member"
+        };
         output::line(&format!(
-            "  {}  ({} {people}, {} {said})  id {}",
+            "  {}  ({} {people}, {} {said}{gone})  id {}",
             safe_line(&room.name),
             room.members,
             room.messages,

@@ -240,6 +240,9 @@ fn a_member_who_left_can_join_again_with_a_new_invite() {
         (history.as_array().unwrap().len() == 1).then_some(())
     });
     ok_json(priya, &["leave", ROOM]);
+    assert_eq!(ok_json(priya, &["room", "list"])[0]["member"], false);
+    let listed = ok(priya, &["room", "list"]);
+    assert!(listed.contains("you are no longer a member"), "{listed}");
     eventually("Sam to see Priya leave", PATIENCE, || {
         (members(sam).1 == ["Sam"]).then_some(())
     });
@@ -266,6 +269,7 @@ fn a_member_who_left_can_join_again_with_a_new_invite() {
         ])
         .then_some(())
     });
+    assert_eq!(ok_json(priya, &["room", "list"])[0]["member"], true);
     // Her own history still has what she said before she left.
     let hers = ok_json(priya, &["read", ROOM]);
     assert_eq!(hers.as_array().unwrap().len(), 2, "{hers}");

@@ -232,6 +232,14 @@ pub struct RoomSummary {
     /// catches up).
     #[serde(default)]
     pub messages: usize,
+    /// False once this profile has left the room or been removed (its history stays
+    /// readable).
+    #[serde(default = "yes")]
+    pub member: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// A room that was just created or joined.

@@ -1073,6 +1073,7 @@ impl EventLoop {
             name: room.name().to_owned(),
             members: room.members().len(),
             messages: self.index.get(&room.id()).map_or(0, BTreeMap::len),
+            member: room.is_member(),
         }
     }
 
