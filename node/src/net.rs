@@ -118,14 +118,48 @@ pub(crate) struct ListenFailure {
     pub(crate) reason: String,
 }
 
+/// For `/ip4|ip6/ADDR/tcp/PORT` with a fixed port: whether a plain bind (without
+/// `SO_REUSEPORT`) succeeds, i.e. nothing else listens there.
+fn port_is_free(addr: &Multiaddr) -> Result<(), ListenFailure> {
+    let mut parts = addr.iter();
+    let ip: std::net::IpAddr = match parts.next() {
+        Some(Protocol::Ip4(ip)) => ip.into(),
+        Some(Protocol::Ip6(ip)) => ip.into(),
+        _ => return Ok(()),
+    };
+    let (Some(Protocol::Tcp(port)), None) = (parts.next(), parts.next()) else {
+        return Ok(());
+    };
+    if port == 0 {
+        return Ok(());
+    }
+    match std::net::TcpListener::bind((ip, port)) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Err(ListenFailure {
+            addr: addr.to_string(),
+            reason: "the port is already in use (is another node or relay running on it?)".into(),
+        }),
+        // Anything else (no such address here, ...) is for libp2p to report.
+        Err(_) => Ok(()),
+    }
+}
+
 /// Listens on every address and returns the addresses the swarm then listens on: the first
 /// of each listener, and any more reported within [`LISTEN_SETTLE`] after (an unspecified
 /// address such as `0.0.0.0` yields one address per interface, reported one by one). Other
 /// swarm events meanwhile are dropped; call it before anything else uses the swarm.
+///
+/// A fixed TCP port another process already listens on is refused first: libp2p's TCP
+/// listeners set `SO_REUSEPORT` (for hole punching), so a second node or relay on the same
+/// port would otherwise start, and the kernel would share incoming connections between
+/// the two.
 pub(crate) async fn listen_all<B: NetworkBehaviour>(
     swarm: &mut Swarm<B>,
     addrs: &[Multiaddr],
 ) -> Result<Vec<Multiaddr>, ListenFailure> {
+    for addr in addrs {
+        port_is_free(addr)?;
+    }
     let mut waiting = Vec::new();
     for addr in addrs {
         let id = swarm.listen_on(addr.clone()).map_err(|e| ListenFailure {
@@ -976,6 +1010,29 @@ mod tests {
         assert_eq!(ports.len(), 1, "one listener, one port: {found:?}");
         let error = listen_all(&mut swarm, &[addr("/ip4/127.0.0.1/tcp/1/ws")]).await;
         assert!(error.is_err(), "an address no transport serves is refused");
+    }
+
+    #[tokio::test]
+    async fn a_port_another_swarm_listens_on_is_refused() {
+        let swarm = || {
+            build_swarm(
+                identity::Keypair::generate_ed25519(),
+                &NetConfig::for_tests(),
+                DialPolicy::open(),
+            )
+            .expect("swarm builds")
+        };
+        let mut first = swarm();
+        let found = listen_all(&mut first, &[addr("/ip4/127.0.0.1/tcp/0")])
+            .await
+            .expect("listens");
+        // Without the check this succeeds: both listeners set SO_REUSEPORT.
+        let mut second = swarm();
+        let error = listen_all(&mut second, &found)
+            .await
+            .expect_err("the port is taken");
+        assert!(error.reason.contains("already in use"), "{error:?}");
+        assert_eq!(error.addr, found[0].to_string());
     }
 
     #[test]
