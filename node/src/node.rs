@@ -1541,6 +1541,38 @@ impl EventLoop {
         let _ = reply.send(answer);
     }
 
+    /// A former member's node asking to join again with a valid invite: the room's key
+    /// is rotated first, so the welcome carries only a key it never had and it cannot
+    /// read what was said after it left (the brief's threat model). Other joiners are
+    /// left alone. Refuses the join if that rotation fails.
+    fn rotate_for_returning(
+        &mut self,
+        id: RoomId,
+        request: &JoinRequest,
+        from: PeerId,
+    ) -> Result<(), InviteError> {
+        let peer = from.to_bytes();
+        let Some(room) = self.rooms.get(&id) else {
+            return Ok(());
+        };
+        let returning =
+            room.log().state().has_peer(&peer) && !room.members().iter().any(|m| m.peer == peer);
+        // Only for an invite that would be accepted: a stale one must not make the room
+        // rotate.
+        if !returning || room.clone().admit(request, now_ms(), &mut rng()).is_err() {
+            return Ok(());
+        }
+        match self.change(id, |room, now, rng| room.rotate(now, rng)) {
+            Reply::Error { message } => {
+                tracing::warn!(
+                    "could not change the key before readmitting a former member: {message}"
+                );
+                Err(InviteError::BadRequest)
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn admit(&mut self, from: PeerId, bytes: &[u8], channel: ResponseChannel<Vec<u8>>) {
         let response = match JoinRequest::from_bytes(bytes) {
             Err(e) => {
@@ -1551,35 +1583,10 @@ impl EventLoop {
                 self.dropped += 1;
                 JoinResponse::Refused(InviteError::BadRequest)
             }
-            Ok(request) => {
-                let id = request.body.room_id;
-                match self.rooms.get_mut(&id) {
-                    None => JoinResponse::Refused(InviteError::Unknown),
-                    Some(room) => {
-                        let before = room.clone();
-                        match room.admit(&request, now_ms(), &mut rng()) {
-                            Err(reason) => JoinResponse::Refused(reason),
-                            Ok(admission) => {
-                                // Persist before answering, so a crash cannot make the
-                                // invite usable twice.
-                                if let Err(e) = self.save_room(&id) {
-                                    tracing::error!("could not record an admission: {e}");
-                                    self.rooms.insert(id, before);
-                                    JoinResponse::Refused(InviteError::BadRequest)
-                                } else {
-                                    self.rescore_peers();
-                                    // Gate the joiner in before it subscribes.
-                                    self.sync_topics(id);
-                                    let topic = self.rooms[&id].topic().unwrap_or_default();
-                                    self.remember(id, &admission.announcement);
-                                    self.publish(id, topic, admission.announcement);
-                                    admission.response
-                                }
-                            }
-                        }
-                    }
-                }
-            }
+            Ok(request) => match self.rotate_for_returning(request.body.room_id, &request, from) {
+                Err(refused) => JoinResponse::Refused(refused),
+                Ok(()) => self.admission(&request),
+            },
         };
         if self
             .swarm
@@ -1590,6 +1597,33 @@ impl EventLoop {
         {
             tracing::debug!("the joiner went away before the answer was sent");
         }
+    }
+
+    /// Admits the joiner of `request` to its room, if the room accepts it; persists the
+    /// admission before the answer goes back (so a crash cannot make the invite usable
+    /// twice) and announces it to the other members.
+    fn admission(&mut self, request: &JoinRequest) -> JoinResponse {
+        let id = request.body.room_id;
+        let Some(room) = self.rooms.get_mut(&id) else {
+            return JoinResponse::Refused(InviteError::Unknown);
+        };
+        let before = room.clone();
+        let admission = match room.admit(request, now_ms(), &mut rng()) {
+            Ok(admission) => admission,
+            Err(reason) => return JoinResponse::Refused(reason),
+        };
+        if let Err(e) = self.save_room(&id) {
+            tracing::error!("could not record an admission: {e}");
+            self.rooms.insert(id, before);
+            return JoinResponse::Refused(InviteError::BadRequest);
+        }
+        self.rescore_peers();
+        // Gate the joiner in before it subscribes.
+        self.sync_topics(id);
+        let topic = self.rooms[&id].topic().unwrap_or_default();
+        self.remember(id, &admission.announcement);
+        self.publish(id, topic, admission.announcement);
+        admission.response
     }
 
     fn handle_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
