@@ -71,8 +71,12 @@ const PUSH_WINDOW: usize = 32;
 /// what it carried is found missing again at the next reconciliation.
 const OUTGOING_LIMIT: usize = 64 * 1024 * 1024;
 /// How long a message id asked of one member is not asked of another (see
-/// [`EventLoop::receive_reply`]).
+/// [`EventLoop::receive_reply`]); it doubles with every ask that brings nothing, up to
+/// [`WANT_BACKOFF_MAX`] (see [`sync::Wants`]).
 const WANT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest wait before asking again for an id that never arrived (in practice a
+/// message sealed under an epoch this member has no key for).
+const WANT_BACKOFF_MAX: Duration = Duration::from_secs(3600);
 /// Most threads that open a batch of pushed envelopes (see
 /// [`EventLoop::open_in_parallel`]).
 const OPEN_THREADS: usize = 4;
@@ -162,19 +166,29 @@ struct GroupCommit {
 
 /// Catch-up bookkeeping: the per-peer push queues, what was asked of whom, and which
 /// envelopes are already held.
-#[derive(Default)]
 struct Transfers {
     /// Sync requests per peer.
     outgoing: HashMap<PeerId, Outgoing>,
     /// Message ids asked of a member and not yet received, with when they may be asked
     /// again. A returning member hears from every online member what it lacks; it asks
-    /// only the first to answer, not all of them.
-    wanted: HashMap<Id, Instant>,
+    /// only the first to answer, not all of them; what never arrives is asked for less
+    /// and less often.
+    wanted: sync::Wants,
     /// Per room: the SHA-256 of every stored message's envelope, and the message's id.
     /// A message's id is a hash of its plaintext, so without this a copy could only be
     /// recognised after decrypting and verifying it (about 80 µs); with it, a duplicate
     /// (several members pushing the same envelope) costs one hash.
     held: HashMap<RoomId, HashMap<[u8; 32], Id>>,
+}
+
+impl Default for Transfers {
+    fn default() -> Self {
+        Transfers {
+            outgoing: HashMap::new(),
+            wanted: sync::Wants::new(WANTED_LIMIT, WANT_TIMEOUT, WANT_BACKOFF_MAX),
+            held: HashMap::new(),
+        }
+    }
 }
 
 /// How many threads [`EventLoop::take_in_parallel`] uses: one per core, at most
@@ -761,7 +775,7 @@ impl EventLoop {
             .entry(id)
             .or_default()
             .insert(envelope_digest(envelope), record.id);
-        self.transfers.wanted.remove(&record.id);
+        self.transfers.wanted.got(&record.id);
         self.commit.not_durable.insert(record.id);
         self.commit.next.stored.push(record.id);
         self.notify(&id, &record);
@@ -902,7 +916,7 @@ impl EventLoop {
             }
         }
         let now = Instant::now();
-        self.transfers.wanted.retain(|_, again| *again > now);
+        self.transfers.wanted.prune(now);
         if std::mem::take(&mut self.manifest_dirty) {
             self.write_manifest();
         }
@@ -1880,7 +1894,7 @@ impl EventLoop {
             }
             Ok(false) => {
                 // Held already, under another envelope's bytes.
-                self.transfers.wanted.remove(&message_id);
+                self.transfers.wanted.got(&message_id);
             }
             Err(e) => {
                 tracing::error!("could not store a message: {e}");
@@ -2386,7 +2400,7 @@ impl EventLoop {
             let i_lack: Vec<Id> = theirs
                 .iter()
                 .filter(|m| !index.contains_key(*m))
-                .filter(|m| wanted.get(*m).is_none_or(|again| *again <= now))
+                .filter(|m| wanted.due(m, now))
                 .copied()
                 .collect();
             self.confirm(&id, held);
@@ -2394,10 +2408,7 @@ impl EventLoop {
                 continue;
             }
             for m in &i_lack {
-                let wanted = &mut self.transfers.wanted;
-                if wanted.len() < WANTED_LIMIT || wanted.contains_key(m) {
-                    wanted.insert(*m, now + WANT_TIMEOUT);
-                }
+                self.transfers.wanted.asked(*m, now);
             }
             self.push(
                 id,

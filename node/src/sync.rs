@@ -14,7 +14,8 @@
 //! room's summary is small (44 bytes a day that has messages), and only differing days
 //! cost more.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{Duration, Instant};
 
 use confer_room::log::SignedOp;
 use confer_room::room::MessageRecord;
@@ -134,9 +135,115 @@ pub fn ids_on(index: &BTreeMap<Id, u64>, days: &[u64]) -> Vec<Id> {
         .collect()
 }
 
+/// Message ids asked of a member and not received yet, and when each may be asked again.
+///
+/// The wait doubles with every ask that brought nothing, from `first` up to `max`. An id
+/// asked for again and again without arriving is almost always a message this member can
+/// never open (sealed under an epoch from before it joined, whose key it was never
+/// given): without the backoff every sync round fetched all of them again. A message that
+/// was merely slow or lost in transit still arrives at the next ask, soon after.
+#[derive(Debug)]
+pub struct Wants {
+    asked: HashMap<Id, (Instant, u32)>,
+    limit: usize,
+    first: Duration,
+    max: Duration,
+}
+
+impl Wants {
+    /// At most `limit` ids are remembered (ids beyond it are simply asked again).
+    pub fn new(limit: usize, first: Duration, max: Duration) -> Self {
+        Wants {
+            asked: HashMap::new(),
+            limit,
+            first,
+            max,
+        }
+    }
+
+    /// Whether `id` may be asked for now: never asked, or its wait is over.
+    pub fn due(&self, id: &Id, now: Instant) -> bool {
+        self.asked.get(id).is_none_or(|(again, _)| *again <= now)
+    }
+
+    /// Records that `id` was asked for now.
+    pub fn asked(&mut self, id: Id, now: Instant) {
+        if self.asked.len() >= self.limit && !self.asked.contains_key(&id) {
+            return;
+        }
+        let entry = self.asked.entry(id).or_insert((now, 0));
+        let wait = self
+            .first
+            .saturating_mul(1 << entry.1.min(16))
+            .min(self.max);
+        *entry = (now + wait, entry.1 + 1);
+    }
+
+    /// `id` arrived: forgotten.
+    pub fn got(&mut self, id: &Id) {
+        self.asked.remove(id);
+    }
+
+    /// Forgets ids not asked for again within `max` of their wait ending (their members
+    /// no longer offer them).
+    pub fn prune(&mut self, now: Instant) {
+        let max = self.max;
+        self.asked.retain(|_, (again, _)| *again + max > now);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_id_that_never_arrives_is_asked_for_less_and_less_often() {
+        let (first, max) = (Duration::from_secs(10), Duration::from_secs(3600));
+        let mut wants = Wants::new(10, first, max);
+        let id = [7; 32];
+        let start = Instant::now();
+        let mut now = start;
+        let mut asks = 0;
+        // A sync round every 15 s for a day.
+        while now < start + Duration::from_secs(24 * 3600) {
+            if wants.due(&id, now) {
+                wants.asked(id, now);
+                asks += 1;
+            }
+            wants.prune(now);
+            now += Duration::from_secs(15);
+        }
+        // Every 15 s would be 5,760 asks; with the backoff about 8 to reach the hour,
+        // then one an hour.
+        assert!((20..40).contains(&asks), "{asks} asks");
+        // One that arrives is forgotten and may be asked for at once if lost again.
+        wants.got(&id);
+        assert!(wants.due(&id, now));
+    }
+
+    #[test]
+    fn a_slow_id_is_asked_again_after_the_first_wait() {
+        let mut wants = Wants::new(10, Duration::from_secs(10), Duration::from_secs(3600));
+        let now = Instant::now();
+        wants.asked([1; 32], now);
+        assert!(!wants.due(&[1; 32], now + Duration::from_secs(9)));
+        assert!(wants.due(&[1; 32], now + Duration::from_secs(10)));
+    }
+
+    #[test]
+    fn wants_are_bounded() {
+        let mut wants = Wants::new(3, Duration::from_secs(10), Duration::from_secs(60));
+        let now = Instant::now();
+        for b in 0..10u8 {
+            wants.asked([b; 32], now);
+        }
+        assert_eq!(wants.asked.len(), 3);
+        // Not remembered: asked again every time (as before the backoff).
+        assert!(wants.due(&[9; 32], now));
+        // Pruned once not asked again for `max` after the wait.
+        wants.prune(now + Duration::from_secs(71));
+        assert!(wants.asked.is_empty());
+    }
 
     fn index(entries: &[(u8, u64)]) -> BTreeMap<Id, u64> {
         entries.iter().map(|(b, t)| ([*b; 32], *t)).collect()
