@@ -902,13 +902,21 @@ impl EventLoop {
                     .into_iter()
                     .filter(|p| self.swarm.is_connected(p))
                     .collect();
-                // Retry what no other member has confirmed yet.
+                // Retry what no other member has confirmed yet, if sealed under the current
+                // key: an older message could be read only by members of its epoch, who ask
+                // for it themselves when they reconnect (members who joined later could
+                // never open it, and it was pushed to them every round).
                 let pending: Vec<Id> = self
                     .unconfirmed
                     .get(&id)
                     .map(|u| u.iter().take(256).copied().collect())
                     .unwrap_or_default();
-                let envelopes = self.envelopes_of(&id, &pending);
+                let room = &self.rooms[&id];
+                let envelopes: Vec<Vec<u8>> = self
+                    .envelopes_of(&id, &pending)
+                    .into_iter()
+                    .filter(|e| room.sealed_in_current_epoch(e))
+                    .collect();
                 for peer in peers {
                     self.reconcile(id, peer, envelopes.clone());
                 }

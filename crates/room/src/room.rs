@@ -501,6 +501,21 @@ impl Room {
         self.current().or(self.epochs.last())
     }
 
+    /// Whether `envelope` (of this room) was sealed under the current epoch: only then can
+    /// every current member open it. Anything unreadable is `false`.
+    pub fn sealed_in_current_epoch(&self, envelope: &[u8]) -> bool {
+        let Some(current) = self.current() else {
+            return false;
+        };
+        let Ok(envelope) = wire::decode::<Envelope>(envelope, MAX_ENVELOPE) else {
+            return false;
+        };
+        crypto::open(&header_key(&self.id()), ENVELOPE_LABEL, &envelope.header)
+            .ok()
+            .and_then(|header| wire::decode::<Vec<OpHash>>(&header, 40 * MAX_FRONTIER).ok())
+            .is_some_and(|frontier| frontier == current.frontier)
+    }
+
     /// The topic membership operations authored now are published on.
     pub fn sending_topic(&self) -> Option<String> {
         self.sending_epoch().map(|e| e.topic(&self.id()))
@@ -1331,6 +1346,21 @@ mod tests {
     }
 
     #[test]
+    fn only_envelopes_of_the_current_epoch_count_as_current() {
+        let mut r = rng(7);
+        let mut alice = facilitator(&mut r);
+        let (mut bob, _) = join(&mut alice, "Bob", &mut r);
+        let (before, _) = alice.seal_message("before", NOW, &mut r).unwrap();
+        assert!(alice.sealed_in_current_epoch(&before));
+        let rotation = alice.rotate(NOW + 1, &mut r).unwrap();
+        assert!(!alice.sealed_in_current_epoch(&before));
+        bob.open(&rotation, NOW + 1).unwrap();
+        assert!(!bob.sealed_in_current_epoch(&before));
+        let (after, _) = alice.seal_message("after", NOW + 2, &mut r).unwrap();
+        assert!(alice.sealed_in_current_epoch(&after) && bob.sealed_in_current_epoch(&after));
+    }
+
+    #[test]
     fn join_and_discuss() {
         let mut r = rng(1);
         let mut alice = facilitator(&mut r);
@@ -1357,6 +1387,8 @@ mod tests {
         }
         assert!(!alice.topic().unwrap().contains(&alice.id().to_hex()[..8]));
         let (env, rec) = bob.seal_message("hello", NOW + 1, &mut r).unwrap();
+        assert!(alice.sealed_in_current_epoch(&env));
+        assert!(!alice.sealed_in_current_epoch(b"not an envelope"));
         for room in [&mut alice, &mut carol] {
             assert_eq!(
                 room.open(&env, NOW).unwrap(),
