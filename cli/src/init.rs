@@ -18,6 +18,8 @@ pub fn run(home: &Path, name: &str, relay_only: bool, json: bool) -> Result<(), 
         }
         .into());
     }
+    // Before asking for a passphrase: a bad name would waste it.
+    confer_store::profile::check_name(name)?;
     let passphrase = passphrase::new_profile()?;
     let profile = Profile::create(home, &passphrase, name)?;
     if relay_only {

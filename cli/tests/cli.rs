@@ -51,6 +51,33 @@ fn init_prints_where_the_profile_is() {
 }
 
 #[test]
+fn init_refuses_a_short_passphrase_and_an_empty_name_creating_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let short = confer(dir.path())
+        .args(["init", "--name", "Sam"])
+        .env("CONFER_PASSPHRASE", "hunter2")
+        .output()
+        .unwrap();
+    let line = fails(&short);
+    assert!(line.contains("at least 10 characters"), "{line}");
+    assert!(!dir.path().join("profile").exists());
+    for name in ["", "  ", "two\nlines"] {
+        // Refused before any passphrase is asked for.
+        let out = confer(dir.path())
+            .args(["init", "--name", name])
+            .env_remove("CONFER_PASSPHRASE")
+            .output()
+            .unwrap();
+        let line = fails(&out);
+        assert!(
+            line.contains("one line of visible text"),
+            "{name:?}: {line}"
+        );
+        assert!(!dir.path().join("profile").exists());
+    }
+}
+
+#[test]
 fn init_without_a_terminal_or_passphrase_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
     let out = confer(dir.path())

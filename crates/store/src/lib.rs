@@ -88,9 +88,19 @@ pub enum StoreError {
     #[error("wrong passphrase for this profile")]
     WrongPassphrase,
 
-    /// An empty passphrase was offered when creating a profile.
-    #[error("the passphrase must not be empty")]
-    EmptyPassphrase,
+    /// A passphrase shorter than [`profile::MIN_PASSPHRASE_CHARS`] was offered when
+    /// creating a profile: everything on disk is only as strong as it.
+    #[error(
+        "the passphrase is too short: use at least {min} characters (a few unrelated words are easy to remember and hard to guess)"
+    )]
+    ShortPassphrase {
+        /// The fewest characters accepted.
+        min: usize,
+    },
+
+    /// The profile name is empty or contains control characters.
+    #[error("the name must be one line of visible text, the name the others will see")]
+    BadName,
 
     /// The profile name is longer than the format allows.
     #[error("the profile name is too long; use at most {max} bytes")]

@@ -202,6 +202,24 @@ impl fmt::Debug for Profile {
     }
 }
 
+/// The fewest characters a new profile's passphrase may have. The profile and the store
+/// are encrypted under a key derived from it with Argon2id, which slows guessing but
+/// cannot save a short passphrase from an attacker who copies the disk.
+pub const MIN_PASSPHRASE_CHARS: usize = 10;
+
+/// Whether `name` can be a profile's name: one line of visible text, at most
+/// [`MAX_NAME_LEN`] bytes. [`Profile::create`] checks it too; callers that ask for a
+/// passphrase can check first.
+pub fn check_name(name: &str) -> Result<()> {
+    if name.trim().is_empty() || name.chars().any(char::is_control) {
+        return Err(StoreError::BadName);
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err(StoreError::NameTooLong { max: MAX_NAME_LEN });
+    }
+    Ok(())
+}
+
 impl Profile {
     /// Creates a new profile in `home` (created with mode 0700 if missing),
     /// protected by `passphrase`, with fresh random secrets.
@@ -210,11 +228,11 @@ impl Profile {
     /// profile file is already there. The file is written atomically (temporary
     /// file, fsync, link into place, fsync of the directory) with mode 0600.
     pub fn create(home: &Path, passphrase: &str, name: &str) -> Result<Profile> {
-        if passphrase.is_empty() {
-            return Err(StoreError::EmptyPassphrase);
-        }
-        if name.len() > MAX_NAME_LEN {
-            return Err(StoreError::NameTooLong { max: MAX_NAME_LEN });
+        check_name(name)?;
+        if passphrase.chars().count() < MIN_PASSPHRASE_CHARS {
+            return Err(StoreError::ShortPassphrase {
+                min: MIN_PASSPHRASE_CHARS,
+            });
         }
         create_private_dir(home)?;
         if Self::exists(home) {
@@ -479,10 +497,19 @@ mod tests {
     }
 
     #[test]
-    fn empty_passphrase_and_long_name_rejected() {
+    fn short_passphrase_and_bad_names_rejected() {
         let dir = home();
         let err = Profile::create(dir.path(), "", "Alice").unwrap_err();
-        assert!(matches!(err, StoreError::EmptyPassphrase), "{err:?}");
+        assert!(matches!(err, StoreError::ShortPassphrase { .. }), "{err:?}");
+        let err = Profile::create(dir.path(), "123456789", "Alice").unwrap_err();
+        assert!(
+            matches!(err, StoreError::ShortPassphrase { min: 10 }),
+            "{err:?}"
+        );
+        for bad in ["", "   ", "two\nlines"] {
+            let err = Profile::create(dir.path(), PASS, bad).unwrap_err();
+            assert!(matches!(err, StoreError::BadName), "{bad:?}: {err:?}");
+        }
         let long = "x".repeat(MAX_NAME_LEN + 1);
         let err = Profile::create(dir.path(), PASS, &long).unwrap_err();
         assert!(matches!(err, StoreError::NameTooLong { .. }), "{err:?}");
