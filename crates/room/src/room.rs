@@ -507,13 +507,20 @@ impl Room {
         let Some(current) = self.current() else {
             return false;
         };
-        let Ok(envelope) = wire::decode::<Envelope>(envelope, MAX_ENVELOPE) else {
-            return false;
-        };
-        crypto::open(&header_key(&self.id()), ENVELOPE_LABEL, &envelope.header)
-            .ok()
-            .and_then(|header| wire::decode::<Vec<OpHash>>(&header, 40 * MAX_FRONTIER).ok())
-            .is_some_and(|frontier| frontier == current.frontier)
+        self.unwrap_header(envelope)
+            .is_ok_and(|(_, frontier)| frontier == current.frontier)
+    }
+
+    /// Decodes an envelope of this room and opens its header: the envelope and the
+    /// frontier of the epoch it was sealed in.
+    fn unwrap_header(&self, bytes: &[u8]) -> Result<(Envelope, Vec<OpHash>), OpenError> {
+        let envelope: Envelope =
+            wire::decode(bytes, MAX_ENVELOPE).map_err(|_| OpenError::Malformed)?;
+        let header = crypto::open(&header_key(&self.id()), ENVELOPE_LABEL, &envelope.header)
+            .map_err(|_| OpenError::Crypto)?;
+        let frontier: Vec<OpHash> =
+            wire::decode(&header, 40 * MAX_FRONTIER).map_err(|_| OpenError::Malformed)?;
+        Ok((envelope, frontier))
     }
 
     /// The topic membership operations authored now are published on.
@@ -727,13 +734,8 @@ impl Room {
     /// current member, context known, epoch not older than the context allows) or takes a
     /// membership operation into the log.
     pub fn open(&mut self, bytes: &[u8], now_ms: u64) -> Result<Incoming, OpenError> {
-        let envelope: Envelope =
-            wire::decode(bytes, MAX_ENVELOPE).map_err(|_| OpenError::Malformed)?;
+        let (envelope, frontier) = self.unwrap_header(bytes)?;
         let room = self.id();
-        let header = crypto::open(&header_key(&room), ENVELOPE_LABEL, &envelope.header)
-            .map_err(|_| OpenError::Crypto)?;
-        let frontier: Vec<OpHash> =
-            wire::decode(&header, 40 * MAX_FRONTIER).map_err(|_| OpenError::Malformed)?;
         let index = self.epoch_for(&frontier, now_ms)?;
         let epoch = &self.epochs[index];
         let plaintext = crypto::open(
