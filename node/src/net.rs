@@ -279,6 +279,10 @@ pub struct NetConfig {
     /// AutoNAT: only ask peers at global IP addresses, and only answer them (off in tests,
     /// where everything is on private or loopback addresses).
     pub autonat_global_only: bool,
+    /// How often a node reconciles with every connected member of each room (its log,
+    /// its message summary, and its messages no other member has confirmed yet), besides
+    /// when a member connects or subscribes. Tests shorten it to watch several rounds.
+    pub sync_interval: Duration,
 }
 
 impl Default for NetConfig {
@@ -288,6 +292,7 @@ impl Default for NetConfig {
             idle_timeout: Duration::from_secs(60 * 60),
             autonat_delay: Duration::from_secs(15),
             autonat_global_only: true,
+            sync_interval: Duration::from_secs(15),
         }
     }
 }

@@ -55,8 +55,6 @@ const ROTATION_GRACE: Duration = Duration::from_secs(3);
 const REDIAL_MIN: Duration = Duration::from_secs(2);
 /// Longest wait between redials of a member.
 const REDIAL_MAX: Duration = Duration::from_secs(300);
-/// Each member's whole log is pushed to connected members every this many ticks.
-const LOG_SYNC_EVERY_TICKS: u64 = 15;
 /// Expired epoch keys are deleted every this many ticks.
 const PRUNE_EVERY_TICKS: u64 = 60;
 /// The longest an invite may stay valid: 365 days.
@@ -482,6 +480,7 @@ impl Node {
             limits: limits::RateLimits::default(),
             rotation_due: HashMap::new(),
             ticks: 0,
+            sync_interval: config.net.sync_interval,
             dropped: 0,
             reach,
             settings,
@@ -639,6 +638,8 @@ struct EventLoop {
     limits: limits::RateLimits,
     rotation_due: HashMap<RoomId, std::time::Instant>,
     ticks: u64,
+    /// How often [`Self::on_sync_round`] runs.
+    sync_interval: Duration,
     dropped: u64,
     /// Relays, relay-only mode, NAT status, open connections.
     reach: Reach,
@@ -652,9 +653,13 @@ impl EventLoop {
     async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let every = self.sync_interval;
+        let mut sync_round = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        sync_round.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => self.on_tick(),
+                _ = sync_round.tick() => self.on_sync_round(),
                 command = commands.recv() => match command {
                     Some(Command::Request(request, reply)) => self.handle_request(request, reply),
                     Some(Command::Follow(room, reply)) => {
@@ -889,40 +894,6 @@ impl EventLoop {
                 let _ = self.change(id, |room, now, rng| room.rotate(now, rng));
             }
         }
-        if self.ticks.is_multiple_of(LOG_SYNC_EVERY_TICKS) {
-            // Anti-entropy: hand each connected member our whole log now and then, so a
-            // member that missed an operation (and so perhaps a key) catches up.
-            let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
-            for id in ids {
-                if !self.rooms[&id].is_member() {
-                    continue;
-                }
-                let peers: Vec<PeerId> = self
-                    .member_peers(&id)
-                    .into_iter()
-                    .filter(|p| self.swarm.is_connected(p))
-                    .collect();
-                // Retry what no other member has confirmed yet, if sealed under the current
-                // key: an older message could be read only by members of its epoch, who ask
-                // for it themselves when they reconnect (members who joined later could
-                // never open it, and it was pushed to them every round).
-                let pending: Vec<Id> = self
-                    .unconfirmed
-                    .get(&id)
-                    .map(|u| u.iter().take(256).copied().collect())
-                    .unwrap_or_default();
-                let room = &self.rooms[&id];
-                let envelopes: Vec<Vec<u8>> = self
-                    .envelopes_of(&id, &pending)
-                    .into_iter()
-                    .filter(|e| room.sealed_in_current_epoch(e))
-                    .collect();
-                for peer in peers {
-                    self.reconcile(id, peer, envelopes.clone());
-                }
-                self.save_addresses(&id);
-            }
-        }
         let now = Instant::now();
         self.transfers.wanted.prune(now);
         if std::mem::take(&mut self.manifest_dirty) {
@@ -946,6 +917,43 @@ impl EventLoop {
                     self.sync_topics(id);
                 }
             }
+        }
+    }
+
+    /// A sync round ([`NetConfig::sync_interval`]): reconciles with every connected member
+    /// of each room.
+    fn on_sync_round(&mut self) {
+        // Anti-entropy: hand each connected member our whole log now and then, so a
+        // member that missed an operation (and so perhaps a key) catches up.
+        let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
+        for id in ids {
+            if !self.rooms[&id].is_member() {
+                continue;
+            }
+            let peers: Vec<PeerId> = self
+                .member_peers(&id)
+                .into_iter()
+                .filter(|p| self.swarm.is_connected(p))
+                .collect();
+            // Retry what no other member has confirmed yet, if sealed under the current
+            // key: an older message could be read only by members of its epoch, who ask
+            // for it themselves when they reconnect (members who joined later could
+            // never open it, and it was pushed to them every round).
+            let pending: Vec<Id> = self
+                .unconfirmed
+                .get(&id)
+                .map(|u| u.iter().take(256).copied().collect())
+                .unwrap_or_default();
+            let room = &self.rooms[&id];
+            let envelopes: Vec<Vec<u8>> = self
+                .envelopes_of(&id, &pending)
+                .into_iter()
+                .filter(|e| room.sealed_in_current_epoch(e))
+                .collect();
+            for peer in peers {
+                self.reconcile(id, peer, envelopes.clone());
+            }
+            self.save_addresses(&id);
         }
     }
 
@@ -2368,7 +2376,7 @@ impl EventLoop {
     ///
     /// Each side asks for what it lacks (`want`) and sends nothing unasked: both sides of
     /// a connection start a reconciliation (on connecting, on seeing a subscription, every
-    /// [`LOG_SYNC_EVERY_TICKS`] ticks), so each learns what it lacks from its own. A
+    /// sync round, [`NetConfig::sync_interval`]), so each learns what it lacks from its own. A
     /// member returning to a room hears from every online member what it lacks at about
     /// the same moment; if each pushed the whole gap it would receive it once per member.
     /// So it asks the first member that answers, and asks nobody else for those ids for

@@ -32,10 +32,15 @@ pub struct TestNode {
 impl TestNode {
     /// Creates a profile named `name` and starts a node for it on 127.0.0.1.
     pub async fn start(name: &str) -> TestNode {
+        Self::start_with(name, NetConfig::for_tests()).await
+    }
+
+    /// [`Self::start`] with other network tuning.
+    pub async fn start_with(name: &str, net: NetConfig) -> TestNode {
         init_tracing();
         let home = tempfile::tempdir().expect("temporary directory");
         let profile = Profile::create(home.path(), PASSPHRASE, name).expect("create profile");
-        let node = start_node(profile).await;
+        let node = start_node_with(profile, net).await;
         TestNode { node, home }
     }
 
@@ -205,10 +210,15 @@ impl TestNode {
 
 /// Starts a node for an unlocked profile on 127.0.0.1 with a short gossip heartbeat.
 pub async fn start_node(profile: Profile) -> Node {
+    start_node_with(profile, NetConfig::for_tests()).await
+}
+
+/// [`start_node`] with other network tuning.
+pub async fn start_node_with(profile: Profile, net: NetConfig) -> Node {
     let config = NodeConfig {
         listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
         relays: Vec::new(),
-        net: NetConfig::for_tests(),
+        net,
         control_socket: true,
         follow_queue: confer_node::FOLLOW_QUEUE,
     };

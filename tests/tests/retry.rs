@@ -1,0 +1,93 @@
+//! Sync rounds resend only what the receiver can use. A message no other member has
+//! confirmed is retried every round, but only to members who can open it: one sealed under
+//! an older key is asked for by the members of that epoch when they come back, and is not
+//! pushed, every round, to members who joined later and can never read it. Ids a member
+//! lacks but cannot get are asked for again only after a doubling wait.
+
+use std::time::Duration;
+
+use confer_node::api::Request;
+use confer_node::net::NetConfig;
+use confer_tests::{TestNode, within};
+
+const ROOM: &str = "Supervision circle";
+
+/// A sync round every 200 ms, so a test sees many within seconds (the default is 15 s).
+const ROUND: Duration = Duration::from_millis(200);
+
+fn quick_rounds() -> NetConfig {
+    NetConfig {
+        sync_interval: ROUND,
+        ..NetConfig::for_tests()
+    }
+}
+
+/// Polls until `check` holds for `node`'s history.
+async fn until_history(
+    node: &TestNode,
+    what: &str,
+    check: impl Fn(&[confer_node::api::MessageInfo]) -> bool,
+) {
+    within(what, async {
+        while !check(&node.history(ROOM).await) {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn old_key_messages_are_not_pushed_every_round_to_later_joiners() {
+    let alice = TestNode::start_with("Alice", quick_rounds()).await;
+    let mut bob = TestNode::start_with("Bob", quick_rounds()).await;
+    let carol = TestNode::start_with("Carol", quick_rounds()).await;
+    alice.form_room(ROOM, "Alice", &[(&bob, "Bob")]).await;
+
+    // Bob is away; Alice writes under the first key: nobody holds her messages yet.
+    bob.node.clone().shutdown().await;
+    let mut early = Vec::new();
+    for i in 0..3 {
+        early.push(alice.send(ROOM, &format!("Before the new key, {i}")).await);
+    }
+    // A new key, then Carol joins under it: she can never open the three.
+    alice.ok(Request::Rotate { room: ROOM.into() }).await;
+    alice.form_more(ROOM, &[(&carol, "Carol")]).await;
+    let after = alice.send(ROOM, "Welcome, Carol.").await;
+    until_history(&carol, "Alice's welcome at Carol", |h| {
+        h.iter().any(|m| m.message_id == after)
+    })
+    .await;
+
+    // Many rounds pass. Carol learns the three ids exist (they are in Alice's summary) and
+    // asks once; what she cannot open she drops. Before, Alice pushed the three to her
+    // every round and Carol asked for them every round: 3 more dropped each time.
+    let dropped_then = carol.status().await.dropped;
+    tokio::time::sleep(ROUND * 15).await;
+    let dropped_now = carol.status().await.dropped;
+    assert!(
+        dropped_now <= 3,
+        "Carol dropped {dropped_now} inputs over 15 rounds ({dropped_then} at the start): \
+         old-key messages are resent to her, or she asks for them every round"
+    );
+    let history = carol.history(ROOM).await;
+    assert!(history.iter().all(|m| !early.contains(&m.message_id)));
+    // Still unconfirmed at Alice: no member who can read them has them.
+    let alices = alice.history(ROOM).await;
+    for id in &early {
+        let m = alices.iter().find(|m| &m.message_id == id).unwrap();
+        assert!(m.pending, "nobody holds {id} yet");
+    }
+
+    // Bob, a member of the first epoch, comes back and gets them; Alice learns he holds them.
+    bob.restart().await;
+    until_history(&bob, "the three early messages at Bob", |h| {
+        early.iter().all(|id| h.iter().any(|m| &m.message_id == id))
+    })
+    .await;
+    until_history(&alice, "Bob's confirmation at Alice", |h| {
+        early
+            .iter()
+            .all(|id| h.iter().any(|m| &m.message_id == id && !m.pending))
+    })
+    .await;
+}
