@@ -1042,11 +1042,7 @@ impl EventLoop {
 
     /// Records how much the store holds, so a damaged store is noticed at the next start.
     fn write_manifest(&mut self) {
-        let written = self
-            .store
-            .flush()
-            .and_then(|()| self.store.write_manifest());
-        if let Err(e) = written {
+        if let Err(e) = self.store.write_manifest() {
             tracing::error!("could not write the store's manifest: {e}");
         }
     }

@@ -17,6 +17,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
@@ -109,6 +110,10 @@ pub struct Store {
     meta: sled::Tree,
     rooms: sled::Tree,
     messages: sled::Tree,
+    /// How many messages `messages` holds (messages are never deleted): counted once at
+    /// open, then kept up to date by [`Store::insert_message`], so that
+    /// [`Store::write_manifest`] does not walk the whole tree every time.
+    message_count: AtomicU64,
     keys: Keys,
 }
 
@@ -135,10 +140,12 @@ impl Store {
             .open()
             .map_err(|e| open_error(&home, e))?;
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(&home, e));
+        let messages = tree(TREE_MESSAGES)?;
         let store = Store {
             meta: tree(TREE_META)?,
             rooms: tree(TREE_ROOMS)?,
-            messages: tree(TREE_MESSAGES)?,
+            message_count: AtomicU64::new(messages.len() as u64),
+            messages,
             keys: Keys::derive(profile.storage_key())?,
             db,
             home,
@@ -152,10 +159,18 @@ impl Store {
     /// many rooms and messages the store holds. [`Store::open`] refuses a database that
     /// holds fewer than the manifest says: sled treats damage in its log as an unfinished
     /// write and drops everything after it, so without this a damaged store would open
-    /// with rooms or messages silently missing. Call it after flushing, now and then and at
-    /// shutdown; what was written after the last call is not covered.
+    /// with rooms or messages silently missing. Call it now and then and at shutdown; what
+    /// was written after the last call is not covered.
+    ///
+    /// It counts what is stored, then flushes, then records the counts: a message stored
+    /// meanwhile (from another thread) is counted at the next call, so the manifest never
+    /// claims more than is on disk.
     pub fn write_manifest(&self) -> Result<()> {
-        let counts = (self.rooms.len() as u64, self.messages.len() as u64);
+        let counts = (
+            self.rooms.len() as u64,
+            self.message_count.load(Ordering::SeqCst),
+        );
+        self.flush()?;
         let mut plaintext = MANIFEST_MAGIC.to_vec();
         plaintext.extend_from_slice(&counts.0.to_be_bytes());
         plaintext.extend_from_slice(&counts.1.to_be_bytes());
@@ -207,7 +222,10 @@ impl Store {
             })
             .map(|(r, m)| (u64::from_be_bytes(r), u64::from_be_bytes(m)))
             .ok_or_else(|| self.corrupt("the store's manifest does not parse"))?;
-        let (rooms, messages) = (self.rooms.len() as u64, self.messages.len() as u64);
+        let (rooms, messages) = (
+            self.rooms.len() as u64,
+            self.message_count.load(Ordering::SeqCst),
+        );
         if rooms < counts.0 || messages < counts.1 {
             return Err(self.corrupt(&format!(
                 "it holds {rooms} of the {} rooms and {messages} of the {} messages it had \
@@ -293,6 +311,9 @@ impl Store {
             .messages
             .compare_and_swap(key, None::<&[u8]>, Some(sealed))
             .map_err(|e| self.db_error(e))?;
+        if swapped.is_ok() {
+            self.message_count.fetch_add(1, Ordering::SeqCst);
+        }
         Ok(swapped.is_ok())
     }
 
@@ -592,20 +613,24 @@ mod tests {
         {
             let store = Store::open(&profile).unwrap();
             store.put_room(&room, b"room").unwrap();
-            for n in 0..3 {
-                store
-                    .insert_message(&room, &id(n), u64::from(n), b"m")
-                    .unwrap();
+            let ids: Vec<[u8; 32]> = (0..3).map(id).collect();
+            for (n, m) in (0u64..).zip(&ids) {
+                store.insert_message(&room, m, n, b"m").unwrap();
             }
-            store.flush().unwrap();
+            // A duplicate is not counted.
+            assert!(!store.insert_message(&room, &ids[0], 0, b"m").unwrap());
             store.write_manifest().unwrap();
         }
-        // More data than the manifest recorded is fine (written after it).
         {
+            // The count carries over a restart: 4 recorded now.
             let store = Store::open(&profile).unwrap();
             store.insert_message(&room, &id(9), 9, b"later").unwrap();
+            store.write_manifest().unwrap();
+            store.insert_message(&room, &id(10), 10, b"later").unwrap();
             store.flush().unwrap();
         }
+        // More data than the manifest recorded is fine (written after it).
+        drop(Store::open(&profile).unwrap());
         // Lose messages behind the store's back, as sled does with a damaged log.
         {
             let db = sled::open(dir.path().join(DB_DIR)).unwrap();
@@ -614,7 +639,7 @@ mod tests {
         }
         let err = Store::open(&profile).unwrap_err();
         assert!(matches!(err, StoreError::Corrupt { .. }), "{err}");
-        assert!(err.to_string().contains("0 of the 3 messages"), "{err}");
+        assert!(err.to_string().contains("0 of the 4 messages"), "{err}");
         // A whole database gone (the manifest remains) is refused too.
         std::fs::remove_dir_all(dir.path().join(DB_DIR)).unwrap();
         assert!(matches!(
