@@ -22,7 +22,8 @@ pub fn parse_invite_lifetime(text: &str) -> Result<u64, String> {
         'm' => MINUTE,
         'h' => HOUR,
         'd' => DAY,
-        _ => return Err(format!("the duration has no unit; {FORMAT}")),
+        c if c.is_ascii_digit() => return Err(format!("the duration has no unit; {FORMAT}")),
+        c => return Err(format!("`{c}` is not a unit of time here; {FORMAT}")),
     };
     let digits = &text[..text.len() - unit.len_utf8()];
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -89,5 +90,13 @@ mod tests {
         ] {
             assert!(parse_invite_lifetime(bad).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn says_which_part_is_wrong() {
+        let no_unit = parse_invite_lifetime("7").unwrap_err();
+        assert!(no_unit.starts_with("the duration has no unit"), "{no_unit}");
+        let years = parse_invite_lifetime("5y").unwrap_err();
+        assert!(years.starts_with("`y` is not a unit of time"), "{years}");
     }
 }

@@ -288,3 +288,30 @@ fn a_member_who_left_can_join_again_with_a_new_invite() {
         .collect();
     assert_eq!(texts, ["Before I step back.", "Back again."], "{hers}");
 }
+
+#[test]
+fn a_name_someone_in_the_room_uses_is_refused_and_the_invite_still_works() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [sam, priya] = [dirs[0].path(), dirs[1].path()];
+    init(sam, "Sam");
+    init(priya, "Priya");
+    let nodes = [NodeProcess::start(sam), NodeProcess::start(priya)];
+    ok(sam, &["room", "create", ROOM]);
+    let code = invite(sam);
+
+    // Members tell each other apart by name: "sam " would read as Sam.
+    let refused = fails(&run(priya, &["join", &code, "--as", " sam"]));
+    assert!(refused.contains("already goes by that name"), "{refused}");
+    let sneaky = fails(&run(priya, &["join", &code, "--as", "Sam\u{200B}"]));
+    assert!(sneaky.contains("invisible"), "{sneaky}");
+    assert_eq!(members(sam).1, ["Sam"]);
+    let rooms = ok_json(priya, &["room", "list"]);
+    assert_eq!(rooms.as_array().map(Vec::len), Some(0), "{rooms}");
+
+    // The same invite, under her own name.
+    ok_json(priya, &["join", &code, "--as", "Priya"]);
+    assert_eq!(members(sam).1, ["Sam", "Priya"]);
+    for node in nodes {
+        assert!(node.terminate().success());
+    }
+}

@@ -73,6 +73,9 @@ pub enum InviteError {
     /// The request itself was invalid.
     #[error("the join request was invalid")]
     BadRequest,
+    /// A current member already uses the display name asked for.
+    #[error("someone in this room already goes by that name; join again with another name (--as)")]
+    NameTaken,
 }
 
 /// The signed part of an invite.
@@ -260,6 +263,42 @@ pub enum NameError {
     /// Contains control characters.
     #[error("a name cannot contain control characters")]
     Control,
+    /// Contains invisible or direction-changing characters.
+    #[error(
+        "a name cannot contain invisible or text-direction characters (they make one name look like another)"
+    )]
+    Invisible,
+}
+
+/// Characters that show as nothing, or reorder the text around them: a name holding one
+/// can look exactly like another member's (zero-width spaces and joiners, direction marks,
+/// embeddings, overrides and isolates, word joiners, the byte-order mark).
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'
+            | '\u{034F}'
+            | '\u{061C}'
+            | '\u{180E}'
+            | '\u{200B}'..='\u{200F}'
+            | '\u{202A}'..='\u{202E}'
+            | '\u{2060}'..='\u{206F}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FEFF}'
+    )
+}
+
+/// Whether two display names would look the same to the members: equal once leading,
+/// trailing and repeated spaces are ignored, and regardless of case. A room admits no
+/// one under a name a current member already uses.
+pub fn same_name(a: &str, b: &str) -> bool {
+    let norm = |s: &str| {
+        s.split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+            .to_lowercase()
+    };
+    norm(a) == norm(b)
 }
 
 /// Checks a display name or room name.
@@ -272,6 +311,9 @@ pub fn check_display_name(name: &str) -> Result<(), NameError> {
     }
     if name.chars().any(char::is_control) {
         return Err(NameError::Control);
+    }
+    if name.chars().any(is_invisible) {
+        return Err(NameError::Invisible);
     }
     Ok(())
 }
@@ -354,6 +396,27 @@ mod tests {
         let invite = Invite::from_code(&code).unwrap();
         assert!(invite.check_expiry(999).is_ok());
         assert_eq!(invite.check_expiry(1_000), Err(InviteError::Expired));
+    }
+
+    #[test]
+    fn names_that_would_look_like_others_are_caught() {
+        for bad in [
+            "Bob\u{200B}",
+            "\u{202E}boB",
+            "Bo\u{00AD}b",
+            "\u{FEFF}Bob",
+            "B\u{2066}ob",
+        ] {
+            assert_eq!(
+                check_display_name(bad),
+                Err(NameError::Invisible),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(check_display_name("Zoë Ó Briain"), Ok(()));
+        assert_eq!(check_display_name("אורית"), Ok(()));
+        assert!(same_name("Bob  Martin", " bob martin"));
+        assert!(!same_name("Bob", "Bobby"));
     }
 
     #[test]

@@ -103,8 +103,15 @@ pub enum RoomError {
     )]
     FacilitatorCannotLeave,
     /// No such member.
-    #[error("no current member matches that")]
+    #[error(
+        "no current member goes by that name or has an id starting with it (see `confer members`)"
+    )]
     NoSuchMember,
+    /// More than one member matches.
+    #[error(
+        "more than one member matches that; give the first characters of their id instead (see `confer members`)"
+    )]
+    AmbiguousMember,
     /// The facilitator cannot remove or hand over to themself.
     #[error("you cannot do that to yourself")]
     NotYourself,
@@ -861,25 +868,22 @@ impl Room {
     }
 
     fn member_by(&self, query: &str) -> Result<MemberId, RoomError> {
-        let q = query.to_lowercase();
+        let q = query.trim().to_lowercase();
         let members = self.members();
         let by_name: Vec<MemberId> = members
             .iter()
-            .filter(|m| m.display_name.to_lowercase() == q)
+            .filter(|m| crate::invite::same_name(&m.display_name, query))
             .map(|m| m.public.id)
             .collect();
-        if by_name.len() == 1 {
-            return Ok(by_name[0]);
-        }
         let by_id: Vec<MemberId> = members
             .iter()
             .filter(|m| q.len() >= 4 && m.public.id.to_hex().starts_with(&q))
             .map(|m| m.public.id)
             .collect();
-        if by_id.len() == 1 {
-            Ok(by_id[0])
-        } else {
-            Err(RoomError::NoSuchMember)
+        match (by_name.as_slice(), by_id.as_slice()) {
+            ([one], _) | ([], [one]) => Ok(*one),
+            ([], []) => Err(RoomError::NoSuchMember),
+            _ => Err(RoomError::AmbiguousMember),
         }
     }
 
@@ -1086,6 +1090,15 @@ impl Room {
         }
         if self.members().len() >= MAX_MEMBERS {
             return Err(InviteError::RoomFull);
+        }
+        // Members tell each other apart by name: refuse one that looks like a current
+        // member's (the invite stays usable, under another name).
+        if self
+            .members()
+            .iter()
+            .any(|m| crate::invite::same_name(&m.display_name, &body.display_name))
+        {
+            return Err(InviteError::NameTaken);
         }
         if !crypto::is_usable_agreement_key(&body.member.agreement) {
             return Err(InviteError::BadRequest);
@@ -1450,6 +1463,26 @@ mod tests {
             other.admit(&req, NOW, &mut r).unwrap_err(),
             InviteError::Unknown
         );
+    }
+
+    #[test]
+    fn a_name_a_member_uses_is_refused_and_the_invite_stays_usable() {
+        let mut r = rng(12);
+        let mut alice = facilitator(&mut r);
+        let (_bob, _) = join(&mut alice, "Bob", &mut r);
+        let inv = invite(&mut alice, &mut r);
+        for taken in ["Bob", " bob", "BOB ", "alice", "Alice"] {
+            let (_, req) = request(&inv, taken, &mut r);
+            assert_eq!(
+                alice.admit(&req, NOW, &mut r).unwrap_err(),
+                InviteError::NameTaken,
+                "{taken:?}"
+            );
+        }
+        assert_eq!(alice.members().len(), 2);
+        let (_, req) = request(&inv, "Bob Martin", &mut r);
+        assert!(alice.admit(&req, NOW, &mut r).is_ok());
+        assert_eq!(alice.members().len(), 3);
     }
 
     #[test]
