@@ -278,6 +278,13 @@ fn read_stdin_message() -> Result<String, Error> {
             bytes.pop();
         }
     }
+    // Only the first bytes were read: say it is too long before judging its encoding
+    // (the cut may fall inside a character).
+    if bytes.len() > MAX_MESSAGE_BYTES {
+        return Err(Error::usage(
+            "the message on standard input is longer than the limit of 32 KiB; shorten it or send it in parts",
+        ));
+    }
     String::from_utf8(bytes)
         .map_err(|_| Error::usage("the message on standard input is not UTF-8 text"))
 }

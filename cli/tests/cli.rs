@@ -196,12 +196,13 @@ fn an_overlong_message_on_stdin_is_refused_before_sending() {
         .spawn()
         .unwrap();
     let mut stdin = child.stdin.take().unwrap();
-    // The binary stops reading after the limit, so a broken pipe here is fine.
-    let _ = stdin.write_all(&vec![b'x'; 40 * 1024]);
+    // The binary stops reading after the limit, so a broken pipe here is fine. Three-byte
+    // characters, so the limit falls inside one: still "too long", not "not UTF-8".
+    let _ = stdin.write_all("€".repeat(14_000).as_bytes());
     drop(stdin);
     let out = child.wait_with_output().unwrap();
     let line = fails(&out);
-    assert!(line.contains("32 KiB"), "{line}");
+    assert!(line.contains("longer than the limit of 32 KiB"), "{line}");
 }
 
 #[test]
