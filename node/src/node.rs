@@ -2543,6 +2543,24 @@ impl EventLoop {
             if !push.envelopes.is_empty() || !push.want.is_empty() {
                 self.dropped += 1;
             }
+            // A former member reconciling as if it were still in: it was away when it was
+            // removed. Tell it (its departure and what led to it, nothing later), or it
+            // would go on writing into a room nobody hears it in.
+            if push.summary.is_some()
+                && let Some(ops) = self
+                    .rooms
+                    .get(&id)
+                    .and_then(|r| r.departure_for(&from_bytes))
+            {
+                self.push(
+                    id,
+                    &[from],
+                    SyncPush {
+                        ops,
+                        ..SyncPush::default()
+                    },
+                );
+            }
             return Some(SyncReply::default());
         }
         for (peer, addrs) in push.addresses.into_iter().take(8) {

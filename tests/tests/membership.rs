@@ -159,3 +159,47 @@ async fn departed_members_never_see_later_messages() {
     assert!(later.iter().all(|t| remaining.iter().any(|m| &m.text == t)));
     assert_eq!(alice.history(ROOM).await.len(), remaining.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_while_away_learns_it_on_return_and_nothing_more() {
+    let alice = TestNode::start("Alice").await;
+    let bob = TestNode::start("Bob").await;
+    let mut carol = TestNode::start("Carol").await;
+    let dan = TestNode::start("Dan").await;
+    alice
+        .form_room(ROOM, "Alice", &[(&bob, "Bob"), (&carol, "Carol")])
+        .await;
+    let (epoch0, _) = members(&alice).await;
+
+    // Carol's node is off when the facilitator removes her; Dan joins after that.
+    carol.node.clone().shutdown().await;
+    alice
+        .ok(Request::Remove {
+            room: ROOM.into(),
+            member: "Carol".into(),
+        })
+        .await;
+    alice.form_more(ROOM, &[(&dan, "Dan")]).await;
+
+    // Back online, Carol's node reconciles with the others as a member would; they answer
+    // with her removal (and what led to it), so she is told instead of writing into a
+    // room nobody hears her in.
+    carol.restart().await;
+    within("Carol's node to learn of her removal", async {
+        while carol.status().await.rooms.iter().any(|r| r.member) {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    let refused = carol
+        .err(Request::Send {
+            room: ROOM.into(),
+            text: "Am I still here?".into(),
+        })
+        .await;
+    assert!(refused.contains("no longer a member"), "{refused}");
+    // What she learned ends at her removal: not who joined after it.
+    let (epoch, names) = members(&carol).await;
+    assert!(epoch > epoch0);
+    assert_eq!(names, ["Alice", "Bob"]);
+}

@@ -502,6 +502,38 @@ impl Room {
         self.log.state().has_peer(peer)
     }
 
+    /// For the node of a member who left or was removed, identified by its libp2p peer id
+    /// (bytes), and who still acts as a member (it was away when it was removed): the
+    /// operation that ended its membership and every operation before it, so it learns
+    /// that it is out. Nothing after its departure: who joined later, or later keys, is
+    /// none of its business. `None` if the peer is a current member or unknown.
+    pub fn departure_for(&self, peer: &[u8]) -> Option<Vec<SignedOp>> {
+        let state = self.log.state();
+        if state.members().iter().any(|m| m.peer == peer) {
+            return None;
+        }
+        let departure = state.departures().iter().rev().find(|d| {
+            self.log.op(d).is_some_and(|op| {
+                let who = match &op.op.body {
+                    OpBody::Leave => op.op.author,
+                    OpBody::Remove { member, .. } => *member,
+                    _ => return false,
+                };
+                state.former_member(&who).is_some_and(|m| m.peer == peer)
+            })
+        })?;
+        Some(
+            self.log
+                .ops()
+                .into_iter()
+                .filter(|op| {
+                    let h = op.hash();
+                    h == *departure || self.log.is_ancestor(&h, departure)
+                })
+                .collect(),
+        )
+    }
+
     /// The newest epoch key held: the current one, or, while a new key has not reached
     /// this member yet, the last one it had. Membership operations are sealed under it.
     fn sending_epoch(&self) -> Option<&EpochKey> {
@@ -1483,6 +1515,30 @@ mod tests {
         let (_, req) = request(&inv, "Bob Martin", &mut r);
         assert!(alice.admit(&req, NOW, &mut r).is_ok());
         assert_eq!(alice.members().len(), 3);
+    }
+
+    #[test]
+    fn a_member_removed_while_away_is_told_of_its_removal_and_nothing_after() {
+        let mut r = rng(13);
+        let mut alice = facilitator(&mut r);
+        let (mut bob, _) = join(&mut alice, "Bob", &mut r);
+        let (mut carol, admitted) = join(&mut alice, "Carol", &mut r);
+        bob.open(&admitted, NOW).unwrap();
+        // Carol is away: she sees neither her removal nor Dave's admission after it.
+        alice.remove("Carol", NOW + 1, &mut r).unwrap();
+        let (_dave, _) = join(&mut alice, "Dave", &mut r);
+        assert!(alice.departure_for(b"Bob").is_none(), "Bob is a member");
+        assert!(alice.departure_for(b"Mallory").is_none(), "unknown peer");
+        let told = alice.departure_for(b"Carol").expect("Carol was removed");
+        assert!(carol.is_member());
+        carol.merge_ops(told, NOW + 2);
+        assert!(!carol.is_member(), "Carol learns she is out");
+        let names: Vec<String> = carol
+            .members()
+            .iter()
+            .map(|m| m.display_name.clone())
+            .collect();
+        assert_eq!(names, ["Alice", "Bob"], "nothing after her removal");
     }
 
     #[test]
