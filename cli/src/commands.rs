@@ -252,7 +252,7 @@ pub async fn send(home: &Path, room: String, text: String, json: bool) -> Result
     }
     if waiting {
         return output::line(&format!(
-            "Stored (message id {}). No other member was reachable just now: it goes out as soon as one is, and `confer read` marks it until someone holds it.",
+            "Stored (message id {}). No other member's node could take it just now (none is connected, or the room key has just changed): it goes out as soon as one can, and `confer read` marks it until someone holds it.",
             safe_line(&message_id)
         ));
     }

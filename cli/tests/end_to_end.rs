@@ -244,7 +244,10 @@ fn a_message_nobody_else_holds_yet_is_marked() {
     let sent = ok_json(home, &["send", "Solo", "Notes before the others join."]);
     assert_eq!(sent["waiting"], true);
     let human = ok(home, &["send", "Solo", "A second note."]);
-    assert!(human.contains("No other member was reachable"), "{human}");
+    assert!(
+        human.contains("No other member's node could take it just now"),
+        "{human}"
+    );
     let read = ok_json(home, &["read", "Solo"]);
     assert_eq!(read[0]["pending"], true);
     let human = ok(home, &["read", "Solo"]);
