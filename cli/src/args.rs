@@ -235,6 +235,8 @@ pub enum NodeCommand {
     ///
     /// Asks for your passphrase (or reads CONFER_PASSPHRASE), then prints its network
     /// identity and addresses once it is ready. While it runs, the other commands work.
+    /// When it receives messages you missed while it was off, it says how many, and when
+    /// it has caught up (it never prints room names or people's names).
     Run {
         /// An address to listen on, as a multiaddr; repeat for several
         /// [default: /ip4/0.0.0.0/tcp/0, or nothing in relay-only mode].
@@ -244,7 +246,9 @@ pub enum NodeCommand {
         /// (…/p2p/RELAY_ID); repeat for several. To keep one, use `confer config add-relay`.
         #[arg(long, value_name = "MULTIADDR")]
         relay: Vec<String>,
-        /// Print the readiness line as JSON: {"peer_id": ..., "listen": [...]}.
+        /// Print JSON lines: first the readiness line {"peer_id": ..., "listen": [...],
+        /// "relays": [...]}, then catch-up progress {"event": "catching_up" or
+        /// "caught_up", "received": N}.
         #[arg(long)]
         json: bool,
     },

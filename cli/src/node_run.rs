@@ -2,6 +2,7 @@
 //! running until SIGINT or SIGTERM, then shut it down cleanly.
 
 use std::path::Path;
+use std::time::Duration;
 
 use confer_node::api::{RelayInfo, Reply, Request};
 use confer_node::{Node, NodeConfig};
@@ -33,9 +34,24 @@ async fn serve(profile: Profile, config: NodeConfig, json: bool) -> Result<(), E
         return Err(e);
     }
 
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    // Until asked to stop: say when messages missed while offline come in (counts only:
+    // this output may end up in a system log, so it names no room and no one).
+    let mut progress = CatchUp::default();
+    let mut poll = tokio::time::interval(PROGRESS_EVERY);
+    loop {
+        tokio::select! {
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+            _ = poll.tick() => {
+                if let Reply::Status(status) = node.request(Request::Status).await
+                    && let Some(event) = progress.update(status.caught_up)
+                {
+                    // A closed output (e.g. the reader of a pipe went away) must not stop
+                    // the node.
+                    let _ = show(event, json);
+                }
+            }
+        }
     }
     if !json {
         eprintln!("Stopping the node…");
@@ -45,6 +61,60 @@ async fn serve(profile: Profile, config: NodeConfig, json: bool) -> Result<(), E
         () = node.shutdown() => Ok(()),
         _ = terminate.recv() => Err(Error::usage("stopped before the node had shut down cleanly")),
         _ = interrupt.recv() => Err(Error::usage("stopped before the node had shut down cleanly")),
+    }
+}
+
+/// How often `node run` looks at the catch-up count.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+
+/// What `node run` says about catching up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Progress {
+    /// Missed messages are coming in: this many so far in this catch-up.
+    Receiving(u64),
+    /// They stopped coming: this many in all.
+    CaughtUp(u64),
+}
+
+/// Turns the node's running count of messages taken in from catch-up
+/// (`StatusInfo::caught_up`), read every [`PROGRESS_EVERY`], into lines to show: one
+/// while it grows, one when it has stopped growing.
+#[derive(Debug, Default)]
+struct CatchUp {
+    last: u64,
+    started_at: Option<u64>,
+}
+
+impl CatchUp {
+    fn update(&mut self, count: u64) -> Option<Progress> {
+        let before = std::mem::replace(&mut self.last, count);
+        if count > before {
+            let start = *self.started_at.get_or_insert(before);
+            Some(Progress::Receiving(count - start))
+        } else {
+            self.started_at
+                .take()
+                .map(|start| Progress::CaughtUp(count - start))
+        }
+    }
+}
+
+fn show(event: Progress, json: bool) -> Result<(), Error> {
+    match (event, json) {
+        (Progress::Receiving(n), true) => {
+            output::json(&serde_json::json!({"event": "catching_up", "received": n}))
+        }
+        (Progress::CaughtUp(n), true) => {
+            output::json(&serde_json::json!({"event": "caught_up", "received": n}))
+        }
+        (Progress::Receiving(n), false) => output::line(&format!(
+            "Receiving messages you missed while offline: {n} so far…"
+        )),
+        (Progress::CaughtUp(n), false) => output::line(&format!(
+            "Caught up: {n} message{} you missed {} now stored.",
+            if n == 1 { "" } else { "s" },
+            if n == 1 { "is" } else { "are" }
+        )),
     }
 }
 
@@ -91,4 +161,22 @@ async fn announce(node: &Node, json: bool) -> Result<(), Error> {
         ))?;
     }
     output::line("Use the other `confer` commands from another terminal; press Ctrl-C to stop.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catch_up_lines_follow_the_count() {
+        let mut p = CatchUp::default();
+        assert_eq!(p.update(0), None, "nothing yet");
+        assert_eq!(p.update(400), Some(Progress::Receiving(400)));
+        assert_eq!(p.update(1000), Some(Progress::Receiving(1000)));
+        assert_eq!(p.update(1000), Some(Progress::CaughtUp(1000)));
+        assert_eq!(p.update(1000), None, "said once");
+        // A later catch-up counts from where it starts.
+        assert_eq!(p.update(1003), Some(Progress::Receiving(3)));
+        assert_eq!(p.update(1003), Some(Progress::CaughtUp(3)));
+    }
 }

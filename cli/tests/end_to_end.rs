@@ -356,3 +356,48 @@ fn a_second_room_of_the_same_name_is_refused_and_nothing_changes() {
     // The name still names the one room.
     ok_json(home, &["send", "Peer group", "Still one room."]);
 }
+
+#[test]
+fn a_node_that_was_offline_says_when_it_has_caught_up() {
+    let (sam_dir, _sam_node, _) = sam_alone_in(ROOM);
+    let sam = sam_dir.path();
+    let priya_dir = tempfile::tempdir().unwrap();
+    let priya = priya_dir.path();
+    init(priya, "Priya");
+    let node = NodeProcess::start(priya);
+    let code = ok_json(sam, &["invite", ROOM])["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok_json(priya, &["join", &code, "--as", "Priya"]);
+    assert!(node.terminate().success());
+
+    // Sam talks while Priya's node is off.
+    for i in 0..30 {
+        ok_json(sam, &["send", ROOM, &format!("While Priya is away, {i}")]);
+    }
+
+    // Back on, her node says what it is receiving, then that it has caught up.
+    let node = NodeProcess::start(priya);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let caught_up = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = node
+            .lines
+            .recv_timeout(left)
+            .expect("node run said it had caught up");
+        // Its output may end up in a system log: counts only, no room, no names.
+        assert!(!line.contains(ROOM) && !line.contains("Sam"), "{line}");
+        let event: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(event.as_object().unwrap().len(), 2, "{line}");
+        let received = event["received"].as_u64().unwrap();
+        match event["event"].as_str() {
+            Some("catching_up") => assert!(received <= 30, "{line}"),
+            Some("caught_up") => break received,
+            _ => panic!("unexpected line from node run: {line}"),
+        }
+    };
+    assert_eq!(caught_up, 30);
+    assert_eq!(read(priya, ROOM).len(), 30);
+    assert!(node.terminate().success());
+}

@@ -196,6 +196,11 @@ pub struct StatusInfo {
     /// Open connections.
     #[serde(default)]
     pub connections: Vec<ConnectionInfo>,
+    /// Messages sent before this node started (by their authors' clocks) that it has
+    /// received since: what it missed while it was off (`confer node run` shows it
+    /// growing while it catches up).
+    #[serde(default)]
+    pub caught_up: u64,
 }
 
 /// A relay and whether the node holds a reservation on it.

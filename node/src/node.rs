@@ -482,6 +482,8 @@ impl Node {
             ticks: 0,
             sync_interval: config.net.sync_interval,
             dropped: 0,
+            caught_up: 0,
+            started_ms: now_ms(),
             reach,
             settings,
             commit: GroupCommit::default(),
@@ -641,6 +643,10 @@ struct EventLoop {
     /// How often [`Self::on_sync_round`] runs.
     sync_interval: Duration,
     dropped: u64,
+    /// Messages sent before this node started, first stored since (see [`StatusInfo`]).
+    caught_up: u64,
+    /// When this node started (Unix milliseconds).
+    started_ms: u64,
     /// Relays, relay-only mode, NAT status, open connections.
     reach: Reach,
     /// The profile's network settings as last written (relays learned are added).
@@ -771,6 +777,9 @@ impl EventLoop {
     /// Records a message just stored (not yet flushed): see [`GroupCommit`].
     fn stored_unflushed(&mut self, id: RoomId, record: MessageRecord, envelope: &[u8]) {
         self.manifest_dirty = true;
+        if record.sent_at < self.started_ms {
+            self.caught_up += 1;
+        }
         self.index
             .entry(id)
             .or_default()
@@ -1196,6 +1205,7 @@ impl EventLoop {
                 nat: self.reach.nat(),
                 relays: self.reach.relay_infos(),
                 connections: self.reach.connection_infos(),
+                caught_up: self.caught_up,
             }),
             Request::ListRooms => Reply::Rooms {
                 rooms: self.summaries(),

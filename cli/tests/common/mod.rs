@@ -76,15 +76,16 @@ pub fn init(home: &Path, name: &str) {
     ok(home, &["init", "--name", name]);
 }
 
-/// Reads the child's (piped) stdout up to its first line on a thread of its own, so that
-/// the caller can wait for it with a timeout.
-fn first_line(child: &mut Child) -> mpsc::Receiver<String> {
+/// Reads the child's (piped) stdout line by line on a thread of its own, until it ends, so
+/// that the caller can wait for lines with a timeout (and the child never finds its
+/// output closed).
+fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
-        let mut line = String::new();
-        let _ = BufReader::new(stdout).read_line(&mut line);
-        let _ = tx.send(line);
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
     });
     rx
 }
@@ -92,6 +93,15 @@ fn first_line(child: &mut Child) -> mpsc::Receiver<String> {
 /// Runs `confer ARGS… --json` as a child (stderr passed on) and waits up to 60 s for its
 /// first stdout line, a JSON readiness document, which it returns with the child.
 pub fn spawn_ready(home: &Path, args: &[&str]) -> (Child, serde_json::Value) {
+    let (child, ready, _) = spawn_ready_lines(home, args);
+    (child, ready)
+}
+
+/// [`spawn_ready`], also returning the child's later stdout lines.
+pub fn spawn_ready_lines(
+    home: &Path,
+    args: &[&str],
+) -> (Child, serde_json::Value, mpsc::Receiver<String>) {
     let mut child = confer(home)
         .args(args)
         .arg("--json")
@@ -99,15 +109,17 @@ pub fn spawn_ready(home: &Path, args: &[&str]) -> (Child, serde_json::Value) {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let line = match first_line(&mut child).recv_timeout(Duration::from_secs(60)) {
+    let lines = stdout_lines(&mut child);
+    let line = match lines.recv_timeout(Duration::from_secs(60)) {
         Ok(line) => line,
-        Err(_) => {
+        Err(mpsc::RecvTimeoutError::Disconnected) => String::new(),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
             let _ = child.kill();
             panic!("confer {args:?} printed no readiness line within 60 s");
         }
     };
     match serde_json::from_str(&line) {
-        Ok(ready) => (child, ready),
+        Ok(ready) => (child, ready, lines),
         Err(e) => {
             let _ = child.kill();
             let status = child.wait().unwrap();
@@ -123,6 +135,8 @@ pub struct NodeProcess {
     pub child: Child,
     pub peer_id: String,
     pub listen: Vec<String>,
+    /// What it prints on stdout after its readiness line (JSON lines).
+    pub lines: mpsc::Receiver<String>,
 }
 
 impl NodeProcess {
@@ -135,14 +149,19 @@ impl NodeProcess {
     pub fn start_with(home: &Path, args: &[&str]) -> NodeProcess {
         let mut all = vec!["node", "run"];
         all.extend_from_slice(args);
-        let (child, ready) = spawn_ready(home, &all);
-        Self::from_ready(child, &ready)
+        let (child, ready, lines) = spawn_ready_lines(home, &all);
+        Self::from_ready(child, &ready, lines)
     }
 
     /// The node `child`, from its readiness line.
-    fn from_ready(child: Child, ready: &serde_json::Value) -> NodeProcess {
+    fn from_ready(
+        child: Child,
+        ready: &serde_json::Value,
+        lines: mpsc::Receiver<String>,
+    ) -> NodeProcess {
         NodeProcess {
             child,
+            lines,
             peer_id: ready["peer_id"].as_str().unwrap().to_owned(),
             listen: ready["listen"]
                 .as_array()
@@ -210,7 +229,7 @@ pub fn try_start_node(home: &Path, listen: &str) -> Result<NodeProcess, Output> 
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let line_rx = first_line(&mut child);
+    let line_rx = stdout_lines(&mut child);
     let stderr = child.stderr.take().unwrap();
     let (err_tx, err_rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -224,10 +243,15 @@ pub fn try_start_node(home: &Path, listen: &str) -> Result<NodeProcess, Output> 
         }
         let _ = err_tx.send(text);
     });
-    let Ok(line) = line_rx.recv_timeout(Duration::from_secs(60)) else {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the node neither became ready nor exited within 60 s");
+    let line = match line_rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(line) => line,
+        // It closed its output without a line: it is exiting.
+        Err(mpsc::RecvTimeoutError::Disconnected) => String::new(),
+        Err(mpsc::RecvTimeoutError::Timeout) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the node neither became ready nor exited within 60 s");
+        }
     };
     let ready = serde_json::from_str::<serde_json::Value>(&line)
         .ok()
@@ -254,5 +278,5 @@ pub fn try_start_node(home: &Path, listen: &str) -> Result<NodeProcess, Output> 
             stderr: stderr.into_bytes(),
         });
     };
-    Ok(NodeProcess::from_ready(child, &ready))
+    Ok(NodeProcess::from_ready(child, &ready, line_rx))
 }
