@@ -116,6 +116,18 @@ fn node_run_without_a_profile_says_to_run_init() {
 }
 
 #[test]
+fn commands_without_a_profile_say_to_create_one() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["status"][..], &["send", "Peer group", "hello"]] {
+        let line = fails(&run(dir.path(), args));
+        assert!(
+            line.contains("there is no profile") && line.contains("confer init --home"),
+            "confer {args:?}: {line}"
+        );
+    }
+}
+
+#[test]
 fn commands_without_a_running_node_say_how_to_start_one() {
     let dir = tempfile::tempdir().unwrap();
     init(dir.path(), "Sam");
@@ -155,6 +167,7 @@ fn commands_without_a_running_node_say_how_to_start_one() {
 #[test]
 fn bad_invite_lifetimes_are_usage_errors() {
     let dir = tempfile::tempdir().unwrap();
+    init(dir.path(), "Sam");
     for bad in [
         "0s", "0d", "366d", "9000h", "7", "7w", "-1d", "1.5h", "soon", "",
     ] {

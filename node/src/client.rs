@@ -14,6 +14,11 @@ pub enum ClientError {
     /// No node is listening on the profile's socket.
     #[error("no node is running for {0}; start one with `confer node run --home {0}`")]
     NotRunning(PathBuf),
+    /// There is no profile there at all.
+    #[error(
+        "there is no profile in {0}; create one with `confer init --home {0}`, or give the right --home"
+    )]
+    NoProfile(PathBuf),
     /// The connection broke or the node answered something unreadable.
     #[error("lost contact with the node: {0}")]
     Io(#[from] std::io::Error),
@@ -34,7 +39,13 @@ impl Client {
     pub async fn connect(home: &Path) -> Result<Self, ClientError> {
         let stream = UnixStream::connect(home.join(SOCKET_NAME))
             .await
-            .map_err(|_| ClientError::NotRunning(home.to_path_buf()))?;
+            .map_err(|_| {
+                if confer_store::Profile::exists(home) {
+                    ClientError::NotRunning(home.to_path_buf())
+                } else {
+                    ClientError::NoProfile(home.to_path_buf())
+                }
+            })?;
         let (reader, writer) = stream.into_split();
         Ok(Self {
             reader: BufReader::new(reader),
