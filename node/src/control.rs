@@ -12,7 +12,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use crate::api::{HISTORY_PART, MAX_LINE, Reply, Request, SOCKET_NAME};
-use crate::node::{Node, NodeError};
+use crate::node::{Following, Node, NodeError};
 
 /// Binds the socket (replacing a stale one left by a crash) and serves it until aborted.
 pub(crate) async fn serve(home: &Path, node: Node) -> Result<JoinHandle<()>, NodeError> {
@@ -143,8 +143,12 @@ async fn follow(room: String, node: Node, mut writer: tokio::net::unix::OwnedWri
         Err(message) => {
             let _ = write(&mut writer, &Reply::Error { message }).await;
         }
-        Ok((messages, mut updates)) => {
-            if write_reply(&mut writer, Reply::History { messages })
+        Ok(Following {
+            room_id,
+            history,
+            mut updates,
+        }) => {
+            if write_reply(&mut writer, Reply::History { messages: history })
                 .await
                 .is_err()
             {
@@ -155,13 +159,22 @@ async fn follow(room: String, node: Node, mut writer: tokio::net::unix::OwnedWri
                     return;
                 }
             }
-            // The stream ended with the node still running: this reader fell behind.
+            // The stream ended with the node still running: this profile is out of the
+            // room, or this reader fell behind.
             if node.is_running() {
-                let message = format!(
-                    "stopped following: more than {} new messages arrived before this reader \
-                     could take them; run `confer read` again to see them all",
-                    node.follow_queue()
-                );
+                let message = if node.is_member_of(&room_id).await {
+                    format!(
+                        "stopped following: more than {} new messages arrived before this \
+                         reader could take them; run `confer read` again to see them all",
+                        node.follow_queue()
+                    )
+                } else if !node.is_running() {
+                    return;
+                } else {
+                    "you are no longer a member of this room: nothing new will arrive (what was \
+                     said before stays readable with `confer read`)"
+                        .to_owned()
+                };
                 let _ = write(&mut writer, &Reply::Error { message }).await;
             }
         }

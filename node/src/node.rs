@@ -355,7 +355,20 @@ pub enum NodeError {
 }
 
 /// A room's history so far and a stream of its new messages.
-pub type Following = (Vec<MessageInfo>, mpsc::Receiver<MessageInfo>);
+///
+/// The stream ends when the node stops, when this reader falls more than
+/// [`NodeConfig::follow_queue`] messages behind, or when this profile's membership of the
+/// room ends (it left or was removed; at once if it already had):
+/// [`Node::is_member_of`] tells the last case from the others.
+#[derive(Debug)]
+pub struct Following {
+    /// The room's id (hex).
+    pub room_id: String,
+    /// Every message held so far, oldest first.
+    pub history: Vec<MessageInfo>,
+    /// Each new message as it is stored.
+    pub updates: mpsc::Receiver<MessageInfo>,
+}
 
 pub(crate) enum Command {
     Request(Request, oneshot::Sender<Reply>),
@@ -540,6 +553,15 @@ impl Node {
     /// False once the node has stopped (or is stopping).
     pub fn is_running(&self) -> bool {
         !self.commands.is_closed()
+    }
+
+    /// Whether this profile is (still) a member of the room with this id (hex); false if
+    /// the node has stopped.
+    pub async fn is_member_of(&self, room_id: &str) -> bool {
+        match self.request(Request::ListRooms).await {
+            Reply::Rooms { rooms } => rooms.iter().any(|r| r.room_id == room_id && r.member),
+            _ => false,
+        }
     }
 
     /// How many new messages a follower may lag behind ([`NodeConfig::follow_queue`]).
@@ -1038,6 +1060,7 @@ impl EventLoop {
                 ..SyncPush::default()
             },
         );
+        self.end_following_if_out(id);
         self.rescore_peers();
         self.sync_topics(id);
         self.maybe_rotate(id);
@@ -1149,9 +1172,23 @@ impl EventLoop {
     fn follow(&mut self, query: &str) -> Result<Following, String> {
         let id = self.resolve(query)?;
         let history = self.history(&id)?;
-        let (tx, rx) = mpsc::channel(self.follow_queue);
-        self.followers.entry(id).or_default().push(tx);
-        Ok((history, rx))
+        let (tx, updates) = mpsc::channel(self.follow_queue);
+        // Nothing new will come to a room this profile is no longer in: the stream ends.
+        if self.rooms.get(&id).is_some_and(Room::is_member) {
+            self.followers.entry(id).or_default().push(tx);
+        }
+        Ok(Following {
+            room_id: id.to_hex(),
+            history,
+            updates,
+        })
+    }
+
+    /// Ends the streams of the room's followers if this profile is no longer a member.
+    fn end_following_if_out(&mut self, id: RoomId) {
+        if !self.rooms.get(&id).is_some_and(Room::is_member) {
+            self.followers.remove(&id);
+        }
     }
 
     fn notify(&mut self, id: &RoomId, record: &MessageRecord) {
@@ -2673,6 +2710,7 @@ impl EventLoop {
     /// Follows a change in a room's log: persist, listen on the right topics, retry
     /// waiting traffic, rotate if the log asks for it.
     fn after_log_change(&mut self, id: RoomId) {
+        self.end_following_if_out(id);
         self.rescore_peers();
         if let Err(e) = self.save_room(&id) {
             tracing::error!("could not store a membership change: {e}");

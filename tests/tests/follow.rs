@@ -1,7 +1,8 @@
 //! Following a room over the control socket, as `confer read --follow` does: a reader
 //! that stops taking messages is not waited for, and is told it fell behind rather than
 //! left to think the node stopped; a reader of a running node that stops is told nothing
-//! more than that the stream ended.
+//! more than that the stream ended; a reader of a room its profile is removed from is told
+//! so.
 
 use confer_node::api::{Reply, Request};
 use confer_node::client::Client;
@@ -107,5 +108,52 @@ async fn a_reader_of_a_node_that_stops_sees_the_stream_end() {
     match within("the end of the stream", reader.next()).await {
         Ok(None) => {}
         other => panic!("expected the stream to end quietly, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_of_a_room_it_is_removed_from_is_told_so() {
+    let sam = TestNode::start("Sam").await;
+    let priya = TestNode::start("Priya").await;
+    sam.form_room(ROOM, "Sam", &[(&priya, "Priya")]).await;
+    let mut reader = follower(&priya).await;
+    sam.send(ROOM, "Welcome, Priya.").await;
+    match within("the welcome", reader.next()).await {
+        Ok(Some(Reply::Message(m))) => assert_eq!(m.text, "Welcome, Priya."),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Removed, the reader is told, instead of waiting forever for what will not come.
+    sam.ok(Request::Remove {
+        room: ROOM.into(),
+        member: "Priya".into(),
+    })
+    .await;
+    match within("the end of the stream", reader.next()).await {
+        Ok(Some(Reply::Error { message })) => {
+            assert!(message.contains("no longer a member"), "{message}");
+        }
+        other => panic!("expected a sentence saying Priya is out, got {other:?}"),
+    }
+    assert!(priya.node.is_running());
+
+    // Following a room one is out of ends at once, after its history.
+    let mut again = Client::connect(priya.home()).await.expect("connect");
+    again
+        .send(&Request::Read {
+            room: ROOM.into(),
+            follow: true,
+        })
+        .await
+        .expect("send");
+    match again.next().await.expect("history") {
+        Some(Reply::History { messages }) => assert_eq!(messages.len(), 1),
+        other => panic!("unexpected {other:?}"),
+    }
+    match within("the end of the second stream", again.next()).await {
+        Ok(Some(Reply::Error { message })) => {
+            assert!(message.contains("no longer a member"), "{message}");
+        }
+        other => panic!("expected the same sentence, got {other:?}"),
     }
 }

@@ -58,8 +58,8 @@ async fn departed_members_never_see_later_messages() {
         .await;
     let (epoch0, names) = members(&alice).await;
     assert_eq!(names, ["Alice", "Bob", "Carol", "Dan"]);
-    let (_, mut alice_rx) = alice.node.follow(ROOM.into()).await.unwrap();
-    let (_, mut dan_rx) = dan.node.follow(ROOM.into()).await.unwrap();
+    let mut alice_rx = alice.node.follow(ROOM.into()).await.unwrap().updates;
+    let mut dan_rx = dan.node.follow(ROOM.into()).await.unwrap().updates;
     let before = alice.send(ROOM, "Before anyone leaves.").await;
     receive(&mut dan_rx, &before).await;
     // Everyone holds it before anyone leaves (a departed node stops listening).

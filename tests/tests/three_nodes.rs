@@ -91,9 +91,9 @@ async fn three_members_discuss_and_store_nothing_in_clear() {
 
     let mut follows = Vec::new();
     for node in [&alice, &bob, &carol] {
-        let (history, rx) = node.node.follow(prefix.into()).await.expect("follow");
-        assert!(history.is_empty());
-        follows.push(rx);
+        let following = node.node.follow(prefix.into()).await.expect("follow");
+        assert!(following.history.is_empty());
+        follows.push(following.updates);
     }
 
     let lines = [

@@ -305,7 +305,11 @@ async fn start_node(name: String, net: NetConfig) -> Result<TestNode, String> {
 /// dropped, and a thread also stamps arrivals without waiting for a runtime worker.
 async fn follow(node: &Node, index: usize, record: &Record) -> Result<(), String> {
     let generation = record.next_generation(index);
-    let (history, mut rx) = node.follow(ROOM.into()).await?;
+    let confer_node::Following {
+        history,
+        updates: mut rx,
+        ..
+    } = node.follow(ROOM.into()).await?;
     let now = Instant::now();
     for m in &history {
         record.got(m.text.as_bytes(), index, now);
