@@ -118,6 +118,15 @@ pub(crate) struct ListenFailure {
     pub(crate) reason: String,
 }
 
+/// The TCP port of a direct address (`/ip4|ip6/ADDR/tcp/PORT`, nothing after), if it is one.
+pub fn tcp_port(addr: &Multiaddr) -> Option<u16> {
+    let mut parts = addr.iter();
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(Protocol::Ip4(_) | Protocol::Ip6(_)), Some(Protocol::Tcp(port)), None) => Some(port),
+        _ => None,
+    }
+}
+
 /// For `/ip4|ip6/ADDR/tcp/PORT` with a fixed port: whether a plain bind (without
 /// `SO_REUSEPORT`) succeeds, i.e. nothing else listens there.
 fn port_is_free(addr: &Multiaddr) -> Result<(), ListenFailure> {
@@ -692,10 +701,15 @@ impl NetworkBehaviour for RoomGossip {
 }
 
 /// The node's libp2p behaviour. Its events are [`BehaviourEvent`]s, one variant per field
-/// (`Gossipsub`, `Join`, `Sync`, `Identify`, `Ping`, `Limits`, `RelayClient`, `Dcutr`,
+/// (`Limits`, `Gossipsub`, `Join`, `Sync`, `Identify`, `Ping`, `RelayClient`, `Dcutr`,
 /// `Autonat`).
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
+    /// Connection limits (it emits no events). First: libp2p asks the behaviours about a
+    /// new connection in field order, and the ones before a denial have already taken the
+    /// connection into their books (request-response then routes requests to a connection
+    /// that never runs; rust-libp2p issue #4870).
+    pub limits: connection_limits::Behaviour,
     /// Room traffic, gated per room (see the module documentation; every received message
     /// MUST be reported).
     pub gossipsub: RoomGossip,
@@ -707,8 +721,6 @@ pub struct Behaviour {
     pub identify: identify::Behaviour,
     /// Liveness checks.
     pub ping: ping::Behaviour,
-    /// Connection limits (it emits no events).
-    pub limits: connection_limits::Behaviour,
     /// Reservations on relays and connections through them.
     pub relay_client: relay::client::Behaviour,
     /// Hole punching over relayed connections (off in relay-only mode).

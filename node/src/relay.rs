@@ -161,11 +161,13 @@ pub fn load_or_create_key(dir: &Path) -> Result<identity::Keypair, RelayError> {
 
 #[derive(NetworkBehaviour)]
 struct RelayBehaviour {
+    /// First, so that a connection it denies was never taken in by the others (see
+    /// [`crate::net::Behaviour::limits`]).
+    limits: connection_limits::Behaviour,
     relay: relay::Behaviour,
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     autonat: autonat::Behaviour,
-    limits: connection_limits::Behaviour,
 }
 
 /// A running relay. Dropping it does not stop it; call [`Relay::shutdown`].

@@ -613,3 +613,84 @@ async fn a_relay_only_swarm_dials_nothing_directly_but_its_relays() {
     })
     .await;
 }
+
+/// A connection over the per-peer limit is denied before any other behaviour records it
+/// (libp2p calls the behaviours in field order; one denied after request-response had
+/// taken the connection left it a phantom: requests routed to a connection that never
+/// runs, and in debug builds a panic when the real connections closed).
+#[tokio::test]
+async fn a_connection_over_the_limit_leaves_no_trace() {
+    use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+    within(async {
+        let mut a = new_swarm();
+        let mut b = new_swarm();
+        let a_id = *a.local_peer_id();
+        let addr = listen(&mut a).await;
+        let extra = net::MAX_CONNECTIONS_PER_PEER as usize + 1;
+        for _ in 0..extra {
+            b.dial(
+                DialOpts::peer_id(a_id)
+                    .addresses(vec![addr.clone()])
+                    .condition(PeerCondition::Always)
+                    .build(),
+            )
+            .expect("dial");
+        }
+        // Until b has its connections and the one too many has been refused.
+        let (mut established, mut refused) = (0, 0);
+        while established + refused < extra {
+            tokio::select! {
+                event = b.select_next_some() => match event {
+                    SwarmEvent::ConnectionEstablished { .. } => established += 1,
+                    SwarmEvent::OutgoingConnectionError { .. } => refused += 1,
+                    _ => {}
+                },
+                _ = a.select_next_some() => {}
+            }
+        }
+        assert_eq!(established, net::MAX_CONNECTIONS_PER_PEER as usize);
+        // Closing the real connections must find every behaviour's books straight.
+        assert!(b.disconnect_peer_id(a_id).is_ok());
+        let mut closed = 0;
+        while closed < established || a.is_connected(b.local_peer_id()) {
+            tokio::select! {
+                event = b.select_next_some() => {
+                    if let SwarmEvent::ConnectionClosed { .. } = event {
+                        closed += 1;
+                    }
+                }
+                _ = a.select_next_some() => {}
+            }
+        }
+        // And a new connection carries requests as before.
+        connect(&mut b, &mut a, addr).await;
+        let sent = b.behaviour_mut().join.send_request(&a_id, vec![1, 2, 3]);
+        loop {
+            tokio::select! {
+                event = a.select_next_some() => {
+                    if let Some(request_response::Event::Message {
+                        message: request_response::Message::Request { channel, .. },
+                        ..
+                    }) = join_event(event)
+                    {
+                        let _ = a.behaviour_mut().join.send_response(channel, vec![4]);
+                    }
+                }
+                event = b.select_next_some() => match join_event(event) {
+                    Some(request_response::Event::Message {
+                        message: request_response::Message::Response { request_id, response },
+                        ..
+                    }) => {
+                        assert_eq!((request_id, response), (sent, vec![4]));
+                        break;
+                    }
+                    Some(other @ request_response::Event::OutboundFailure { .. }) => {
+                        panic!("the request failed: {other:?}")
+                    }
+                    _ => {}
+                },
+            }
+        }
+    })
+    .await;
+}
