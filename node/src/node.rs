@@ -407,10 +407,17 @@ impl Node {
             }
         }
         let mut reach = Reach::new(settings.relay_only, relays);
+        // With no address given, the node listens on every interface, on the port it used
+        // last time if it can: members store where they reached it and redial that, so a
+        // port that changed with every start would lose two members who both restarted.
+        let choose_port = !settings.relay_only && config.listen.is_empty();
+        let remembered = choose_port
+            .then(|| settings::remembered_port(&store))
+            .flatten();
         let listen_on = match (settings.relay_only, config.listen.is_empty()) {
             (true, false) => return Err(NodeError::RelayOnlyListen),
             (true, true) => Vec::new(),
-            (false, true) => vec!["/ip4/0.0.0.0/tcp/0".to_owned()],
+            (false, true) => vec![format!("/ip4/0.0.0.0/tcp/{}", remembered.unwrap_or(0))],
             (false, false) => config.listen.clone(),
         };
         let mut secret = *profile.device_secret();
@@ -423,15 +430,34 @@ impl Node {
             .iter()
             .map(|a| a.parse().map_err(|_| NodeError::BadListen(a.clone())))
             .collect::<Result<Vec<Multiaddr>, _>>()?;
-        let mut listen: Vec<String> = net::listen_all(&mut swarm, &parsed)
-            .await
-            .map_err(|f| NodeError::Listen {
-                addr: f.addr,
-                reason: f.reason,
-            })?
-            .iter()
-            .map(ToString::to_string)
-            .collect();
+        let listened = match net::listen_all(&mut swarm, &parsed).await {
+            // The remembered port is taken (or gone): any port will do.
+            Err(failure) if remembered.is_some() => {
+                tracing::info!(
+                    "could not listen on the port used last time ({}), choosing another",
+                    failure.reason
+                );
+                let any = Multiaddr::empty()
+                    .with(libp2p::multiaddr::Protocol::Ip4(
+                        std::net::Ipv4Addr::UNSPECIFIED,
+                    ))
+                    .with(libp2p::multiaddr::Protocol::Tcp(0));
+                net::listen_all(&mut swarm, &[any]).await
+            }
+            other => other,
+        }
+        .map_err(|f| NodeError::Listen {
+            addr: f.addr,
+            reason: f.reason,
+        })?;
+        if choose_port
+            && let Some(port) = listened.iter().find_map(net::tcp_port)
+            && remembered != Some(port)
+            && let Err(e) = settings::remember_port(&store, port)
+        {
+            tracing::warn!("could not remember the listening port: {e}");
+        }
+        let mut listen: Vec<String> = listened.iter().map(ToString::to_string).collect();
         // Reserve on the relays before announcing the addresses, so that they include the
         // relayed ones; a relay that does not answer in time is retried in the background.
         reach.reserve_due(&mut swarm);

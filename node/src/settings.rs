@@ -55,6 +55,23 @@ pub fn parse_relay(addr: &str) -> Result<Multiaddr, RelayAddressError> {
     Ok(parsed)
 }
 
+/// The store record holding the TCP port the node last listened on.
+const LISTEN_PORT_RECORD: &str = "listen-port";
+
+/// The TCP port the node listened on last time it chose one itself (no `--listen`), if
+/// any: it listens there again, so that members who stored its address can redial it
+/// after a restart. Only a hint: a record that does not decode is ignored.
+pub fn remembered_port(store: &Store) -> Option<u16> {
+    let bytes = store.setting(LISTEN_PORT_RECORD).ok()??;
+    let port = u16::from_be_bytes(bytes.as_slice().try_into().ok()?);
+    (port != 0).then_some(port)
+}
+
+/// Records the port for [`remembered_port`].
+pub fn remember_port(store: &Store, port: u16) -> Result<(), StoreError> {
+    store.put_setting(LISTEN_PORT_RECORD, &port.to_be_bytes())
+}
+
 impl Settings {
     /// Reads the settings from an open store (defaults if none were saved). A record that
     /// does not decode is reported as damage, never silently reset.

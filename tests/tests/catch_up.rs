@@ -95,3 +95,59 @@ async fn an_offline_member_catches_up_from_whoever_is_online() {
     })
     .await;
 }
+
+/// Starts a node for the profile in `home` the way `confer node run` does without
+/// `--listen`: on every interface, on a port it chooses.
+async fn start_choosing_port(home: &std::path::Path) -> confer_node::Node {
+    let profile = confer_store::Profile::unlock(home, confer_tests::PASSPHRASE).expect("unlock");
+    let config = confer_node::NodeConfig {
+        net: confer_node::net::NetConfig::for_tests(),
+        ..confer_node::NodeConfig::new(Vec::new(), Vec::new())
+    };
+    confer_node::Node::start(profile, config)
+        .await
+        .expect("start node")
+}
+
+fn port_of(node: &confer_node::Node) -> u16 {
+    let addr: libp2p::Multiaddr = node.listen_addrs()[0].parse().expect("a multiaddress");
+    confer_node::net::tcp_port(&addr).expect("a TCP address")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_who_both_restart_find_each_other_again() {
+    let mut alice = TestNode::start("Alice").await;
+    let mut bob = TestNode::start("Bob").await;
+    for node in [&mut alice, &mut bob] {
+        node.node.clone().shutdown().await;
+        node.node = start_choosing_port(node.home()).await;
+    }
+    alice.form_room(ROOM, "Alice", &[(&bob, "Bob")]).await;
+    let ports = (port_of(&alice.node), port_of(&bob.node));
+
+    // Both switch off; both come back. Each knows only where it reached the other before,
+    // so each must come back at the same address.
+    for node in [&mut alice, &mut bob] {
+        node.node.clone().shutdown().await;
+    }
+    for node in [&mut alice, &mut bob] {
+        node.node = start_choosing_port(node.home()).await;
+    }
+    assert_eq!((port_of(&alice.node), port_of(&bob.node)), ports);
+    let hello = alice.send(ROOM, "Good morning, Bob.").await;
+    until(&bob, "Alice's message after both restarted", |h| {
+        h.iter().any(|m| m.message_id == hello)
+    })
+    .await;
+
+    // If something else took the port meanwhile, the node starts on another and keeps that.
+    alice.node.clone().shutdown().await;
+    let squatter = std::net::TcpListener::bind(("0.0.0.0", ports.0)).expect("take the port");
+    alice.node = start_choosing_port(alice.home()).await;
+    let moved = port_of(&alice.node);
+    assert_ne!(moved, ports.0);
+    drop(squatter);
+    alice.node.clone().shutdown().await;
+    alice.node = start_choosing_port(alice.home()).await;
+    assert_eq!(port_of(&alice.node), moved);
+}
