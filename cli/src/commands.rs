@@ -335,18 +335,24 @@ pub async fn read(
     }
 
     // Following: one JSON object per line (JSON Lines), or one text line per message.
+    // New messages are shown as they arrive; one sent before something already shown (a
+    // member catching up, or coming back online with what it wrote meanwhile) says so.
+    let mut latest = String::new();
     for message in &history {
         if json {
             output::json(message)?
         } else {
             print_message(message)?
         }
+        latest = latest.max(message.sent_at.clone());
     }
     loop {
         match client.next().await? {
             Some(Reply::Message(message)) => {
                 if json {
                     output::json(&message)?
+                } else if arrived_late(&mut latest, &message.sent_at) {
+                    print_line(&message, "  (sent earlier; it has just arrived)")?
                 } else {
                     print_message(&message)?
                 }
@@ -362,11 +368,26 @@ pub async fn read(
 }
 
 fn print_message(message: &MessageInfo) -> Result<(), Error> {
+    print_line(message, "")
+}
+
+fn print_line(message: &MessageInfo, note: &str) -> Result<(), Error> {
     let mut line = output::message_line(&message.sent_at, &message.author, &message.text);
     if message.pending {
         line.push_str("  (not yet received by anyone else)");
     }
+    line.push_str(note);
     output::line(&line)
+}
+
+/// Whether a message sent at `sent_at` (RFC 3339, UTC, fixed width: the order of the text
+/// is the order in time) was sent before the latest one shown so far; updates `latest`.
+fn arrived_late(latest: &mut String, sent_at: &str) -> bool {
+    if sent_at < latest.as_str() {
+        return true;
+    }
+    sent_at.clone_into(latest);
+    false
 }
 
 /// `confer members`
@@ -572,6 +593,22 @@ pub async fn revoke_invite(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_sent_before_one_already_shown_is_late() {
+        let mut latest = String::new();
+        assert!(!arrived_late(&mut latest, "2026-11-22T18:00:00.000Z"));
+        assert!(!arrived_late(&mut latest, "2026-11-22T18:05:00.000Z"));
+        assert!(arrived_late(&mut latest, "2026-11-22T18:01:00.000Z"));
+        assert_eq!(
+            latest, "2026-11-22T18:05:00.000Z",
+            "a late one moves nothing"
+        );
+        assert!(
+            !arrived_late(&mut latest, "2026-11-22T18:05:00.000Z"),
+            "same moment"
+        );
+    }
 
     #[test]
     fn message_limits() {

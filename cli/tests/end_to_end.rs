@@ -401,3 +401,66 @@ fn a_node_that_was_offline_says_when_it_has_caught_up() {
     assert_eq!(read(priya, ROOM).len(), 30);
     assert!(node.terminate().success());
 }
+
+#[test]
+fn read_follow_says_when_a_message_arrives_after_later_ones() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [sam, priya] = [dirs[0].path(), dirs[1].path()];
+    init(sam, "Sam");
+    init(priya, "Priya");
+    // As `confer node run` is usually started: no --listen, the same port every time.
+    let start = |home: &Path| NodeProcess::start_with(home, &[]);
+    let (sam_node, priya_node) = (start(sam), start(priya));
+    ok(sam, &["room", "create", ROOM]);
+    let code = ok_json(sam, &["invite", ROOM])["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok_json(priya, &["join", &code, "--as", "Priya"]);
+
+    // Sam writes while Priya's node is off, then goes offline himself.
+    assert!(priya_node.terminate().success());
+    ok_json(sam, &["send", ROOM, "Written while you were away."]);
+    assert!(sam_node.terminate().success());
+
+    // Priya follows the room and writes; then Sam's node comes back with his message.
+    let priya_node = start(priya);
+    let mut follower = common::confer(priya)
+        .args(["read", ROOM, "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, lines) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a line from read --follow")
+    };
+    ok_json(priya, &["send", ROOM, "Back now."]);
+    let mine = next();
+    assert!(mine.ends_with("Priya: Back now."), "{mine}");
+    let sam_node = start(sam);
+    let late = next();
+    assert!(
+        late.contains("Sam: Written while you were away.")
+            && late.ends_with("(sent earlier; it has just arrived)"),
+        "{late}"
+    );
+    let _ = follower.kill();
+    let _ = follower.wait();
+    for node in [sam_node, priya_node] {
+        assert!(node.terminate().success());
+    }
+}
