@@ -13,6 +13,14 @@ use serde_json::Value;
 
 const ROOM: &str = "Peer group";
 
+/// A new invite code to [`ROOM`] from its facilitator at `home`.
+fn invite_code(home: &Path) -> String {
+    ok_json(home, &["invite", ROOM])["code"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn read(home: &Path, room: &str) -> Vec<Value> {
     ok_json(home, &["read", room]).as_array().unwrap().clone()
 }
@@ -172,21 +180,7 @@ fn three_nodes_discuss_through_the_binary() {
     assert_eq!(status["rooms"][0]["room_id"], room_id.as_str());
 
     // Following prints the history, then each new message, one JSON object per line.
-    let mut follower = common::confer(sam)
-        .args(["read", ROOM, "--follow", "--json"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stdout = follower.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut follower, lines) = common::spawn_lines(sam, &["read", ROOM, "--follow", "--json"]);
     let next = || -> Value {
         let line = lines
             .recv_timeout(Duration::from_secs(20))
@@ -365,10 +359,7 @@ fn a_node_that_was_offline_says_when_it_has_caught_up() {
     let priya = priya_dir.path();
     init(priya, "Priya");
     let node = NodeProcess::start(priya);
-    let code = ok_json(sam, &["invite", ROOM])["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let code = invite_code(sam);
     ok_json(priya, &["join", &code, "--as", "Priya"]);
     assert!(node.terminate().success());
 
@@ -412,10 +403,7 @@ fn read_follow_says_when_a_message_arrives_after_later_ones() {
     let start = |home: &Path| NodeProcess::start_with(home, &[]);
     let (sam_node, priya_node) = (start(sam), start(priya));
     ok(sam, &["room", "create", ROOM]);
-    let code = ok_json(sam, &["invite", ROOM])["code"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let code = invite_code(sam);
     ok_json(priya, &["join", &code, "--as", "Priya"]);
 
     // Sam writes while Priya's node is off, then goes offline himself.
@@ -427,24 +415,7 @@ fn read_follow_says_when_a_message_arrives_after_later_ones() {
     // the follower is attached); then Sam's node comes back with his, written earlier.
     let priya_node = start(priya);
     ok_json(priya, &["send", ROOM, "Back now."]);
-    let mut follower = common::confer(priya)
-        .args(["read", ROOM, "--follow"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let (tx, lines) = std::sync::mpsc::channel();
-    let stdout = follower.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut follower, lines) = common::spawn_lines(priya, &["read", ROOM, "--follow"]);
     let next = || {
         lines
             .recv_timeout(Duration::from_secs(30))

@@ -90,6 +90,18 @@ fn stdout_lines(child: &mut Child) -> mpsc::Receiver<String> {
     rx
 }
 
+/// Starts `confer ARGS…` as a child and returns it with its stdout lines as they come
+/// (e.g. `read --follow`).
+pub fn spawn_lines(home: &Path, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+    let mut child = confer(home)
+        .args(args)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = stdout_lines(&mut child);
+    (child, lines)
+}
+
 /// Runs `confer ARGS… --json` as a child (stderr passed on) and waits up to 60 s for its
 /// first stdout line, a JSON readiness document, which it returns with the child.
 pub fn spawn_ready(home: &Path, args: &[&str]) -> (Child, serde_json::Value) {
