@@ -520,6 +520,7 @@ impl Node {
             rotation_due: HashMap::new(),
             ticks: 0,
             sync_interval: config.net.sync_interval,
+            told_departed: HashMap::new(),
             dropped: 0,
             caught_up: 0,
             started_ms: now_ms(),
@@ -690,6 +691,9 @@ struct EventLoop {
     ticks: u64,
     /// How often [`Self::on_sync_round`] runs.
     sync_interval: Duration,
+    /// Former members told of their departure, and when (see [`Self::receive_push`]);
+    /// only peers of former members, so bounded by the rooms' logs.
+    told_departed: HashMap<PeerId, Instant>,
     dropped: u64,
     /// Messages sent before this node started, first stored since (see [`StatusInfo`]).
     caught_up: u64,
@@ -2619,12 +2623,20 @@ impl EventLoop {
             // A former member reconciling as if it were still in: it was away when it was
             // removed. Tell it (its departure and what led to it, nothing later), or it
             // would go on writing into a room nobody hears it in.
+            // At most once a sync interval per peer: a former member cannot make this node
+            // send its log over and over.
+            let due = self
+                .told_departed
+                .get(&from)
+                .is_none_or(|at| at.elapsed() >= self.sync_interval);
             if push.summary.is_some()
+                && due
                 && let Some(ops) = self
                     .rooms
                     .get(&id)
                     .and_then(|r| r.departure_for(&from_bytes))
             {
+                self.told_departed.insert(from, Instant::now());
                 self.push(
                     id,
                     &[from],
