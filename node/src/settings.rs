@@ -1,5 +1,6 @@
 //! A profile's network settings, kept sealed in its store: relay-only mode (a privacy
-//! choice) and the relays the node reserves a slot on.
+//! choice) and the relays the node reserves a slot on; and, in a record of its own, the
+//! port the node chose to listen on, so that it comes back at the same address.
 //!
 //! They are read when the node starts; `confer config` changes them while the node is
 //! stopped. Relays learned from invites are added by the running node.
