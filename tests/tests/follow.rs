@@ -13,8 +13,8 @@ use confer_tests::{PASSPHRASE, TestNode, within};
 
 const ROOM: &str = "Supervision";
 
-/// Opens a follower over the control socket and takes its history.
-async fn follower(node: &TestNode) -> Client {
+/// Opens a follower over the control socket; returns it with the history it was sent.
+async fn follow(node: &TestNode) -> (Client, Vec<confer_node::api::MessageInfo>) {
     let mut client = Client::connect(node.home()).await.expect("connect");
     client
         .send(&Request::Read {
@@ -24,9 +24,15 @@ async fn follower(node: &TestNode) -> Client {
         .await
         .expect("send");
     match client.next().await.expect("history") {
-        Some(Reply::History { messages }) => assert!(messages.is_empty()),
+        Some(Reply::History { messages }) => (client, messages),
         other => panic!("unexpected {other:?}"),
     }
+}
+
+/// [`follow`] on a room with no messages yet.
+async fn follower(node: &TestNode) -> Client {
+    let (client, history) = follow(node).await;
+    assert!(history.is_empty());
     client
 }
 
@@ -138,18 +144,8 @@ async fn a_reader_of_a_room_it_is_removed_from_is_told_so() {
     assert!(priya.node.is_running());
 
     // Following a room one is out of ends at once, after its history.
-    let mut again = Client::connect(priya.home()).await.expect("connect");
-    again
-        .send(&Request::Read {
-            room: ROOM.into(),
-            follow: true,
-        })
-        .await
-        .expect("send");
-    match again.next().await.expect("history") {
-        Some(Reply::History { messages }) => assert_eq!(messages.len(), 1),
-        other => panic!("unexpected {other:?}"),
-    }
+    let (mut again, history) = follow(&priya).await;
+    assert_eq!(history.len(), 1);
     match within("the end of the second stream", again.next()).await {
         Ok(Some(Reply::Error { message })) => {
             assert!(message.contains("no longer a member"), "{message}");
