@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use confer_node::settings::Settings;
-use confer_store::{Profile, StoreError};
+use confer_store::{Store, StoreError};
 
 use crate::args::ConfigCommand;
 use crate::error::Error;
@@ -15,21 +15,20 @@ use crate::passphrase;
 /// Runs one `confer config` command.
 pub fn run(home: &Path, command: ConfigCommand) -> Result<(), Error> {
     let profile = passphrase::unlock_profile(home)?;
-    let load = |profile: &Profile| {
-        Settings::load(profile).map_err(|e| match e {
-            StoreError::InUse { .. } => Error::usage(
-                "your node is running: stop it (Ctrl-C where it runs) before changing its settings, then start it again",
-            ),
-            e => e.into(),
-        })
-    };
-    let mut settings = load(&profile)?;
+    // One open store for reading and writing: the node must not be running meanwhile.
+    let store = Store::open(&profile).map_err(|e| match e {
+        StoreError::InUse { .. } => Error::usage(
+            "your node is running: stop it (Ctrl-C where it runs) before changing its settings, then start it again",
+        ),
+        e => e.into(),
+    })?;
+    let mut settings = Settings::read(&store)?;
     let (json, said) = match command {
         ConfigCommand::Show { output } => (output.json, None),
         ConfigCommand::RelayOnly { mode, output } => {
             let on = mode == "on";
             settings.relay_only = on;
-            settings.save(&profile)?;
+            settings.write(&store)?;
             let said = if on && settings.relays.is_empty() {
                 "Relay-only mode is on. Add a relay (`confer config add-relay`) or join with an invite from a facilitator who uses one, or nobody can reach your node."
             } else if on {
@@ -44,7 +43,7 @@ pub fn run(home: &Path, command: ConfigCommand) -> Result<(), Error> {
                 .add_relay(&address)
                 .map_err(|e| Error::usage(e.to_string()))?;
             if added {
-                settings.save(&profile)?;
+                settings.write(&store)?;
             }
             let said = if added {
                 "Added the relay; the node reserves a slot on it when it starts."
@@ -60,7 +59,7 @@ pub fn run(home: &Path, command: ConfigCommand) -> Result<(), Error> {
                     safe_line(&address)
                 )));
             }
-            settings.save(&profile)?;
+            settings.write(&store)?;
             (output.json, Some("Removed the relay."))
         }
     };

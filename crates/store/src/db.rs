@@ -30,6 +30,13 @@ use crate::{Result, StoreError};
 
 const DB_DIR: &str = "db";
 
+/// How long [`Store::open`] keeps trying while the database's lock is held, before it
+/// reports [`StoreError::InUse`]. sled's background threads (log writes, file
+/// truncation) each keep the locked file open until they finish, so a store closed a
+/// moment ago in this process can still hold its lock briefly; a second node holds it
+/// for as long as it runs, and is reported after this wait.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
 const TREE_META: &str = "meta";
 const TREE_ROOMS: &str = "rooms";
 const TREE_MESSAGES: &str = "messages";
@@ -129,16 +136,25 @@ impl Store {
     /// Opens (creating if needed) the database of `profile` at `<home>/db`.
     ///
     /// [`StoreError::InUse`] if another process or another open `Store` holds
-    /// it; [`StoreError::Corrupt`] if it is damaged, from an incompatible
+    /// it (after waiting up to a second for it to be released, see [`LOCK_WAIT`]);
+    /// [`StoreError::Corrupt`] if it is damaged, from an incompatible
     /// version, or was written under another profile's keys.
     pub fn open(profile: &Profile) -> Result<Store> {
         let home = profile.home().to_path_buf();
         let path = home.join(DB_DIR);
         create_private_dir(&path)?;
-        let db = sled::Config::new()
-            .path(&path)
-            .open()
-            .map_err(|e| open_error(&home, e))?;
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        let db = loop {
+            match sled::Config::new().path(&path).open() {
+                Ok(db) => break db,
+                Err(e) => match open_error(&home, e) {
+                    StoreError::InUse { .. } if std::time::Instant::now() < deadline => {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
+                    e => return Err(e),
+                },
+            }
+        };
         let tree = |name: &str| db.open_tree(name).map_err(|e| open_error(&home, e));
         let messages = tree(TREE_MESSAGES)?;
         let store = Store {
@@ -779,6 +795,24 @@ mod tests {
         );
         drop(store);
         Store::open(&profile).unwrap();
+    }
+
+    /// A store whose lock is released shortly after (as when sled's background threads
+    /// from a store just closed in this process still hold the file) opens, rather than
+    /// being reported as in use by another node.
+    #[test]
+    fn a_lock_released_shortly_after_is_waited_for() {
+        let (dir, profile) = setup();
+        drop(Store::open(&profile).unwrap());
+        // The lingering holder: the same database opened directly, closed 200 ms later.
+        let db = sled::open(dir.path().join(DB_DIR)).unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+            drop(db);
+        });
+        let store = Store::open(&profile);
+        holder.join().unwrap();
+        assert!(store.is_ok(), "{:?}", store.err());
     }
 
     #[test]
