@@ -142,8 +142,13 @@ pub enum Command {
         room: String,
         /// Keep running and show new messages as they arrive (stop with Ctrl-C).
         ///
+        /// One of your own messages that no other member's node could take yet is marked
+        /// "(not yet received by anyone else)"; a line says when another member has it.
+        ///
         /// With --json, each message is printed as its own JSON object on its own line
-        /// (JSON Lines), history first, instead of one JSON array. If messages arrive
+        /// (JSON Lines), history first, instead of one JSON array; that a message marked
+        /// `"pending": true` has been received is a line `{"delivered": "<message id>"}`.
+        /// If messages arrive
         /// much faster than they can be shown (more than 4,096 behind, as after a long
         /// absence), it stops with an error; run it again to see them all.
         #[arg(long, short)]

@@ -5,6 +5,7 @@
 //! rooms, invites or messages is the node's; a [`Reply::Error`] becomes
 //! [`Error::Refused`] with the node's sentence unchanged.
 
+use std::collections::HashMap;
 use std::io::Read as _;
 use std::path::Path;
 
@@ -337,13 +338,22 @@ pub async fn read(
     // Following: one JSON object per line (JSON Lines), or one text line per message.
     // New messages are shown as they arrive; one sent before something already shown (a
     // member catching up, or coming back online with what it wrote meanwhile) says so.
+    // One's own message shown as not yet received gets a line when another member has
+    // it (the node confirms every message; only those shown as pending are told).
     let mut latest = String::new();
+    let mut pending: HashMap<String, String> = HashMap::new();
+    let shown = |pending: &mut HashMap<String, String>, message: &MessageInfo| {
+        if message.pending {
+            pending.insert(message.message_id.clone(), message.sent_at.clone());
+        }
+    };
     for message in &history {
         if json {
             output::json(message)?
         } else {
             print_message(message)?
         }
+        shown(&mut pending, message);
         latest = latest.max(message.sent_at.clone());
     }
     loop {
@@ -355,6 +365,20 @@ pub async fn read(
                     print_line(&message, "  (sent earlier; it has just arrived)")?
                 } else {
                     print_message(&message)?
+                }
+                shown(&mut pending, &message);
+            }
+            Some(Reply::Delivered { message_id }) => {
+                let Some(sent_at) = pending.remove(&message_id) else {
+                    continue;
+                };
+                if json {
+                    output::json(&serde_json::json!({ "delivered": message_id }))?
+                } else {
+                    output::line(&format!(
+                        "(Your message of [{}] has now been received by another member.)",
+                        safe_line(&sent_at)
+                    ))?
                 }
             }
             Some(Reply::Error { message }) => return Err(Error::Refused(message)),

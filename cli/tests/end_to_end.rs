@@ -181,11 +181,17 @@ fn three_nodes_discuss_through_the_binary() {
 
     // Following prints the history, then each new message, one JSON object per line.
     let (mut follower, lines) = common::spawn_lines(sam, &["read", ROOM, "--follow", "--json"]);
+    // (A confirmation of one of Sam's own messages may come in between: skipped.)
     let next = || -> Value {
-        let line = lines
-            .recv_timeout(Duration::from_secs(20))
-            .expect("no line from read --follow");
-        serde_json::from_str(&line).unwrap()
+        loop {
+            let line = lines
+                .recv_timeout(Duration::from_secs(20))
+                .expect("no line from read --follow");
+            let value: Value = serde_json::from_str(&line).unwrap();
+            if value.get("delivered").is_none() {
+                return value;
+            }
+        }
     };
     for id in &ids {
         assert_eq!(next()["message_id"], id.as_str());
@@ -393,8 +399,10 @@ fn a_node_that_was_offline_says_when_it_has_caught_up() {
     assert!(node.terminate().success());
 }
 
+/// `read --follow` marks a message that arrives after later ones, and says when one of
+/// the reader's own messages, shown as not yet received, has reached another member.
 #[test]
-fn read_follow_says_when_a_message_arrives_after_later_ones() {
+fn read_follow_says_when_a_message_arrives_late_and_when_ones_own_is_received() {
     let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
     let [sam, priya] = [dirs[0].path(), dirs[1].path()];
     init(sam, "Sam");
@@ -415,23 +423,64 @@ fn read_follow_says_when_a_message_arrives_after_later_ones() {
     // the follower is attached); then Sam's node comes back with his, written earlier.
     let priya_node = start(priya);
     ok_json(priya, &["send", ROOM, "Back now."]);
-    let (mut follower, lines) = common::spawn_lines(priya, &["read", ROOM, "--follow"]);
+    let (follower, lines) = common::spawn_lines(priya, &["read", ROOM, "--follow"]);
+    let (json_follower, json_lines) =
+        common::spawn_lines(priya, &["read", ROOM, "--follow", "--json"]);
     let next = || {
         lines
             .recv_timeout(Duration::from_secs(30))
             .expect("a line from read --follow")
     };
+    let next_json = || -> Value {
+        let line = json_lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a line from read --follow --json");
+        serde_json::from_str(&line).unwrap()
+    };
+    let mine_json = next_json();
+    assert_eq!(mine_json["pending"], true, "{mine_json}");
     let mine = next();
-    assert!(mine.contains("Priya: Back now."), "{mine}");
+    assert!(
+        mine.contains("Priya: Back now.") && mine.ends_with("(not yet received by anyone else)"),
+        "{mine}"
+    );
+    // Sam's message arrives, marked as late, and Priya's reaches Sam, which the reader
+    // is told (in either order).
     let sam_node = start(sam);
-    let late = next();
+    let (mut late, mut delivered) = (None, None);
+    while late.is_none() || delivered.is_none() {
+        let line = next();
+        if line.contains("Sam: ") {
+            late = Some(line);
+        } else {
+            delivered = Some(line);
+        }
+    }
+    let late = late.unwrap();
     assert!(
         late.contains("Sam: Written while you were away.")
             && late.ends_with("(sent earlier; it has just arrived)"),
         "{late}"
     );
-    let _ = follower.kill();
-    let _ = follower.wait();
+    let delivered = delivered.unwrap();
+    let sent_at = &mine[1..mine.find(']').unwrap()];
+    assert_eq!(
+        delivered,
+        format!("(Your message of [{sent_at}] has now been received by another member.)")
+    );
+    // The same as JSON Lines: Sam's message, and an object naming Priya's as delivered.
+    let mut got = [next_json(), next_json()];
+    got.sort_by_key(|v| v.get("delivered").is_some());
+    assert_eq!(got[0]["text"], "Written while you were away.", "{got:?}");
+    assert_eq!(
+        got[1],
+        serde_json::json!({ "delivered": mine_json["message_id"] }),
+        "{got:?}"
+    );
+    for mut follower in [follower, json_follower] {
+        let _ = follower.kill();
+        let _ = follower.wait();
+    }
     for node in [sam_node, priya_node] {
         assert!(node.terminate().success());
     }

@@ -5,7 +5,8 @@
 //! document per line: the client writes one [`Request`], the node answers with one
 //! [`Reply`] per line. Every request gets exactly one reply, except
 //! [`Request::Read`] with `follow: true`, which gets the history and then one
-//! [`Reply::Message`] per new message until the client hangs up.
+//! [`Reply::Message`] per new message (and a [`Reply::Delivered`] when another member
+//! confirms holding one of this member's messages) until the client hangs up.
 //!
 //! Lines are limited to [`MAX_LINE`] bytes in both directions; a longer history is sent
 //! in [`Reply::HistoryPart`]s.
@@ -148,8 +149,16 @@ pub enum Reply {
         /// Messages, oldest first, continued by the next part.
         messages: Vec<MessageInfo>,
     },
-    /// A new message, streamed after [`Reply::History`] when following.
+    /// A new message, streamed after [`Reply::History`] when following. One of this
+    /// member's own messages is marked pending only if no member could take it when it
+    /// was sent (see `FollowUpdate::Message`).
     Message(MessageInfo),
+    /// Streamed when following: another member has confirmed holding one of this
+    /// member's messages, so it is no longer pending.
+    Delivered {
+        /// The message id (hex).
+        message_id: String,
+    },
     /// Answer to [`Request::Members`].
     Members {
         /// The current key epoch.

@@ -12,7 +12,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use crate::api::{HISTORY_PART, MAX_LINE, Reply, Request, SOCKET_NAME};
-use crate::node::{Following, Node, NodeError};
+use crate::node::{FollowUpdate, Following, Node, NodeError};
 
 /// Binds the socket (replacing a stale one left by a crash) and serves it until aborted.
 pub(crate) async fn serve(home: &Path, node: Node) -> Result<JoinHandle<()>, NodeError> {
@@ -154,8 +154,12 @@ async fn follow(room: String, node: Node, mut writer: tokio::net::unix::OwnedWri
             {
                 return;
             }
-            while let Some(message) = updates.recv().await {
-                if write(&mut writer, &Reply::Message(message)).await.is_err() {
+            while let Some(update) = updates.recv().await {
+                let reply = match update {
+                    FollowUpdate::Message(message) => Reply::Message(message),
+                    FollowUpdate::Delivered(message_id) => Reply::Delivered { message_id },
+                };
+                if write(&mut writer, &reply).await.is_err() {
                     return;
                 }
             }

@@ -23,4 +23,4 @@ pub mod relay;
 pub mod settings;
 pub mod sync;
 
-pub use node::{FOLLOW_QUEUE, Following, Node, NodeConfig, NodeError};
+pub use node::{FOLLOW_QUEUE, FollowUpdate, Following, Node, NodeConfig, NodeError};

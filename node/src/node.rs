@@ -366,8 +366,23 @@ pub struct Following {
     pub room_id: String,
     /// Every message held so far, oldest first.
     pub history: Vec<MessageInfo>,
-    /// Each new message as it is stored.
-    pub updates: mpsc::Receiver<MessageInfo>,
+    /// Each new message as it is stored, and each confirmation of this member's own
+    /// messages.
+    pub updates: mpsc::Receiver<FollowUpdate>,
+}
+
+/// What a follower of a room learns after the history ([`Following::updates`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FollowUpdate {
+    /// A new message, stored. One of this member's own messages comes with
+    /// [`MessageInfo::pending`] set if no other member's node could take it when it was
+    /// sent (none was connected), rather than when it was only not confirmed yet: a
+    /// confirmation takes a round trip, so every message would be marked for a moment.
+    Message(MessageInfo),
+    /// Another member has confirmed holding one of this member's messages (hex id), so
+    /// it is no longer pending. Sent for every confirmation while following, whether or
+    /// not the message was shown as pending.
+    Delivered(String),
 }
 
 pub(crate) enum Command {
@@ -668,7 +683,7 @@ struct EventLoop {
     profile_name: String,
     listen: Vec<String>,
     pending_joins: HashMap<OutboundRequestId, PendingJoin>,
-    followers: HashMap<RoomId, Vec<mpsc::Sender<MessageInfo>>>,
+    followers: HashMap<RoomId, Vec<mpsc::Sender<FollowUpdate>>>,
     /// See [`NodeConfig::follow_queue`].
     follow_queue: usize,
     outbox: HashMap<RoomId, VecDeque<(String, Vec<u8>)>>,
@@ -827,7 +842,8 @@ impl EventLoop {
     }
 
     /// Records a message just stored (not yet flushed): see [`GroupCommit`].
-    fn stored_unflushed(&mut self, id: RoomId, record: MessageRecord, envelope: &[u8]) {
+    /// The caller then shows it to followers ([`EventLoop::notify`]).
+    fn stored_unflushed(&mut self, id: RoomId, record: &MessageRecord, envelope: &[u8]) {
         self.manifest_dirty = true;
         if record.sent_at < self.started_ms {
             self.caught_up += 1;
@@ -844,7 +860,6 @@ impl EventLoop {
         self.transfers.wanted.got(&record.id);
         self.commit.not_durable.insert(record.id);
         self.commit.next.stored.push(record.id);
-        self.notify(&id, &record);
     }
 
     /// Answers a sync request.
@@ -1221,13 +1236,21 @@ impl EventLoop {
         }
     }
 
-    fn notify(&mut self, id: &RoomId, record: &MessageRecord) {
+    /// Tells the room's followers of a message just stored; `pending` as in
+    /// [`FollowUpdate::Message`].
+    fn notify(&mut self, id: &RoomId, record: &MessageRecord, pending: bool) {
         let Some(room) = self.rooms.get(id) else {
             return;
         };
-        let info = Self::message_info(room, record);
+        let mut info = Self::message_info(room, record);
+        info.pending = pending;
+        self.tell_followers(id, &FollowUpdate::Message(info));
+    }
+
+    /// Sends an update to the room's followers, dropping those that fell too far behind.
+    fn tell_followers(&mut self, id: &RoomId, update: &FollowUpdate) {
         if let Some(followers) = self.followers.get_mut(id) {
-            followers.retain(|f| f.try_send(info.clone()).is_ok());
+            followers.retain(|f| f.try_send(update.clone()).is_ok());
         }
     }
 
@@ -1458,9 +1481,10 @@ impl EventLoop {
             return Err(e.to_string());
         }
         let message_id = hex::encode(record.id);
-        self.stored_unflushed(id, record, &envelope);
+        self.stored_unflushed(id, &record, &envelope);
         self.remember(id, &envelope);
         let published = self.publish(id, topic, envelope);
+        self.notify(&id, &record, !published);
         Ok(Reply::Sent {
             message_id,
             waiting: !published,
@@ -1978,7 +2002,8 @@ impl EventLoop {
         let message_id = record.id;
         match stored {
             Ok(true) => {
-                self.stored_unflushed(id, record, &data);
+                self.stored_unflushed(id, &record, &data);
+                self.notify(&id, &record, false);
                 self.remember(id, &data);
             }
             Ok(false) => {
@@ -2335,14 +2360,15 @@ impl EventLoop {
         let Some(unconfirmed) = self.unconfirmed.get_mut(id) else {
             return;
         };
-        let before = unconfirmed.len();
-        for m in ids {
-            unconfirmed.remove(&m);
+        let confirmed: Vec<Id> = ids.into_iter().filter(|m| unconfirmed.remove(m)).collect();
+        if confirmed.is_empty() {
+            return;
         }
-        if unconfirmed.len() != before
-            && let Err(e) = self.save_unconfirmed(id).and_then(|()| self.store.flush())
-        {
+        if let Err(e) = self.save_unconfirmed(id).and_then(|()| self.store.flush()) {
             tracing::error!("could not record a delivery confirmation: {e}");
+        }
+        for m in confirmed {
+            self.tell_followers(id, &FollowUpdate::Delivered(hex::encode(m)));
         }
     }
 

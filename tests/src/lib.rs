@@ -10,7 +10,7 @@ use confer_node::api::{MessageInfo, Reply, Request, StatusInfo};
 use confer_node::net::NetConfig;
 use confer_node::relay::{Relay, RelayConfig, RelayLimits};
 use confer_node::settings::Settings;
-use confer_node::{Node, NodeConfig};
+use confer_node::{FollowUpdate, Node, NodeConfig};
 use confer_store::Profile;
 use tempfile::TempDir;
 
@@ -244,6 +244,19 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
     match tokio::time::timeout(EVENT_TIMEOUT, future).await {
         Ok(value) => value,
         Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// The next new message a follower ([`confer_node::Following::updates`]) receives,
+/// skipping delivery confirmations; `None` once the stream has ended.
+pub async fn next_message(
+    updates: &mut tokio::sync::mpsc::Receiver<FollowUpdate>,
+) -> Option<MessageInfo> {
+    loop {
+        match updates.recv().await? {
+            FollowUpdate::Message(message) => return Some(message),
+            FollowUpdate::Delivered(_) => {}
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! that stops taking messages is not waited for, and is told it fell behind rather than
 //! left to think the node stopped; a reader of a running node that stops is told nothing
 //! more than that the stream ended; a reader of a room its profile is removed from is told
-//! so.
+//! so; a reader is told when its own waiting message reaches another member.
 
 use confer_node::api::{Reply, Request};
 use confer_node::client::Client;
@@ -152,4 +152,75 @@ async fn a_reader_of_a_room_it_is_removed_from_is_told_so() {
         }
         other => panic!("expected the same sentence, got {other:?}"),
     }
+}
+
+/// The next update after the history: a message, or a delivery confirmation.
+async fn next_update(reader: &mut Client, what: &str) -> Reply {
+    match within(what, reader.next()).await {
+        Ok(Some(reply)) => reply,
+        other => panic!("expected {what}, got {other:?}"),
+    }
+}
+
+/// One's own message that no member's node could take when it was sent reaches a reader
+/// marked pending, and the reader is told once another member holds it; one sent while a
+/// member is connected is not marked (its confirmation is a round trip away, so every
+/// message would be).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_is_told_when_a_waiting_message_reaches_a_member() {
+    let sam = TestNode::start("Sam").await;
+    let mut priya = TestNode::start("Priya").await;
+    sam.form_room(ROOM, "Sam", &[(&priya, "Priya")]).await;
+    let mut reader = follower(&sam).await;
+
+    let present = sam.send(ROOM, "Priya is here.").await;
+    match next_update(&mut reader, "the first message").await {
+        Reply::Message(m) => assert!(m.message_id == present && !m.pending, "{m:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Priya's node stops; once Sam's has seen her go, his message can only wait.
+    priya.node.clone().shutdown().await;
+    within("Sam to see Priya's node go", async {
+        while !sam.status().await.connections.is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    let waiting = match sam
+        .ok(Request::Send {
+            room: ROOM.into(),
+            text: "Are you there?".into(),
+        })
+        .await
+    {
+        Reply::Sent {
+            message_id,
+            waiting: true,
+        } => message_id,
+        other => panic!("expected a waiting send, got {other:?}"),
+    };
+    loop {
+        match next_update(&mut reader, "the waiting message").await {
+            Reply::Message(m) => {
+                assert!(m.message_id == waiting && m.pending, "{m:?}");
+                break;
+            }
+            // The first message's confirmation may still come in between.
+            Reply::Delivered { message_id } => assert_eq!(message_id, present),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // Priya's node comes back, catches up, and Sam's reader hears it.
+    priya.restart().await;
+    loop {
+        match next_update(&mut reader, "the waiting message's confirmation").await {
+            Reply::Delivered { message_id } if message_id == waiting => break,
+            Reply::Delivered { message_id } => assert_eq!(message_id, present),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let held = priya.history(ROOM).await;
+    assert!(held.iter().any(|m| m.message_id == waiting), "{held:?}");
 }

@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use confer_node::api::{MessageInfo, Reply, Request};
-use confer_tests::{TestNode, within};
+use confer_node::FollowUpdate;
+use confer_node::api::{Reply, Request};
+use confer_tests::{TestNode, next_message, within};
 use tokio::sync::mpsc::Receiver;
 
 const ROOM: &str = "Action learning set";
@@ -31,10 +32,10 @@ async fn wait_for_members(node: &TestNode, expected: &[&str], after: u64) -> u64
     .await
 }
 
-async fn receive(rx: &mut Receiver<MessageInfo>, id: &str) {
+async fn receive(rx: &mut Receiver<FollowUpdate>, id: &str) {
     within(&format!("delivery of {id}"), async {
         loop {
-            let got = rx.recv().await.expect("follower open");
+            let got = next_message(rx).await.expect("follower open");
             if got.message_id == id {
                 return;
             }

@@ -3,7 +3,7 @@
 //! plaintext.
 
 use confer_node::api::{MemberInfo, Reply, Request};
-use confer_tests::{TestNode, assert_no_plaintext, within};
+use confer_tests::{TestNode, assert_no_plaintext, next_message, within};
 
 const ROOM: &str = "Tuesday peer supervision";
 
@@ -117,7 +117,7 @@ async fn three_members_discuss_and_store_nothing_in_clear() {
             panic!("unexpected {reply:?}")
         };
         for rx in follows.iter_mut() {
-            let got = within(&format!("delivery of {text:?}"), rx.recv())
+            let got = within(&format!("delivery of {text:?}"), next_message(rx))
                 .await
                 .expect("follower open");
             assert_eq!(got.message_id, message_id);

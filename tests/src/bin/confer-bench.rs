@@ -318,8 +318,10 @@ async fn follow(node: &Node, index: usize, record: &Record) -> Result<(), String
     std::thread::Builder::new()
         .name(format!("follow-{index}"))
         .spawn(move || {
-            while let Some(m) = rx.blocking_recv() {
-                record.got(m.text.as_bytes(), index, Instant::now());
+            while let Some(update) = rx.blocking_recv() {
+                if let confer_node::FollowUpdate::Message(m) = update {
+                    record.got(m.text.as_bytes(), index, Instant::now());
+                }
             }
             // The node stopped, or this follower fell too far behind and was dropped.
             record.lose(index, generation);
