@@ -339,7 +339,7 @@ pub async fn read(
     // New messages are shown as they arrive; one sent before something already shown (a
     // member catching up, or coming back online with what it wrote meanwhile) says so.
     // One's own message shown as not yet received gets a line when another member has
-    // it (the node confirms every message; only those shown as pending are told).
+    // it (the node tells of those it marked pending).
     let mut latest = String::new();
     let mut pending: HashMap<String, String> = HashMap::new();
     let shown = |pending: &mut HashMap<String, String>, message: &MessageInfo| {

@@ -379,9 +379,9 @@ pub enum FollowUpdate {
     /// sent (none was connected), rather than when it was only not confirmed yet: a
     /// confirmation takes a round trip, so every message would be marked for a moment.
     Message(MessageInfo),
-    /// Another member has confirmed holding one of this member's messages (hex id), so
-    /// it is no longer pending. Sent for every confirmation while following, whether or
-    /// not the message was shown as pending.
+    /// Another member has confirmed holding one of this member's messages (hex id) that
+    /// followers were shown as pending (in the history, or as it was sent), so it is no
+    /// longer pending.
     Delivered(String),
 }
 
@@ -527,6 +527,7 @@ impl Node {
             room_topics: HashMap::new(),
             index: HashMap::new(),
             unconfirmed: HashMap::new(),
+            shown_pending: HashMap::new(),
             addresses: AddressBook::default(),
             redial: HashMap::new(),
             addresses_dirty: false,
@@ -694,6 +695,9 @@ struct EventLoop {
     index: HashMap<RoomId, BTreeMap<Id, u64>>,
     /// Per room: this member's messages no other member has confirmed holding yet.
     unconfirmed: HashMap<RoomId, BTreeSet<Id>>,
+    /// Per room: those of `unconfirmed` that followers were shown as pending, whose
+    /// confirmation they are told of ([`FollowUpdate::Delivered`]).
+    shown_pending: HashMap<RoomId, HashSet<Id>>,
     /// Addresses at which peers were reached or announced (identify, other members).
     addresses: AddressBook,
     /// When to dial a disconnected member next, and the current backoff.
@@ -1221,6 +1225,11 @@ impl EventLoop {
         // Nothing new will come to a room this profile is no longer in: the stream ends.
         if self.rooms.get(&id).is_some_and(Room::is_member) {
             self.followers.entry(id).or_default().push(tx);
+            // The history marks every unconfirmed message (all of them are stored).
+            if let Some(unconfirmed) = self.unconfirmed.get(&id) {
+                let shown = self.shown_pending.entry(id).or_default();
+                shown.extend(unconfirmed.iter().copied());
+            }
         }
         Ok(Following {
             room_id: id.to_hex(),
@@ -1244,6 +1253,9 @@ impl EventLoop {
         };
         let mut info = Self::message_info(room, record);
         info.pending = pending;
+        if pending && self.followers.contains_key(id) {
+            self.shown_pending.entry(*id).or_default().insert(record.id);
+        }
         self.tell_followers(id, &FollowUpdate::Message(info));
     }
 
@@ -2367,8 +2379,11 @@ impl EventLoop {
         if let Err(e) = self.save_unconfirmed(id).and_then(|()| self.store.flush()) {
             tracing::error!("could not record a delivery confirmation: {e}");
         }
-        for m in confirmed {
-            self.tell_followers(id, &FollowUpdate::Delivered(hex::encode(m)));
+        if let Some(shown) = self.shown_pending.get_mut(id) {
+            let told: Vec<Id> = confirmed.into_iter().filter(|m| shown.remove(m)).collect();
+            for m in told {
+                self.tell_followers(id, &FollowUpdate::Delivered(hex::encode(m)));
+            }
         }
     }
 
