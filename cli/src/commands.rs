@@ -476,7 +476,26 @@ pub async fn leave(home: &Path, room: String, json: bool) -> Result<(), Error> {
             .map_or(room, |r| r.name),
         _ => room,
     };
-    output::line(&left_sentence(&name))
+    output::line(&left_sentence(&name))?;
+    if info.reached == 0 && info.members > 0 {
+        output::line(
+            "No other member's node is connected just now, so only yours knows you left: \
+             keep it running (`confer node run`) until one of theirs reaches it, or the \
+             room counts you as a member until then.",
+        )?;
+    }
+    Ok(())
+}
+
+/// A sentence for a change no other member's node has heard yet, if so.
+fn unheard(info: &ChangeInfo) -> Result<(), Error> {
+    if info.reached == 0 && info.members > 1 {
+        output::line(
+            "No other member's node is connected just now: theirs learn of this when they \
+             next reach yours (or one that has heard it).",
+        )?;
+    }
+    Ok(())
 }
 
 fn left_sentence(room_name: &str) -> String {
@@ -521,7 +540,8 @@ pub async fn remove(home: &Path, room: String, member: String, json: bool) -> Re
         }
         _ => member,
     };
-    output::line(&removed_sentence(&who, &info))
+    output::line(&removed_sentence(&who, &info))?;
+    unheard(&info)
 }
 
 fn removed_sentence(who: &str, info: &ChangeInfo) -> String {
@@ -548,7 +568,8 @@ pub async fn rotate(home: &Path, room: String, json: bool) -> Result<(), Error> 
     output::line(&format!(
         "The room has a new key (key epoch {}); messages sent from now on use it.",
         info.epoch
-    ))
+    ))?;
+    unheard(&info)
 }
 
 /// `confer handover`
@@ -574,7 +595,8 @@ pub async fn handover(home: &Path, room: String, member: String, json: bool) -> 
     output::line(&format!(
         "{} is now the facilitator of the room; you are an ordinary member.",
         safe_line(&who)
-    ))
+    ))?;
+    unheard(&info)
 }
 
 /// `confer invite list`
@@ -674,6 +696,7 @@ mod tests {
             room_id: "ab".to_owned(),
             epoch: 4,
             members: 1,
+            reached: 0,
         };
         assert_eq!(
             removed_sentence("Jo", &info),

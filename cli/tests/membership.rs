@@ -49,14 +49,22 @@ fn invite_ids(home: &Path) -> Vec<String> {
         .collect()
 }
 
-/// A membership change's JSON: `{"room_id", "epoch", "members"}`.
+/// A membership change's JSON, `{"room_id", "epoch", "members", "reached"}`, as (epoch,
+/// members).
 fn change(home: &Path, args: &[&str], room_id: &str) -> (u64, u64) {
+    let (epoch, members, _) = change_reaching(home, args, room_id);
+    (epoch, members)
+}
+
+/// [`change`], and how many other members' nodes were connected to hear it.
+fn change_reaching(home: &Path, args: &[&str], room_id: &str) -> (u64, u64, u64) {
     let info = ok_json(home, args);
     assert_eq!(info["room_id"], room_id, "{info}");
-    assert_eq!(info.as_object().unwrap().len(), 3, "{info}");
+    assert_eq!(info.as_object().unwrap().len(), 4, "{info}");
     (
         info["epoch"].as_u64().unwrap(),
         info["members"].as_u64().unwrap(),
+        info["reached"].as_u64().unwrap(),
     )
 }
 
@@ -129,8 +137,9 @@ fn members_leave_are_removed_and_the_key_moves_on() {
     fails(&run(jo, &["remove", ROOM, "Sam", "--json"]));
 
     // Priya leaves; Sam's node takes her off and rotates the key by itself.
-    let (_, count) = change(priya, &["leave", ROOM], &room_id);
+    let (_, count, reached) = change_reaching(priya, &["leave", ROOM], &room_id);
     assert_eq!(count, 2);
+    assert!(reached >= 1, "Sam's node at least is connected");
     let after_leave = eventually("Sam's node to rotate after the leave", PATIENCE, || {
         let (epoch, names) = members(sam);
         (names == ["Sam", "Jo"] && epoch > start).then_some(epoch)
@@ -312,6 +321,48 @@ fn a_name_someone_in_the_room_uses_is_refused_and_the_invite_still_works() {
     ok_json(priya, &["join", &code, "--as", "Priya"]);
     assert_eq!(members(sam).1, ["Sam", "Priya"]);
     for node in nodes {
+        assert!(node.terminate().success());
+    }
+}
+
+/// A member who leaves while no other member's node is connected is told that only its
+/// own node knows, and to keep it running; the others learn of it when they reach it.
+#[test]
+fn leaving_while_nobody_is_connected_says_to_keep_the_node_running() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [sam, priya] = [dirs[0].path(), dirs[1].path()];
+    init(sam, "Sam");
+    init(priya, "Priya");
+    // As `confer node run` is usually started: the same port every time.
+    let start = |home: &Path| NodeProcess::start_with(home, &[]);
+    let (sam_node, priya_node) = (start(sam), start(priya));
+    ok(sam, &["room", "create", ROOM]);
+    let code = invite(sam);
+    ok_json(priya, &["join", &code, "--as", "Priya"]);
+    let (start_epoch, _) = members(sam);
+
+    assert!(sam_node.terminate().success());
+    eventually("Priya's node to see Sam's go", PATIENCE, || {
+        let status = ok_json(priya, &["status"]);
+        status["connections"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+            .then_some(())
+    });
+    let said = ok(priya, &["leave", ROOM]);
+    assert!(
+        said.contains("only yours knows you left") && said.contains("keep it running"),
+        "{said}"
+    );
+
+    // Sam's node comes back, reaches Priya's, hears of the leave and changes the key.
+    let sam_node = start(sam);
+    eventually("Sam's node to hear of the leave", PATIENCE, || {
+        let (epoch, names) = members(sam);
+        (names == ["Sam"] && epoch > start_epoch).then_some(())
+    });
+    for node in [sam_node, priya_node] {
         assert!(node.terminate().success());
     }
 }

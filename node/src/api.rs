@@ -311,6 +311,11 @@ pub struct ChangeInfo {
     pub epoch: u64,
     /// How many members the room has now.
     pub members: usize,
+    /// How many of the other members' nodes were connected and were sent the change.
+    /// Those that were not learn of it when one of their nodes next reaches this one (or
+    /// a member's node that has it); after a leave, only this node has it.
+    #[serde(default)]
+    pub reached: usize,
 }
 
 /// An invite that can still be redeemed.

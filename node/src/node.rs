@@ -1113,11 +1113,17 @@ impl EventLoop {
         self.rescore_peers();
         self.sync_topics(id);
         self.maybe_rotate(id);
+        let reached = self
+            .member_peers(&id)
+            .iter()
+            .filter(|p| self.swarm.is_connected(p))
+            .count();
         let room = &self.rooms[&id];
         Reply::Changed(ChangeInfo {
             room_id: id.to_hex(),
             epoch: room.epoch_number(),
             members: room.members().len(),
+            reached,
         })
     }
 
@@ -2622,6 +2628,31 @@ impl EventLoop {
     /// Takes in a push from another node and answers it: operations from anyone who is
     /// or was a member (they are self-authenticating; a member who just left pushes its
     /// own departure), envelopes, wants and summaries only from current members.
+    /// Pushes to `to` the departure of the member whose node is `whose` (peer id bytes)
+    /// and the operations before it ([`Room::departure_for`]), at most once a sync
+    /// interval per peer, so that nobody can make this node send its log over and over.
+    fn tell_departure(&mut self, id: RoomId, to: PeerId, whose: &[u8]) {
+        let due = self
+            .told_departed
+            .get(&to)
+            .is_none_or(|at| at.elapsed() >= self.sync_interval);
+        if !due {
+            return;
+        }
+        let Some(ops) = self.rooms.get(&id).and_then(|r| r.departure_for(whose)) else {
+            return;
+        };
+        self.told_departed.insert(to, Instant::now());
+        self.push(
+            id,
+            &[to],
+            SyncPush {
+                ops,
+                ..SyncPush::default()
+            },
+        );
+    }
+
     fn receive_push(&mut self, from: PeerId, bytes: &[u8]) -> Option<SyncReply> {
         let Ok(push) = confer_room::wire::decode::<SyncPush>(bytes, net::MAX_REQUEST) else {
             self.dropped += 1;
@@ -2664,28 +2695,18 @@ impl EventLoop {
             // A former member reconciling as if it were still in: it was away when it was
             // removed. Tell it (its departure and what led to it, nothing later), or it
             // would go on writing into a room nobody hears it in.
-            // At most once a sync interval per peer: a former member cannot make this node
-            // send its log over and over.
-            let due = self
-                .told_departed
-                .get(&from)
-                .is_none_or(|at| at.elapsed() >= self.sync_interval);
-            if push.summary.is_some()
-                && due
-                && let Some(ops) = self
-                    .rooms
-                    .get(&id)
-                    .and_then(|r| r.departure_for(&from_bytes))
-            {
-                self.told_departed.insert(from, Instant::now());
-                self.push(
-                    id,
-                    &[from],
-                    SyncPush {
-                        ops,
-                        ..SyncPush::default()
-                    },
-                );
+            if push.summary.is_some() {
+                self.tell_departure(id, from, &from_bytes);
+            }
+            return Some(SyncReply::default());
+        }
+        if !self.rooms[&id].is_member() {
+            // This profile left (or was removed), and a member reconciles with it as if
+            // it were still in: nobody was online to hear it leave. Tell it, or the room
+            // would count it as a member for ever and never change its key; take nothing.
+            if push.summary.is_some() {
+                let me = self.swarm.local_peer_id().to_bytes();
+                self.tell_departure(id, from, &me);
             }
             return Some(SyncReply::default());
         }

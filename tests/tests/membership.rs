@@ -204,3 +204,32 @@ async fn a_member_removed_while_away_learns_it_on_return_and_nothing_more() {
     assert!(epoch > epoch0);
     assert_eq!(names, ["Alice", "Bob"]);
 }
+
+/// A member who leaves while no other member's node is online (so nobody hears the
+/// leave) is known to have left as soon as a member's node meets its node again, and the
+/// room's key changes: it is not counted as a member, and sent the room's messages, for
+/// ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_leaves_while_alone_is_known_to_have_left_when_met_again() {
+    let mut alice = TestNode::start("Alice").await;
+    let bob = TestNode::start("Bob").await;
+    alice.form_room(ROOM, "Alice", &[(&bob, "Bob")]).await;
+    let (epoch0, _) = members(&alice).await;
+
+    alice.node.clone().shutdown().await;
+    within("Bob's node to see Alice's go", async {
+        while !bob.status().await.connections.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    match bob.ok(Request::Leave { room: ROOM.into() }).await {
+        Reply::Changed(info) => assert_eq!(info.reached, 0, "{info:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+
+    // Alice's node comes back and reconciles with Bob's as with a member's; his node
+    // answers with his leave, and the facilitator's node changes the key.
+    alice.restart().await;
+    wait_for_members(&alice, &["Alice"], epoch0).await;
+}
