@@ -354,7 +354,8 @@ pub async fn read(
             print_message(message)?
         }
         shown(&mut pending, message);
-        latest = latest.max(message.sent_at.clone());
+        // In time order already; this only keeps `latest` (see `arrived_late`).
+        arrived_late(&mut latest, &message.sent_at);
     }
     loop {
         match client.next().await? {
@@ -406,11 +407,23 @@ fn print_line(message: &MessageInfo, note: &str) -> Result<(), Error> {
 
 /// Whether a message sent at `sent_at` (RFC 3339, UTC, fixed width: the order of the text
 /// is the order in time) was sent before the latest one shown so far; updates `latest`.
+/// A time more than [`CLOCK_AHEAD`] after this computer's clock does not count as the
+/// latest: its author's clock is wrong, and everything after it would seem late.
 fn arrived_late(latest: &mut String, sent_at: &str) -> bool {
+    arrived_late_at(latest, sent_at, std::time::SystemTime::now())
+}
+
+/// How far ahead of this computer's clock a message's time may be and still count.
+const CLOCK_AHEAD: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
+fn arrived_late_at(latest: &mut String, sent_at: &str, now: std::time::SystemTime) -> bool {
     if sent_at < latest.as_str() {
         return true;
     }
-    sent_at.clone_into(latest);
+    let horizon = humantime::format_rfc3339_millis(now + CLOCK_AHEAD).to_string();
+    if sent_at <= horizon.as_str() {
+        sent_at.clone_into(latest);
+    }
     false
 }
 
@@ -654,6 +667,28 @@ mod tests {
             !arrived_late(&mut latest, "2026-11-22T18:05:00.000Z"),
             "same moment"
         );
+    }
+
+    /// A message from a member whose clock is ahead does not make everything after it
+    /// look late; one within a few minutes of this computer's clock still counts.
+    #[test]
+    fn a_time_far_ahead_of_this_clock_is_not_the_latest() {
+        let now = humantime::parse_rfc3339("2026-11-22T18:00:00Z").unwrap();
+        let mut latest = String::new();
+        let late = |latest: &mut String, at: &str| arrived_late_at(latest, at, now);
+        assert!(!late(&mut latest, "2026-11-22T17:59:00.000Z"));
+        assert!(
+            !late(&mut latest, "2027-01-01T00:00:00.000Z"),
+            "dated ahead"
+        );
+        assert_eq!(latest, "2026-11-22T17:59:00.000Z");
+        assert!(!late(&mut latest, "2026-11-22T17:59:30.000Z"));
+        assert!(
+            !late(&mut latest, "2026-11-22T18:04:00.000Z"),
+            "within the margin"
+        );
+        assert_eq!(latest, "2026-11-22T18:04:00.000Z");
+        assert!(late(&mut latest, "2026-11-22T18:01:00.000Z"));
     }
 
     #[test]
