@@ -145,13 +145,17 @@ fn print_rooms(rooms: &[RoomSummary]) -> Result<(), Error> {
         } else {
             "messages"
         };
+        let waiting = match room.pending {
+            0 => String::new(),
+            n => format!(", {n} of yours not yet received by anyone else"),
+        };
         let gone = if room.member {
             ""
         } else {
             ", you are no longer a member"
         };
         output::line(&format!(
-            "  {}  ({} {people}, {} {said}{gone})  id {}",
+            "  {}  ({} {people}, {} {said}{waiting}{gone})  id {}",
             safe_line(&room.name),
             room.members,
             room.messages,

@@ -255,6 +255,14 @@ fn a_message_nobody_else_holds_yet_is_marked() {
         human.contains("(not yet received by anyone else)"),
         "{human}"
     );
+    // The room list and the status count them.
+    assert_eq!(ok_json(home, &["room", "list"])[0]["pending"], 2);
+    assert_eq!(ok_json(home, &["status"])["rooms"][0]["pending"], 2);
+    let human = ok(home, &["room", "list"]);
+    assert!(
+        human.contains("2 messages, 2 of yours not yet received by anyone else)"),
+        "{human}"
+    );
 }
 
 #[test]
@@ -334,10 +342,14 @@ fn read_last_shows_only_the_end_of_the_history() {
         human.contains("note 5") && !human.contains("note 4"),
         "{human}"
     );
-    // The room list says how many messages the room holds.
+    // The room list says how many messages the room holds (and that nobody else has
+    // them: Sam is alone).
     assert_eq!(ok_json(home, &["room", "list"])[0]["messages"], 5);
     let rooms = ok(home, &["room", "list"]);
-    assert!(rooms.contains("(1 member, 5 messages)"), "{rooms}");
+    assert!(
+        rooms.contains("(1 member, 5 messages, 5 of yours not yet received by anyone else)"),
+        "{rooms}"
+    );
     // Zero is a usage error, and nothing is printed on standard output.
     let out = run(home, &["read", "Notes", "--last", "0"]);
     assert_eq!(out.status.code(), Some(2));
@@ -468,6 +480,7 @@ fn read_follow_says_when_a_message_arrives_late_and_when_ones_own_is_received() 
         delivered,
         format!("(Your message of [{sent_at}] has now been received by another member.)")
     );
+    assert_eq!(ok_json(priya, &["room", "list"])[0]["pending"], 0);
     // The same as JSON Lines: Sam's message, and an object naming Priya's as delivered.
     let mut got = [next_json(), next_json()];
     got.sort_by_key(|v| v.get("delivered").is_some());

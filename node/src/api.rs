@@ -250,6 +250,10 @@ pub struct RoomSummary {
     /// readable).
     #[serde(default = "yes")]
     pub member: bool,
+    /// How many of this member's messages no other member has confirmed holding yet
+    /// (each marked pending by `confer read`).
+    #[serde(default)]
+    pub pending: usize,
 }
 
 fn yes() -> bool {

@@ -1187,6 +1187,7 @@ impl EventLoop {
             members: room.members().len(),
             messages: self.index.get(&room.id()).map_or(0, BTreeMap::len),
             member: room.is_member(),
+            pending: self.unconfirmed.get(&room.id()).map_or(0, BTreeSet::len),
         }
     }
 
