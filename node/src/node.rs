@@ -2626,9 +2626,6 @@ impl EventLoop {
         }
     }
 
-    /// Takes in a push from another node and answers it: operations from anyone who is
-    /// or was a member (they are self-authenticating; a member who just left pushes its
-    /// own departure), envelopes, wants and summaries only from current members.
     /// Pushes to `to` the departure of the member whose node is `whose` (peer id bytes)
     /// and the operations before it ([`Room::departure_for`]), at most once a sync
     /// interval per peer, so that nobody can make this node send its log over and over.
@@ -2654,6 +2651,11 @@ impl EventLoop {
         );
     }
 
+    /// Takes in a push from another node and answers it: operations from anyone who is
+    /// or was a member (they are self-authenticating; a member who just left pushes its
+    /// own departure), envelopes, wants and summaries only from current members. A
+    /// former member is answered with its departure; a node no longer in the room answers
+    /// a member with its own, and takes nothing.
     fn receive_push(&mut self, from: PeerId, bytes: &[u8]) -> Option<SyncReply> {
         let Ok(push) = confer_room::wire::decode::<SyncPush>(bytes, net::MAX_REQUEST) else {
             self.dropped += 1;
