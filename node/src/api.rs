@@ -6,7 +6,8 @@
 //! [`Reply`] per line. Every request gets exactly one reply, except
 //! [`Request::Read`] with `follow: true`, which gets the history and then one
 //! [`Reply::Message`] per new message (and a [`Reply::Delivered`] when another member
-//! confirms holding one of this member's messages) until the client hangs up.
+//! confirms holding one of this member's messages shown as pending) until the client
+//! hangs up.
 //!
 //! Lines are limited to [`MAX_LINE`] bytes in both directions; a longer history is sent
 //! in [`Reply::HistoryPart`]s.
@@ -154,7 +155,7 @@ pub enum Reply {
     /// was sent (see `FollowUpdate::Message`).
     Message(MessageInfo),
     /// Streamed when following: another member has confirmed holding one of this
-    /// member's messages, so it is no longer pending.
+    /// member's messages that this stream showed as pending, so it no longer is.
     Delivered {
         /// The message id (hex).
         message_id: String,
