@@ -497,8 +497,8 @@ pub async fn leave(home: &Path, room: String, json: bool) -> Result<(), Error> {
     if info.reached == 0 && info.members > 0 {
         output::line(
             "No other member's node is connected just now, so only yours knows you left: \
-             keep it running (`confer node run`) until one of theirs reaches it, or the \
-             room counts you as a member until then.",
+             keep it running (`confer node run`); it keeps trying to reach theirs and tells \
+             the first it reaches. Until then the room counts you as a member.",
         )?;
     }
     Ok(())

@@ -95,6 +95,9 @@ enum Item {
 const OUTBOX: &str = "outbox";
 /// The store record name of a room's known member addresses.
 const PEERS: &str = "peers";
+/// The store record name of the flag "this profile left the room while no other member's
+/// node was connected, and has not told any of them yet" (one byte, 1 or 0).
+const LEAVE_UNHEARD: &str = "leave-unheard";
 
 /// A recent room envelope and the peers of the members who were in the room when it
 /// was stored: only they may be sent it again.
@@ -528,6 +531,7 @@ impl Node {
             index: HashMap::new(),
             unconfirmed: HashMap::new(),
             shown_pending: HashMap::new(),
+            unheard_leaves: HashSet::new(),
             addresses: AddressBook::default(),
             redial: HashMap::new(),
             addresses_dirty: false,
@@ -698,6 +702,11 @@ struct EventLoop {
     /// Per room: those of `unconfirmed` that followers were shown as pending, whose
     /// confirmation they are told of ([`FollowUpdate::Delivered`]).
     shown_pending: HashMap<RoomId, HashSet<Id>>,
+    /// Rooms this profile left while no other member's node was connected, until its node
+    /// has told one of them: their members are redialled as if it were still in, so that
+    /// the leave reaches them even if they can no longer reach this node (kept in the
+    /// store under [`LEAVE_UNHEARD`]).
+    unheard_leaves: HashSet<RoomId>,
     /// Addresses at which peers were reached or announced (identify, other members).
     addresses: AddressBook,
     /// When to dial a disconnected member next, and the current backoff.
@@ -1118,6 +1127,9 @@ impl EventLoop {
             .iter()
             .filter(|p| self.swarm.is_connected(p))
             .count();
+        if reached == 0 && !self.rooms[&id].is_member() && !self.member_peers(&id).is_empty() {
+            self.set_leave_unheard(id, true);
+        }
         let room = &self.rooms[&id];
         Reply::Changed(ChangeInfo {
             room_id: id.to_hex(),
@@ -1809,6 +1821,24 @@ impl EventLoop {
                     for id in shared {
                         self.reconcile(id, peer_id, Vec::new());
                     }
+                    // A member of a room this profile left unheard: tell it now.
+                    let left: Vec<RoomId> = self
+                        .unheard_leaves
+                        .iter()
+                        .filter(|id| {
+                            self.rooms
+                                .get(id)
+                                .is_some_and(|r| r.members().iter().any(|m| m.peer == peer_bytes))
+                        })
+                        .copied()
+                        .collect();
+                    let me = self.swarm.local_peer_id().to_bytes();
+                    for id in left {
+                        if self.tell_departure(id, peer_id, &me) {
+                            // One member has it now; the others hear it from that one.
+                            self.set_leave_unheard(id, false);
+                        }
+                    }
                 }
             }
             SwarmEvent::NewListenAddr {
@@ -2325,6 +2355,10 @@ impl EventLoop {
             None => BTreeSet::new(),
         };
         self.unconfirmed.insert(id, unconfirmed);
+        // Before the addresses: a room left unheard keeps its members' (`known_peer`).
+        if self.store.room_state(&id.0, LEAVE_UNHEARD)?.as_deref() == Some(&[1]) {
+            self.unheard_leaves.insert(id);
+        }
         if let Some(bytes) = self.store.room_state(&id.0, PEERS)? {
             let known: Vec<(Vec<u8>, Vec<String>)> =
                 confer_room::wire::decode(&bytes, confer_room::wire::MAX_WIRE).unwrap_or_default();
@@ -2349,6 +2383,25 @@ impl EventLoop {
             });
         if result.is_err() {
             tracing::warn!("could not store member addresses");
+        }
+    }
+
+    /// Records (durably) whether a leave of this room is still unheard ([`LEAVE_UNHEARD`]).
+    fn set_leave_unheard(&mut self, id: RoomId, unheard: bool) {
+        let changed = if unheard {
+            self.unheard_leaves.insert(id)
+        } else {
+            self.unheard_leaves.remove(&id)
+        };
+        if !changed {
+            return;
+        }
+        let stored = self
+            .store
+            .put_room_state(&id.0, LEAVE_UNHEARD, &[u8::from(unheard)])
+            .and_then(|()| self.store.flush());
+        if let Err(e) = stored {
+            tracing::warn!("could not record whether a leave has been heard: {e}");
         }
     }
 
@@ -2563,7 +2616,7 @@ impl EventLoop {
         let now = std::time::Instant::now();
         let mut peers: BTreeSet<PeerId> = BTreeSet::new();
         for id in self.rooms.keys() {
-            if self.rooms[id].is_member() {
+            if self.rooms[id].is_member() || self.unheard_leaves.contains(id) {
                 peers.extend(self.member_peers(id));
             }
         }
@@ -2629,16 +2682,17 @@ impl EventLoop {
     /// Pushes to `to` the departure of the member whose node is `whose` (peer id bytes)
     /// and the operations before it ([`Room::departure_for`]), at most once a sync
     /// interval per peer, so that nobody can make this node send its log over and over.
-    fn tell_departure(&mut self, id: RoomId, to: PeerId, whose: &[u8]) {
+    /// Returns whether it pushed.
+    fn tell_departure(&mut self, id: RoomId, to: PeerId, whose: &[u8]) -> bool {
         let due = self
             .told_departed
             .get(&to)
             .is_none_or(|at| at.elapsed() >= self.sync_interval);
         if !due {
-            return;
+            return false;
         }
         let Some(ops) = self.rooms.get(&id).and_then(|r| r.departure_for(whose)) else {
-            return;
+            return false;
         };
         self.told_departed.insert(to, Instant::now());
         self.push(
@@ -2649,6 +2703,7 @@ impl EventLoop {
                 ..SyncPush::default()
             },
         );
+        true
     }
 
     /// Takes in a push from another node and answers it: operations from anyone who is
@@ -2709,7 +2764,9 @@ impl EventLoop {
             // would count it as a member for ever and never change its key; take nothing.
             if push.summary.is_some() {
                 let me = self.swarm.local_peer_id().to_bytes();
-                self.tell_departure(id, from, &me);
+                if self.tell_departure(id, from, &me) {
+                    self.set_leave_unheard(id, false);
+                }
             }
             return Some(SyncReply::default());
         }
@@ -2779,10 +2836,10 @@ impl EventLoop {
     /// progress: not a stranger.
     fn known_peer(&self, peer: &PeerId) -> bool {
         let bytes = peer.to_bytes();
-        let member = self
-            .rooms
-            .values()
-            .any(|r| r.is_member() && r.members().iter().any(|m| m.peer == bytes));
+        let member = self.rooms.values().any(|r| {
+            (r.is_member() || self.unheard_leaves.contains(&r.id()))
+                && r.members().iter().any(|m| m.peer == bytes)
+        });
         member
             || self
                 .pending_joins

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use confer_node::FollowUpdate;
 use confer_node::api::{Reply, Request};
-use confer_tests::{TestNode, next_message, within};
+use confer_store::Profile;
+use confer_tests::{PASSPHRASE, TestNode, next_message, start_node, within};
 use tokio::sync::mpsc::Receiver;
 
 const ROOM: &str = "Action learning set";
@@ -230,6 +231,33 @@ async fn a_member_who_leaves_while_alone_is_known_to_have_left_when_met_again() 
 
     // Alice's node comes back and reconciles with Bob's as with a member's; his node
     // answers with his leave, and the facilitator's node changes the key.
+    alice.restart().await;
+    wait_for_members(&alice, &["Alice"], epoch0).await;
+}
+
+/// The same, when the other members can no longer reach the leaver's node (it came back
+/// on another address): its node dials them, as it did while a member, until it has told
+/// one of them, across a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_nobody_heard_is_carried_to_members_who_cannot_reach_the_leaver() {
+    let mut alice = TestNode::start("Alice").await;
+    let mut bob = TestNode::start("Bob").await;
+    alice.form_room(ROOM, "Alice", &[(&bob, "Bob")]).await;
+    let (epoch0, _) = members(&alice).await;
+
+    alice.node.clone().shutdown().await;
+    within("Bob's node to see Alice's go", async {
+        while !bob.status().await.connections.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    bob.ok(Request::Leave { room: ROOM.into() }).await;
+
+    // Bob's node restarts on a new port: the address Alice's node has for it is dead.
+    bob.node.clone().shutdown().await;
+    let profile = Profile::unlock(bob.home(), PASSPHRASE).expect("unlock");
+    bob.node = start_node(profile).await;
     alice.restart().await;
     wait_for_members(&alice, &["Alice"], epoch0).await;
 }
