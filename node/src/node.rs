@@ -1821,7 +1821,17 @@ impl EventLoop {
                     for id in shared {
                         self.reconcile(id, peer_id, Vec::new());
                     }
-                    // A member of a room this profile left unheard: tell it now.
+                    // A member of a room this profile left unheard: tell it now. (Admitted
+                    // again meanwhile, it has nothing to tell.)
+                    let back: Vec<RoomId> = self
+                        .unheard_leaves
+                        .iter()
+                        .filter(|id| self.rooms.get(id).is_none_or(Room::is_member))
+                        .copied()
+                        .collect();
+                    for id in back {
+                        self.set_leave_unheard(id, false);
+                    }
                     let left: Vec<RoomId> = self
                         .unheard_leaves
                         .iter()
