@@ -415,16 +415,10 @@ fn a_node_that_was_offline_says_when_it_has_caught_up() {
 /// the reader's own messages, shown as not yet received, has reached another member.
 #[test]
 fn read_follow_says_when_a_message_arrives_late_and_when_ones_own_is_received() {
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (dirs, sam_node, priya_node) = common::sam_and_priya_in(ROOM);
     let [sam, priya] = [dirs[0].path(), dirs[1].path()];
-    init(sam, "Sam");
-    init(priya, "Priya");
-    // As `confer node run` is usually started: no --listen, the same port every time.
+    // (Without --listen, each node comes back on the port it had.)
     let start = |home: &Path| NodeProcess::start_with(home, &[]);
-    let (sam_node, priya_node) = (start(sam), start(priya));
-    ok(sam, &["room", "create", ROOM]);
-    let code = invite_code(sam);
-    ok_json(priya, &["join", &code, "--as", "Priya"]);
 
     // Sam writes while Priya's node is off, then goes offline himself.
     assert!(priya_node.terminate().success());

@@ -329,16 +329,8 @@ fn a_name_someone_in_the_room_uses_is_refused_and_the_invite_still_works() {
 /// own node knows, and to keep it running; the others learn of it when they reach it.
 #[test]
 fn leaving_while_nobody_is_connected_says_to_keep_the_node_running() {
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (dirs, sam_node, priya_node) = common::sam_and_priya_in(ROOM);
     let [sam, priya] = [dirs[0].path(), dirs[1].path()];
-    init(sam, "Sam");
-    init(priya, "Priya");
-    // As `confer node run` is usually started: the same port every time.
-    let start = |home: &Path| NodeProcess::start_with(home, &[]);
-    let (sam_node, priya_node) = (start(sam), start(priya));
-    ok(sam, &["room", "create", ROOM]);
-    let code = invite(sam);
-    ok_json(priya, &["join", &code, "--as", "Priya"]);
     let (start_epoch, _) = members(sam);
 
     assert!(sam_node.terminate().success());
@@ -357,7 +349,7 @@ fn leaving_while_nobody_is_connected_says_to_keep_the_node_running() {
     );
 
     // Sam's node comes back, reaches Priya's, hears of the leave and changes the key.
-    let sam_node = start(sam);
+    let sam_node = NodeProcess::start_with(sam, &[]);
     eventually("Sam's node to hear of the leave", PATIENCE, || {
         let (epoch, names) = members(sam);
         (names == ["Sam"] && epoch > start_epoch).then_some(())

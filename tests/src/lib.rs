@@ -82,6 +82,17 @@ impl TestNode {
         }
     }
 
+    /// Waits until the node has no open connection (its peers' nodes have stopped and it
+    /// has seen them go).
+    pub async fn until_alone(&self) {
+        within("the node to see every peer go", async {
+            while !self.status().await.connections.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+    }
+
     /// Stops the node (cleanly) and starts it again on the same profile directory and
     /// the same address, as a person would after closing their laptop.
     pub async fn restart(&mut self) {

@@ -216,12 +216,7 @@ async fn a_reader_is_told_when_a_waiting_message_reaches_a_member() {
 
     // Priya's node stops; once Sam's has seen her go, his message can only wait.
     priya.node.clone().shutdown().await;
-    within("Sam to see Priya's node go", async {
-        while !sam.status().await.connections.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
+    sam.until_alone().await;
     let waiting = match sam.ok(send("Are you there?")).await {
         Reply::Sent {
             message_id,

@@ -206,29 +206,30 @@ async fn a_member_removed_while_away_learns_it_on_return_and_nothing_more() {
     assert_eq!(names, ["Alice", "Bob"]);
 }
 
+/// Forms a room of Alice (facilitator) and Bob, stops Alice's node, and has Bob leave
+/// once his node has seen hers go (so nobody hears the leave). Returns them and the epoch
+/// before the leave.
+async fn bob_leaves_unheard() -> (TestNode, TestNode, u64) {
+    let alice = TestNode::start("Alice").await;
+    let bob = TestNode::start("Bob").await;
+    alice.form_room(ROOM, "Alice", &[(&bob, "Bob")]).await;
+    let (epoch0, _) = members(&alice).await;
+    alice.node.clone().shutdown().await;
+    bob.until_alone().await;
+    match bob.ok(Request::Leave { room: ROOM.into() }).await {
+        Reply::Changed(info) => assert_eq!(info.reached, 0, "{info:?}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    (alice, bob, epoch0)
+}
+
 /// A member who leaves while no other member's node is online (so nobody hears the
 /// leave) is known to have left as soon as a member's node meets its node again, and the
 /// room's key changes: it is not counted as a member, and sent the room's messages, for
 /// ever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_who_leaves_while_alone_is_known_to_have_left_when_met_again() {
-    let mut alice = TestNode::start("Alice").await;
-    let bob = TestNode::start("Bob").await;
-    alice.form_room(ROOM, "Alice", &[(&bob, "Bob")]).await;
-    let (epoch0, _) = members(&alice).await;
-
-    alice.node.clone().shutdown().await;
-    within("Bob's node to see Alice's go", async {
-        while !bob.status().await.connections.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    match bob.ok(Request::Leave { room: ROOM.into() }).await {
-        Reply::Changed(info) => assert_eq!(info.reached, 0, "{info:?}"),
-        other => panic!("unexpected {other:?}"),
-    }
-
+    let (mut alice, _bob, epoch0) = bob_leaves_unheard().await;
     // Alice's node comes back and reconciles with Bob's as with a member's; his node
     // answers with his leave, and the facilitator's node changes the key.
     alice.restart().await;
@@ -240,20 +241,7 @@ async fn a_member_who_leaves_while_alone_is_known_to_have_left_when_met_again() 
 /// one of them, across a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leave_nobody_heard_is_carried_to_members_who_cannot_reach_the_leaver() {
-    let mut alice = TestNode::start("Alice").await;
-    let mut bob = TestNode::start("Bob").await;
-    alice.form_room(ROOM, "Alice", &[(&bob, "Bob")]).await;
-    let (epoch0, _) = members(&alice).await;
-
-    alice.node.clone().shutdown().await;
-    within("Bob's node to see Alice's go", async {
-        while !bob.status().await.connections.is_empty() {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    bob.ok(Request::Leave { room: ROOM.into() }).await;
-
+    let (mut alice, mut bob, epoch0) = bob_leaves_unheard().await;
     // Bob's node restarts on a new port: the address Alice's node has for it is dead.
     bob.node.clone().shutdown().await;
     let profile = Profile::unlock(bob.home(), PASSPHRASE).expect("unlock");

@@ -292,3 +292,21 @@ pub fn try_start_node(home: &Path, listen: &str) -> Result<NodeProcess, Output> 
     };
     Ok(NodeProcess::from_ready(child, &ready, line_rx))
 }
+
+/// Two people in one room, as they usually run Confer: profiles "Sam" and "Priya" in
+/// `dirs[0]` and `dirs[1]`, each with `confer node run` started without `--listen` (the
+/// same port every time), and Priya admitted to `room`, which Sam created and
+/// facilitates. Returns the directories and the nodes (Sam's, Priya's).
+pub fn sam_and_priya_in(room: &str) -> ([tempfile::TempDir; 2], NodeProcess, NodeProcess) {
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let (sam, priya) = (dirs[0].path(), dirs[1].path());
+    init(sam, "Sam");
+    init(priya, "Priya");
+    let sam_node = NodeProcess::start_with(sam, &[]);
+    let priya_node = NodeProcess::start_with(priya, &[]);
+    ok(sam, &["room", "create", room]);
+    let invite = ok_json(sam, &["invite", room]);
+    let code = invite["code"].as_str().unwrap();
+    ok_json(priya, &["join", code, "--as", "Priya"]);
+    (dirs, sam_node, priya_node)
+}
