@@ -151,6 +151,8 @@ fn print_rooms(rooms: &[RoomSummary]) -> Result<(), Error> {
         };
         let gone = if room.member {
             ""
+        } else if room.leave_unheard {
+            ", you left but no other member has heard yet: keep your node running"
         } else {
             ", you are no longer a member"
         };
@@ -498,7 +500,8 @@ pub async fn leave(home: &Path, room: String, json: bool) -> Result<(), Error> {
         output::line(
             "No other member's node is connected just now, so only yours knows you left: \
              keep it running (`confer node run`); it keeps trying to reach theirs and tells \
-             the first it reaches. Until then the room counts you as a member.",
+             the first it reaches (`confer room list` shows when). Until then the room \
+             counts you as a member.",
         )?;
     }
     Ok(())

@@ -347,6 +347,9 @@ fn leaving_while_nobody_is_connected_says_to_keep_the_node_running() {
         said.contains("only yours knows you left") && said.contains("keep it running"),
         "{said}"
     );
+    // The room list says so until a member's node has heard it.
+    assert_eq!(ok_json(priya, &["room", "list"])[0]["leave_unheard"], true);
+    assert!(ok(priya, &["room", "list"]).contains("no other member has heard yet"));
 
     // Sam's node comes back, reaches Priya's, hears of the leave and changes the key.
     let sam_node = NodeProcess::start_with(sam, &[]);
@@ -354,6 +357,9 @@ fn leaving_while_nobody_is_connected_says_to_keep_the_node_running() {
         let (epoch, names) = members(sam);
         (names == ["Sam"] && epoch > start_epoch).then_some(())
     });
+    let rooms = ok_json(priya, &["room", "list"]);
+    assert_eq!(rooms[0]["leave_unheard"], false, "{rooms}");
+    assert_eq!(rooms[0]["member"], false, "{rooms}");
     for node in [sam_node, priya_node] {
         assert!(node.terminate().success());
     }

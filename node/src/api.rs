@@ -255,6 +255,10 @@ pub struct RoomSummary {
     /// (each marked pending by `confer read`).
     #[serde(default)]
     pub pending: usize,
+    /// This profile left the room while no other member's node was connected, and its
+    /// node has not reached one to tell it yet (it keeps trying while it runs).
+    #[serde(default)]
+    pub leave_unheard: bool,
 }
 
 fn yes() -> bool {

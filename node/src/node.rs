@@ -1200,6 +1200,7 @@ impl EventLoop {
             messages: self.index.get(&room.id()).map_or(0, BTreeMap::len),
             member: room.is_member(),
             pending: self.unconfirmed.get(&room.id()).map_or(0, BTreeSet::len),
+            leave_unheard: self.unheard_leaves.contains(&room.id()),
         }
     }
 
