@@ -36,19 +36,26 @@ async fn serve(profile: Profile, config: NodeConfig, json: bool) -> Result<(), E
 
     // Until asked to stop: say when messages missed while offline come in (counts only:
     // this output may end up in a system log, so it names no room and no one).
+    // Likewise when a leave nobody had heard reaches a member.
     let mut progress = CatchUp::default();
+    let mut leaves = Leaves::default();
     let mut poll = tokio::time::interval(PROGRESS_EVERY);
     loop {
         tokio::select! {
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
             _ = poll.tick() => {
-                if let Reply::Status(status) = node.request(Request::Status).await
-                    && let Some(event) = progress.update(status.caught_up)
-                {
+                if let Reply::Status(status) = node.request(Request::Status).await {
+                    let unheard = status.rooms.iter().filter(|r| r.leave_unheard).count();
+                    let heard = status.leaves_heard;
                     // A closed output (e.g. the reader of a pipe went away) must not stop
                     // the node.
-                    let _ = show(event, json);
+                    if let Some(event) = progress.update(status.caught_up) {
+                        let _ = show(event, json);
+                    }
+                    if let Some(event) = leaves.update(unheard, heard) {
+                        let _ = show_leave(event, json);
+                    }
                 }
             }
         }
@@ -118,6 +125,54 @@ fn show(event: Progress, json: bool) -> Result<(), Error> {
     }
 }
 
+/// What `node run` says about leaves no other member has heard yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LeaveNews {
+    /// At start: this many rooms were left unheard; the node is trying to tell them.
+    Waiting(usize),
+    /// A member's node has heard of one (or more) of them.
+    Heard,
+}
+
+/// Turns the number of rooms left unheard (`RoomSummary::leave_unheard`) and the count
+/// of such leaves since told (`StatusInfo::leaves_heard`), read every
+/// [`PROGRESS_EVERY`], into lines to show: how many are unheard at start, and each time
+/// the count grows (however briefly a leave was unheard between two readings).
+#[derive(Debug, Default)]
+struct Leaves {
+    heard: Option<u64>,
+}
+
+impl Leaves {
+    fn update(&mut self, unheard: usize, heard: u64) -> Option<LeaveNews> {
+        match self.heard.replace(heard) {
+            None if unheard > 0 => Some(LeaveNews::Waiting(unheard)),
+            Some(before) if heard > before => Some(LeaveNews::Heard),
+            _ => None,
+        }
+    }
+}
+
+fn show_leave(event: LeaveNews, json: bool) -> Result<(), Error> {
+    match (event, json) {
+        (LeaveNews::Waiting(n), true) => {
+            output::json(&serde_json::json!({"event": "leave_unheard", "rooms": n}))
+        }
+        (LeaveNews::Heard, true) => output::json(&serde_json::json!({"event": "leave_heard"})),
+        (LeaveNews::Waiting(n), false) => output::line(&format!(
+            "You left {} while no other member was online; trying to reach one to tell them.",
+            if n == 1 {
+                "a room".to_owned()
+            } else {
+                format!("{n} rooms")
+            }
+        )),
+        (LeaveNews::Heard, false) => output::line(
+            "Another member's node has now heard that you left a room; they will pass it on.",
+        ),
+    }
+}
+
 /// Prints the node's identity, addresses and relays: the readiness signal scripts wait
 /// for.
 async fn announce(node: &Node, json: bool) -> Result<(), Error> {
@@ -166,6 +221,21 @@ async fn announce(node: &Node, json: bool) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leave_lines_follow_the_count() {
+        let mut l = Leaves::default();
+        assert_eq!(l.update(2, 0), Some(LeaveNews::Waiting(2)));
+        assert_eq!(l.update(2, 0), None);
+        assert_eq!(l.update(1, 1), Some(LeaveNews::Heard));
+        assert_eq!(l.update(1, 1), None);
+        // A new leave while running was announced by `confer leave` itself; one that
+        // was heard before the next reading still counts.
+        assert_eq!(l.update(1, 2), Some(LeaveNews::Heard));
+        let mut quiet = Leaves::default();
+        assert_eq!(quiet.update(0, 0), None);
+        assert_eq!(quiet.update(0, 0), None);
+    }
 
     #[test]
     fn catch_up_lines_follow_the_count() {

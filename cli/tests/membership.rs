@@ -350,6 +350,14 @@ fn leaving_while_nobody_is_connected_says_to_keep_the_node_running() {
     // The room list says so until a member's node has heard it.
     assert_eq!(ok_json(priya, &["room", "list"])[0]["leave_unheard"], true);
     assert!(ok(priya, &["room", "list"]).contains("no other member has heard yet"));
+    // Restarted, her `node run` says it is trying to tell them (naming no room).
+    assert!(priya_node.terminate().success());
+    let priya_node = NodeProcess::start_with(priya, &[]);
+    let line = priya_node
+        .lines
+        .recv_timeout(PATIENCE)
+        .expect("a line from Priya's node run");
+    assert_eq!(line, r#"{"event":"leave_unheard","rooms":1}"#);
 
     // Sam's node comes back, reaches Priya's, hears of the leave and changes the key.
     let sam_node = NodeProcess::start_with(sam, &[]);
@@ -357,6 +365,12 @@ fn leaving_while_nobody_is_connected_says_to_keep_the_node_running() {
         let (epoch, names) = members(sam);
         (names == ["Sam"] && epoch > start_epoch).then_some(())
     });
+    // Priya's `node run` says so (naming no room).
+    let line = priya_node
+        .lines
+        .recv_timeout(PATIENCE)
+        .expect("a line from Priya's node run");
+    assert_eq!(line, r#"{"event":"leave_heard"}"#);
     let rooms = ok_json(priya, &["room", "list"]);
     assert_eq!(rooms[0]["leave_unheard"], false, "{rooms}");
     assert_eq!(rooms[0]["member"], false, "{rooms}");

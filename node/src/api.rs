@@ -211,6 +211,10 @@ pub struct StatusInfo {
     /// growing while it catches up).
     #[serde(default)]
     pub caught_up: u64,
+    /// Leaves nobody had heard (see [`RoomSummary::leave_unheard`]) that this node has
+    /// since told a member of, since it started.
+    #[serde(default)]
+    pub leaves_heard: u64,
 }
 
 /// A relay and whether the node holds a reservation on it.

@@ -543,6 +543,7 @@ impl Node {
             told_departed: HashMap::new(),
             dropped: 0,
             caught_up: 0,
+            leaves_heard: 0,
             started_ms: now_ms(),
             reach,
             settings,
@@ -725,6 +726,8 @@ struct EventLoop {
     dropped: u64,
     /// Messages sent before this node started, first stored since (see [`StatusInfo`]).
     caught_up: u64,
+    /// See `StatusInfo::leaves_heard`.
+    leaves_heard: u64,
     /// When this node started (Unix milliseconds).
     started_ms: u64,
     /// Relays, relay-only mode, NAT status, open connections.
@@ -1328,6 +1331,7 @@ impl EventLoop {
                 relays: self.reach.relay_infos(),
                 connections: self.reach.connection_infos(),
                 caught_up: self.caught_up,
+                leaves_heard: self.leaves_heard,
             }),
             Request::ListRooms => Reply::Rooms {
                 rooms: self.summaries(),
@@ -1847,7 +1851,7 @@ impl EventLoop {
                     for id in left {
                         if self.tell_departure(id, peer_id, &me) {
                             // One member has it now; the others hear it from that one.
-                            self.set_leave_unheard(id, false);
+                            self.leave_heard(id);
                         }
                     }
                 }
@@ -2397,6 +2401,14 @@ impl EventLoop {
         }
     }
 
+    /// A member has been told of this profile's leave of the room (if it was unheard).
+    fn leave_heard(&mut self, id: RoomId) {
+        if self.unheard_leaves.contains(&id) {
+            self.leaves_heard += 1;
+            self.set_leave_unheard(id, false);
+        }
+    }
+
     /// Records (durably) whether a leave of this room is still unheard ([`LEAVE_UNHEARD`]).
     fn set_leave_unheard(&mut self, id: RoomId, unheard: bool) {
         let changed = if unheard {
@@ -2776,7 +2788,7 @@ impl EventLoop {
             if push.summary.is_some() {
                 let me = self.swarm.local_peer_id().to_bytes();
                 if self.tell_departure(id, from, &me) {
-                    self.set_leave_unheard(id, false);
+                    self.leave_heard(id);
                 }
             }
             return Some(SyncReply::default());
