@@ -178,6 +178,10 @@ pub enum Command {
     /// nothing new: the others change the room's key as soon as they learn you have gone.
     /// Leaving cannot be undone; to come back you need a new invite. The facilitator
     /// cannot leave; hand the role to another member first with `confer handover`.
+    ///
+    /// The others learn you have gone from your node: if none of theirs is connected when
+    /// you leave, keep your node running until it has reached one (`confer room list`
+    /// and `confer node run` say when).
     Leave {
         /// The room: its name, or the first characters of its id.
         room: String,
@@ -370,7 +374,11 @@ pub enum RoomCommand {
         #[command(flatten)]
         output: Output,
     },
-    /// List the rooms you are in.
+    /// List your rooms, including those you have left.
+    ///
+    /// For each: how many members and messages it has, how many of your messages no
+    /// other member has confirmed receiving yet, and whether you have left it (and if
+    /// so, whether any other member has heard yet).
     List {
         #[command(flatten)]
         output: Output,
