@@ -122,6 +122,10 @@ pub struct Store {
     /// [`Store::write_manifest`] does not walk the whole tree every time.
     message_count: AtomicU64,
     keys: Keys,
+    /// Device and inode of the database directory when it was opened: if the profile
+    /// directory is deleted or replaced while this store is open, files written by path
+    /// (the manifest) would land in someone else's profile.
+    dir_identity: (u64, u64),
 }
 
 impl fmt::Debug for Store {
@@ -143,6 +147,11 @@ impl Store {
         let home = profile.home().to_path_buf();
         let path = home.join(DB_DIR);
         create_private_dir(&path)?;
+        let dir_identity = dir_identity(&path).map_err(|source| StoreError::Io {
+            action: "read",
+            path: path.clone(),
+            source,
+        })?;
         let deadline = std::time::Instant::now() + LOCK_WAIT;
         let db = loop {
             match sled::Config::new().path(&path).open() {
@@ -165,6 +174,7 @@ impl Store {
             keys: Keys::derive(profile.storage_key())?,
             db,
             home,
+            dir_identity,
         };
         store.check_format()?;
         store.check_manifest()?;
@@ -181,7 +191,21 @@ impl Store {
     /// It counts what is stored, then flushes, then records the counts: a message stored
     /// meanwhile (from another thread) is counted at the next call, so the manifest never
     /// claims more than is on disk.
+    ///
+    /// Nothing is written if the profile directory was deleted or replaced since the store
+    /// was opened (a person starting over while an old node still runs): the manifest
+    /// would be sealed under the old profile's key and make the new one unopenable.
     pub fn write_manifest(&self) -> Result<()> {
+        let db_dir = self.home.join(DB_DIR);
+        if dir_identity(&db_dir).ok() != Some(self.dir_identity) {
+            return Err(StoreError::Io {
+                action: "write the manifest into",
+                path: db_dir,
+                source: std::io::Error::other(
+                    "the profile directory was deleted or replaced while this store was open",
+                ),
+            });
+        }
         let counts = (
             self.rooms.len() as u64,
             self.message_count.load(Ordering::SeqCst),
@@ -565,6 +589,13 @@ fn aad(tree: &str, key: &[u8]) -> Vec<u8> {
 }
 
 /// Maps an error from opening sled.
+/// The device and inode of `path`.
+fn dir_identity(path: &Path) -> std::io::Result<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
 fn open_error(home: &Path, e: sled::Error) -> StoreError {
     match &e {
         // sled 0.34 reports a held lock as an `Io` error of kind `Other` whose
@@ -780,6 +811,26 @@ mod tests {
         assert_eq!(store.rooms().unwrap(), vec![(room, b"the room".to_vec())]);
         assert_eq!(store.messages(&room).unwrap(), vec![b"hello".to_vec()]);
         assert!(!store.insert_message(&room, &msg, 1, b"hello").unwrap());
+    }
+
+    /// A store whose profile directory was deleted and created again (someone starting
+    /// over while an old node still runs) writes no manifest into the new one, which
+    /// would be sealed under the old key and make the new profile unopenable.
+    #[test]
+    fn no_manifest_goes_into_a_directory_that_replaced_the_store_s() {
+        let (dir, profile) = setup();
+        let old = Store::open(&profile).unwrap();
+        old.write_manifest().unwrap();
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        std::fs::create_dir(dir.path()).unwrap();
+        let new_profile = Profile::create(dir.path(), PASS, "Alice").unwrap();
+        drop(Store::open(&new_profile).unwrap());
+
+        let err = old.write_manifest().unwrap_err();
+        assert!(err.to_string().contains("deleted or replaced"), "{err}");
+        assert!(!dir.path().join(MANIFEST_FILE).exists());
+        drop(old);
+        Store::open(&new_profile).unwrap();
     }
 
     #[test]
