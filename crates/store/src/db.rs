@@ -122,10 +122,11 @@ pub struct Store {
     /// [`Store::write_manifest`] does not walk the whole tree every time.
     message_count: AtomicU64,
     keys: Keys,
-    /// Device and inode of the database directory when it was opened: if the profile
-    /// directory is deleted or replaced while this store is open, files written by path
-    /// (the manifest) would land in someone else's profile.
-    dir_identity: (u64, u64),
+    /// SHA-256 of the profile file when the store was opened: if the profile directory
+    /// is deleted or replaced while this store is open (the new profile has a new file,
+    /// with a new random salt), files written by path (the manifest) would land in
+    /// someone else's profile.
+    profile_digest: [u8; 32],
 }
 
 impl fmt::Debug for Store {
@@ -147,9 +148,10 @@ impl Store {
         let home = profile.home().to_path_buf();
         let path = home.join(DB_DIR);
         create_private_dir(&path)?;
-        let dir_identity = dir_identity(&path).map_err(|source| StoreError::Io {
+        let profile_file = home.join(crate::profile::PROFILE_FILE);
+        let profile_digest = file_digest(&profile_file).map_err(|source| StoreError::Io {
             action: "read",
-            path: path.clone(),
+            path: profile_file,
             source,
         })?;
         let deadline = std::time::Instant::now() + LOCK_WAIT;
@@ -174,7 +176,7 @@ impl Store {
             keys: Keys::derive(profile.storage_key())?,
             db,
             home,
-            dir_identity,
+            profile_digest,
         };
         store.check_format()?;
         store.check_manifest()?;
@@ -196,11 +198,12 @@ impl Store {
     /// was opened (a person starting over while an old node still runs): the manifest
     /// would be sealed under the old profile's key and make the new one unopenable.
     pub fn write_manifest(&self) -> Result<()> {
-        let db_dir = self.home.join(DB_DIR);
-        if dir_identity(&db_dir).ok() != Some(self.dir_identity) {
+        if file_digest(&self.home.join(crate::profile::PROFILE_FILE)).ok()
+            != Some(self.profile_digest)
+        {
             return Err(StoreError::Io {
                 action: "write the manifest into",
-                path: db_dir,
+                path: self.home.clone(),
                 source: std::io::Error::other(
                     "the profile directory was deleted or replaced while this store was open",
                 ),
@@ -589,11 +592,10 @@ fn aad(tree: &str, key: &[u8]) -> Vec<u8> {
 }
 
 /// Maps an error from opening sled.
-/// The device and inode of `path`.
-fn dir_identity(path: &Path) -> std::io::Result<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path)?;
-    Ok((meta.dev(), meta.ino()))
+/// The SHA-256 of a file's contents.
+fn file_digest(path: &Path) -> std::io::Result<[u8; 32]> {
+    use sha2::Digest;
+    Ok(Sha256::digest(std::fs::read(path)?).into())
 }
 
 fn open_error(home: &Path, e: sled::Error) -> StoreError {

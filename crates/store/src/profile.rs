@@ -30,7 +30,7 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 use crate::crypto::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
 use crate::{Result, StoreError};
 
-const PROFILE_FILE: &str = "profile";
+pub(crate) const PROFILE_FILE: &str = "profile";
 const MAGIC: [u8; 8] = *b"CONFERPF";
 const FORMAT_VERSION: u16 = 1;
 const SALT_LEN: usize = 16;
