@@ -236,13 +236,8 @@ fn handover_makes_another_member_facilitator() {
 
 #[test]
 fn a_member_who_left_can_join_again_with_a_new_invite() {
-    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let (dirs, _sam_node, _priya_node) = common::sam_and_priya_in(ROOM);
     let [sam, priya] = [dirs[0].path(), dirs[1].path()];
-    init(sam, "Sam");
-    init(priya, "Priya");
-    let _nodes = [NodeProcess::start(sam), NodeProcess::start(priya)];
-    ok_json(sam, &["room", "create", ROOM]);
-    ok_json(priya, &["join", &invite(sam), "--as", "Priya"]);
     let before = ok_json(priya, &["send", ROOM, "Before I step back."]);
     eventually("Sam to hold Priya's message", PATIENCE, || {
         let history = ok_json(sam, &["read", ROOM]);
@@ -342,6 +337,12 @@ fn leaving_while_nobody_is_connected_says_to_keep_the_node_running() {
             .is_empty()
             .then_some(())
     });
+    // A change made now reaches nobody, and says so (a new key, before she leaves).
+    let said = ok(priya, &["rotate", ROOM]);
+    assert!(
+        said.contains("No other member's node is connected just now"),
+        "{said}"
+    );
     let said = ok(priya, &["leave", ROOM]);
     assert!(
         said.contains("only yours knows you left") && said.contains("keep it running"),

@@ -1125,12 +1125,9 @@ impl EventLoop {
         self.rescore_peers();
         self.sync_topics(id);
         self.maybe_rotate(id);
-        let reached = self
-            .member_peers(&id)
-            .iter()
-            .filter(|p| self.swarm.is_connected(p))
-            .count();
-        if reached == 0 && !self.rooms[&id].is_member() && !self.member_peers(&id).is_empty() {
+        let others = self.member_peers(&id);
+        let reached = others.iter().filter(|p| self.swarm.is_connected(p)).count();
+        if reached == 0 && !others.is_empty() && !self.rooms[&id].is_member() {
             self.set_leave_unheard(id, true);
         }
         let room = &self.rooms[&id];
@@ -1826,34 +1823,7 @@ impl EventLoop {
                     for id in shared {
                         self.reconcile(id, peer_id, Vec::new());
                     }
-                    // A member of a room this profile left unheard: tell it now. (Admitted
-                    // again meanwhile, it has nothing to tell.)
-                    let back: Vec<RoomId> = self
-                        .unheard_leaves
-                        .iter()
-                        .filter(|id| self.rooms.get(id).is_none_or(Room::is_member))
-                        .copied()
-                        .collect();
-                    for id in back {
-                        self.set_leave_unheard(id, false);
-                    }
-                    let left: Vec<RoomId> = self
-                        .unheard_leaves
-                        .iter()
-                        .filter(|id| {
-                            self.rooms
-                                .get(id)
-                                .is_some_and(|r| r.members().iter().any(|m| m.peer == peer_bytes))
-                        })
-                        .copied()
-                        .collect();
-                    let me = self.swarm.local_peer_id().to_bytes();
-                    for id in left {
-                        if self.tell_departure(id, peer_id, &me) {
-                            // One member has it now; the others hear it from that one.
-                            self.leave_heard(id);
-                        }
-                    }
+                    self.tell_unheard_leaves(peer_id);
                 }
             }
             SwarmEvent::NewListenAddr {
@@ -2398,6 +2368,27 @@ impl EventLoop {
             });
         if result.is_err() {
             tracing::warn!("could not store member addresses");
+        }
+    }
+
+    /// On connecting to `peer`: tells it of this profile's leave of each room it is a
+    /// member of that heard of no leave yet ([`EventLoop::unheard_leaves`]). A room this
+    /// profile was admitted to again meanwhile has nothing to tell.
+    fn tell_unheard_leaves(&mut self, peer: PeerId) {
+        let peer_bytes = peer.to_bytes();
+        let me = self.swarm.local_peer_id().to_bytes();
+        let unheard: Vec<RoomId> = self.unheard_leaves.iter().copied().collect();
+        for id in unheard {
+            let Some(room) = self.rooms.get(&id).filter(|r| !r.is_member()) else {
+                self.set_leave_unheard(id, false);
+                continue;
+            };
+            if room.members().iter().any(|m| m.peer == peer_bytes)
+                && self.tell_departure(id, peer, &me)
+            {
+                // One member has it now; the others hear it from that one.
+                self.leave_heard(id);
+            }
         }
     }
 
