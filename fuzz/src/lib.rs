@@ -151,7 +151,10 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         .seal_message("hello, room", NOW, &mut rng)
         .expect("seal");
     out.push(("envelope", message));
-    out.push(("envelope", admission.announcement));
+    out.push((
+        "envelope",
+        admission.announcement.expect("a first admission is announced"),
+    ));
     out.push((
         "envelope",
         f.rooms[0].clone().rotate(NOW, &mut rng).expect("rotate"),

@@ -283,8 +283,10 @@ struct Welcome {
 pub struct Admission {
     /// The answer to send back to the joiner.
     pub response: JoinResponse,
-    /// The admission, sealed for the room's topic, to publish to the other members.
-    pub announcement: Vec<u8>,
+    /// The admission, sealed for the room's topic, to publish to the other members;
+    /// `None` when the request had been admitted before (its answer was lost on the way
+    /// and the joiner's node asked again): nothing new happened.
+    pub announcement: Option<Vec<u8>>,
 }
 
 /// An invite issued by this member that can still be redeemed.
@@ -1097,6 +1099,13 @@ impl Room {
     /// admission in the log, marks the invite used, and seals a welcome to the joiner.
     /// On refusal nothing changes. The caller must persist the room before sending
     /// the response, so a crash cannot make an invite usable twice.
+    ///
+    /// The same request again (the same member keys and peer, still a member; the
+    /// joiner's node asks again when the connection failed before the answer came)
+    /// gets a welcome to the room as it is now and changes nothing: otherwise a lost
+    /// answer would leave the joiner out, its invite spent and its name taken. Only the
+    /// holder of the request's keys can open that welcome, and it holds nothing a
+    /// current member is not given anyway.
     pub fn admit<R: CryptoRng + ?Sized>(
         &mut self,
         request: &JoinRequest,
@@ -1115,7 +1124,18 @@ impl Room {
             return Err(InviteError::Unknown);
         }
         if issued.used || self.log.state().is_used(&body.invite_id) {
-            return Err(InviteError::AlreadyUsed);
+            let admitted = self
+                .log
+                .state()
+                .member(&body.member.id)
+                .is_some_and(|m| m.public == body.member && m.peer == body.peer);
+            if !admitted {
+                return Err(InviteError::AlreadyUsed);
+            }
+            return Ok(Admission {
+                response: self.welcome(&body.member, rng)?,
+                announcement: None,
+            });
         }
         if now_ms / 1000 >= issued.expires_at {
             return Err(InviteError::Expired);
@@ -1167,35 +1187,45 @@ impl Room {
             });
         }
         after.refresh(now_ms);
-        let secrets = after
-            .log
-            .state()
-            .frontier()
-            .iter()
-            .filter_map(|k| after.secrets.get(k).map(|s| (*k, s.clone())))
-            .collect();
-        let welcome = Welcome {
-            room_name: self.name.clone(),
-            ops: after.log.ops(),
-            secrets,
-        };
-        let plaintext = wire::encode(&welcome).map_err(|_| InviteError::BadRequest)?;
-        let sealed = crypto::seal_to(
-            &body.member.agreement,
-            &welcome_aad(&self.id(), &body.member.id),
-            &plaintext,
-            rng,
-        )
-        .map_err(|_| InviteError::BadRequest)?;
+        let response = after.welcome(&body.member, rng)?;
         if let Some(issued) = after.invites.get_mut(&body.invite_id) {
             issued.used = true;
         }
         *self = after;
         let (announcement, _) = self.seal_payload(&epoch, Payload::Op(Box::new(op)), rng);
         Ok(Admission {
-            response: JoinResponse::Welcome(sealed),
-            announcement,
+            response,
+            announcement: Some(announcement),
         })
+    }
+
+    /// The room as it is now (name, log, the current key's secrets), sealed to a member.
+    fn welcome<R: CryptoRng + ?Sized>(
+        &self,
+        member: &MemberPublic,
+        rng: &mut R,
+    ) -> Result<JoinResponse, InviteError> {
+        let secrets = self
+            .log
+            .state()
+            .frontier()
+            .iter()
+            .filter_map(|k| self.secrets.get(k).map(|s| (*k, s.clone())))
+            .collect();
+        let welcome = Welcome {
+            room_name: self.name.clone(),
+            ops: self.log.ops(),
+            secrets,
+        };
+        let plaintext = wire::encode(&welcome).map_err(|_| InviteError::BadRequest)?;
+        let sealed = crypto::seal_to(
+            &member.agreement,
+            &welcome_aad(&self.id(), &member.id),
+            &plaintext,
+            rng,
+        )
+        .map_err(|_| InviteError::BadRequest)?;
+        Ok(JoinResponse::Welcome(sealed))
     }
 
     /// Builds the joiner's copy of the room from the facilitator's welcome.
@@ -1475,6 +1505,56 @@ mod tests {
         );
         assert_eq!(alice.to_bytes().len(), before, "a refusal changes nothing");
         assert_eq!(alice.members().len(), 2);
+    }
+
+    /// A joiner whose answer was lost asks again with the same request: it gets the room
+    /// as it is then, and nothing is recorded twice. The spent invite gets nobody else
+    /// in: not other keys, not the same keys from another peer, not the same request
+    /// once its member has been removed.
+    #[test]
+    fn the_same_join_request_again_gets_the_welcome_again_and_nothing_else_does() {
+        let mut r = rng(12);
+        let mut alice = facilitator(&mut r);
+        let inv = invite(&mut alice, &mut r);
+        let (keys, req) = request(&inv, "Bob", &mut r);
+        let first = alice.admit(&req, NOW, &mut r).unwrap();
+        assert!(first.announcement.is_some());
+        alice.rotate(NOW + 1, &mut r).unwrap();
+        let ops = alice.log().ops().len();
+
+        let again = alice.admit(&req, NOW + 2, &mut r).unwrap();
+        assert!(again.announcement.is_none(), "nothing new to announce");
+        assert_eq!(alice.log().ops().len(), ops, "nothing recorded");
+        assert_eq!(alice.members().len(), 2);
+        let JoinResponse::Welcome(sealed) = again.response else {
+            panic!("refused")
+        };
+        let bob = Room::from_welcome(&inv, keys.clone(), &sealed, NOW + 2).unwrap();
+        assert_eq!(
+            bob.epoch_number(),
+            alice.epoch_number(),
+            "the key as it is now"
+        );
+        let (message, _) = alice
+            .seal_message("after the rotation", NOW + 3, &mut r)
+            .unwrap();
+        assert!(bob.clone().open(&message, NOW + 3).is_ok());
+
+        let (_, other_keys) = request(&inv, "Mallory", &mut r);
+        let mut elsewhere = req.body.clone();
+        elsewhere.peer = b"Mallory".to_vec();
+        let elsewhere = JoinRequest::new(elsewhere, &keys).unwrap();
+        for refused in [&other_keys, &elsewhere] {
+            assert_eq!(
+                alice.admit(refused, NOW + 4, &mut r).unwrap_err(),
+                InviteError::AlreadyUsed
+            );
+        }
+        alice.remove("Bob", NOW + 5, &mut r).unwrap();
+        assert_eq!(
+            alice.admit(&req, NOW + 6, &mut r).unwrap_err(),
+            InviteError::AlreadyUsed
+        );
     }
 
     #[test]

@@ -42,7 +42,10 @@ pub fn join<R: CryptoRng + ?Sized>(
         panic!("refused")
     };
     let room = Room::from_welcome(&invite, keys, &sealed, now_ms).expect("welcome opens");
-    (room, admission.announcement)
+    let announcement = admission
+        .announcement
+        .expect("a first admission is announced");
+    (room, announcement)
 }
 
 /// A room of `n` members (1 to 8), index 0 the facilitator, everyone up to date.
