@@ -518,6 +518,14 @@ impl TopicGate {
         })
     }
 
+    /// Forgets the subscriptions of `peer` that were refused, so that it is not
+    /// reconnected for them when it is admitted (see [`TopicGate::take_admitted`]).
+    pub fn forget_refused(&self, peer: &PeerId) {
+        if let Ok(mut state) = self.0.lock() {
+            state.refused.retain(|(p, _)| p != peer);
+        }
+    }
+
     /// Peers whose subscription was refused on a topic that now allows them: their
     /// subscription must be heard again (gossipsub hears a peer's subscriptions only when
     /// they change and on each new connection).
@@ -1078,6 +1086,19 @@ mod tests {
         assert_eq!(gate.take_admitted(), vec![outsider]);
         assert!(gate.take_admitted().is_empty());
         assert!(gate.allows(&outsider, &topic));
+
+        // A refusal forgotten (the joiner whose welcome is on its way) is not reported.
+        let joiner = PeerId::random();
+        gate.set_current(Some(joiner));
+        assert!(!filter.can_subscribe(&topic));
+        gate.set_current(None);
+        gate.forget_refused(&joiner);
+        gate.set_topic(
+            topic.clone(),
+            [member, outsider, joiner].into_iter().collect(),
+        );
+        assert!(gate.take_admitted().is_empty());
+
         gate.remove_topic(&topic);
         assert!(gate.allows(&PeerId::random(), &topic));
     }

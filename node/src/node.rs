@@ -9,13 +9,13 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use confer_room::invite::{JoinBody, JoinRequest, JoinResponse};
+use confer_room::invite::{InviteId, JoinBody, JoinRequest, JoinResponse};
 use confer_room::room::MessageRecord;
 use confer_room::{Incoming, Invite, InviteError, MemberKeys, OpenError, Room, RoomId};
 use confer_store::{Profile, Store};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identity};
 use rand::rand_core::UnwrapErr;
@@ -522,6 +522,7 @@ impl Node {
             profile_name: profile.name().to_owned(),
             listen: listen.clone(),
             pending_joins: HashMap::new(),
+            doubtful_joins: HashMap::new(),
             followers: HashMap::new(),
             follow_queue: config.follow_queue.max(1),
             outbox: HashMap::new(),
@@ -679,7 +680,23 @@ struct PendingJoin {
     invite: Invite,
     keys: MemberKeys,
     reply: oneshot::Sender<Reply>,
+    /// The request as sent: asked again, unchanged, when the connection fails before the
+    /// answer (see [`JOIN_ATTEMPTS`]).
+    request: Vec<u8>,
+    /// Times sent so far.
+    attempts: u32,
+    /// Whether the facilitator may have admitted these keys already: an earlier attempt
+    /// failed after it was sent, or the keys are those of such a join (`doubtful_joins`).
+    perhaps_admitted: bool,
 }
+
+/// How many times a join request is sent before giving up, when the connection to the
+/// facilitator fails before its answer arrives. Asking again is safe: the facilitator
+/// answers a request it has already admitted with the welcome again (`Room::admit`).
+const JOIN_ATTEMPTS: u32 = 3;
+
+/// Most joins remembered as "perhaps admitted" (see `EventLoop::doubtful_joins`).
+const MAX_DOUBTFUL_JOINS: usize = 16;
 
 struct EventLoop {
     swarm: Swarm<Behaviour>,
@@ -689,6 +706,10 @@ struct EventLoop {
     profile_name: String,
     listen: Vec<String>,
     pending_joins: HashMap<OutboundRequestId, PendingJoin>,
+    /// The keys of joins whose every attempt failed after the request may have reached the
+    /// facilitator, by invite: the same code redeemed again uses them, so that if the
+    /// facilitator did admit us, it answers with the welcome instead of "already used".
+    doubtful_joins: HashMap<InviteId, MemberKeys>,
     followers: HashMap<RoomId, Vec<mpsc::Sender<FollowUpdate>>>,
     /// See [`NodeConfig::follow_queue`].
     follow_queue: usize,
@@ -1624,7 +1645,9 @@ impl EventLoop {
         if self.addresses.learn(peer, true, usable) {
             self.addresses_dirty = true;
         }
-        let keys = MemberKeys::generate(&mut rng());
+        let doubtful = self.doubtful_joins.remove(&invite.body.invite_id);
+        let perhaps_admitted = doubtful.is_some();
+        let keys = doubtful.unwrap_or_else(|| MemberKeys::generate(&mut rng()));
         let body = JoinBody {
             room_id: invite.body.room_id,
             invite_id: invite.body.invite_id,
@@ -1637,20 +1660,66 @@ impl EventLoop {
             Ok(request) => request,
             Err(e) => return refuse(reply, e.to_string()),
         };
-        let id = self
-            .swarm
-            .behaviour_mut()
-            .join
-            .send_request(&peer, request.to_bytes());
-        self.pending_joins.insert(
-            id,
+        self.send_join(
+            peer,
             PendingJoin {
                 invite,
                 keys,
                 reply,
+                request: request.to_bytes(),
+                attempts: 0,
+                perhaps_admitted,
             },
         );
         Ok(())
+    }
+
+    fn send_join(&mut self, facilitator: PeerId, mut pending: PendingJoin) {
+        pending.attempts += 1;
+        let id = self
+            .swarm
+            .behaviour_mut()
+            .join
+            .send_request(&facilitator, pending.request.clone());
+        self.pending_joins.insert(id, pending);
+    }
+
+    /// A join request that got no answer: sent again if the connection failed while the
+    /// request was out (the facilitator may have admitted us and its answer been lost),
+    /// a few times; otherwise the joiner is told.
+    fn join_failed(
+        &mut self,
+        facilitator: PeerId,
+        mut pending: PendingJoin,
+        failure: OutboundFailure,
+    ) {
+        let cut_off = matches!(
+            failure,
+            OutboundFailure::ConnectionClosed | OutboundFailure::Io(_)
+        );
+        pending.perhaps_admitted |= cut_off || matches!(failure, OutboundFailure::Timeout);
+        if cut_off && pending.attempts < JOIN_ATTEMPTS {
+            tracing::debug!("asking the facilitator again after {failure}");
+            return self.send_join(facilitator, pending);
+        }
+        let PendingJoin {
+            invite,
+            keys,
+            reply,
+            perhaps_admitted,
+            ..
+        } = pending;
+        if perhaps_admitted {
+            if self.doubtful_joins.len() >= MAX_DOUBTFUL_JOINS
+                && let Some(any) = self.doubtful_joins.keys().next().copied()
+            {
+                self.doubtful_joins.remove(&any);
+            }
+            self.doubtful_joins.insert(invite.body.invite_id, keys);
+        }
+        let _ = reply.send(error(format!(
+            "could not reach the facilitator's node ({failure}); check that it is running and reachable, then run the same command again"
+        )));
     }
 
     fn finish_join(&mut self, pending: PendingJoin, response: &[u8]) {
@@ -1658,6 +1727,7 @@ impl EventLoop {
             invite,
             keys,
             reply,
+            ..
         } = pending;
         let answer = match JoinResponse::from_bytes(response) {
             Ok(JoinResponse::Welcome(sealed)) => {
@@ -1745,7 +1815,7 @@ impl EventLoop {
             }
             Ok(request) => match self.rotate_for_returning(request.body.room_id, &request, from) {
                 Err(refused) => JoinResponse::Refused(refused),
-                Ok(()) => self.admission(&request),
+                Ok(()) => self.admission(from, &request),
             },
         };
         if self
@@ -1759,10 +1829,10 @@ impl EventLoop {
         }
     }
 
-    /// Admits the joiner of `request` to its room, if the room accepts it; persists the
-    /// admission before the answer goes back (so a crash cannot make the invite usable
-    /// twice) and announces it to the other members.
-    fn admission(&mut self, request: &JoinRequest) -> JoinResponse {
+    /// Admits the joiner of `request` (from the node `from`) to its room, if the room
+    /// accepts it; persists the admission before the answer goes back (so a crash cannot
+    /// make the invite usable twice) and announces it to the other members.
+    fn admission(&mut self, from: PeerId, request: &JoinRequest) -> JoinResponse {
         let id = request.body.room_id;
         let Some(room) = self.rooms.get_mut(&id) else {
             return JoinResponse::Refused(InviteError::Unknown);
@@ -1772,17 +1842,30 @@ impl EventLoop {
             Ok(admission) => admission,
             Err(reason) => return JoinResponse::Refused(reason),
         };
+        let Some(announcement) = admission.announcement else {
+            // Admitted before (nothing changed): its node asks again because our answer
+            // was lost.
+            return admission.response;
+        };
         if let Err(e) = self.save_room(&id) {
             tracing::error!("could not record an admission: {e}");
             self.rooms.insert(id, before);
             return JoinResponse::Refused(InviteError::BadRequest);
         }
         self.rescore_peers();
-        // Gate the joiner in before it subscribes.
+        // Gate the joiner in before it subscribes. Whatever subscription of its node was
+        // refused before (an old epoch's topic, if it was once a member) is not reheard
+        // by reconnecting it: that would cut the connection the welcome goes back on, and
+        // it announces the room's current topic afresh once it has the welcome.
+        self.swarm
+            .behaviour()
+            .gossipsub
+            .gate()
+            .forget_refused(&from);
         self.sync_topics(id);
         let topic = self.rooms[&id].topic().unwrap_or_default();
-        self.remember(id, &admission.announcement);
-        self.publish(id, topic, admission.announcement);
+        self.remember(id, &announcement);
+        self.publish(id, topic, announcement);
         admission.response
     }
 
@@ -1921,14 +2004,13 @@ impl EventLoop {
                 }
             },
             request_response::Event::OutboundFailure {
+                peer,
                 request_id,
                 error: e,
                 ..
             } => {
                 if let Some(pending) = self.pending_joins.remove(&request_id) {
-                    let _ = pending.reply.send(error(format!(
-                        "could not reach the facilitator's node ({e}); check that it is running and reachable, then try again"
-                    )));
+                    self.join_failed(peer, pending, e);
                 }
             }
             request_response::Event::InboundFailure { error: e, .. } => {

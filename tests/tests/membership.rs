@@ -163,7 +163,7 @@ async fn departed_members_never_see_later_messages() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_member_removed_while_away_learns_it_on_return_and_nothing_more() {
+async fn a_member_removed_while_away_learns_only_that_on_return_and_can_be_invited_back() {
     let alice = TestNode::start("Alice").await;
     let bob = TestNode::start("Bob").await;
     let mut carol = TestNode::start("Carol").await;
@@ -204,6 +204,16 @@ async fn a_member_removed_while_away_learns_it_on_return_and_nothing_more() {
     let (epoch, names) = members(&carol).await;
     assert!(epoch > epoch0);
     assert_eq!(names, ["Alice", "Bob"]);
+
+    // Removed by mistake, she is invited back. (Her node announced the room's old topic
+    // on returning, which the facilitator's node refused; admitting her must not cut the
+    // connection her welcome goes back on, and a lost welcome is asked for again.)
+    alice.form_more(ROOM, &[(&carol, "Carol")]).await;
+    let (_, names) = members(&carol).await;
+    assert_eq!(names, ["Alice", "Bob", "Dan", "Carol"]);
+    let mut follower = carol.node.follow(ROOM.into()).await.unwrap().updates;
+    let id = bob.send(ROOM, "Welcome back, Carol.").await;
+    receive(&mut follower, &id).await;
 }
 
 /// Forms a room of Alice (facilitator) and Bob, stops Alice's node, and has Bob leave
