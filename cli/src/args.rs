@@ -182,9 +182,18 @@ pub enum Command {
     /// The others learn you have gone from your node: if none of theirs is connected when
     /// you leave, keep your node running until it has reached one (`confer room list`
     /// and `confer node run` say when).
+    ///
+    /// Members take nothing from someone who has gone, so a message of yours that no
+    /// other member has yet would never reach them: leave first waits (up to 10 seconds)
+    /// for a connected member's node to receive it, and otherwise refuses, unless you
+    /// add --anyway.
     Leave {
         /// The room: its name, or the first characters of its id.
         room: String,
+        /// Leave now, even if some of your messages have not reached anyone yet (they
+        /// never will).
+        #[arg(long)]
+        anyway: bool,
         #[command(flatten)]
         output: Output,
     },

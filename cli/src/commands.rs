@@ -23,7 +23,7 @@ use crate::output::{self, safe_line};
 /// The longest message accepted, in bytes of UTF-8.
 pub const MAX_MESSAGE_BYTES: usize = 32 * 1024;
 
-/// How long `join` waits for an answer before telling the user it is still working.
+/// How long `join` and `leave` wait for an answer before saying what they wait for.
 const PROGRESS_AFTER: std::time::Duration = std::time::Duration::from_millis(300);
 
 /// Sends `request` to the node for `home` and returns its reply; `Reply::Error` is an error.
@@ -197,6 +197,33 @@ pub async fn invite(
     ))
 }
 
+/// Sends `request`, whose answer can take seconds, and returns the reply. Says on stderr
+/// what it is waiting for (`progress`, unless `json`), but only if it does take a while:
+/// a request the node refuses at once gets just its error line. `stopped` is the error if
+/// the node stops first.
+async fn ask_patiently(
+    home: &Path,
+    request: &Request,
+    progress: &str,
+    json: bool,
+    stopped: &str,
+) -> Result<Reply, Error> {
+    let mut client = Client::connect(home).await?;
+    client.send(request).await?;
+    let reply = client.next();
+    tokio::pin!(reply);
+    let reply = tokio::select! {
+        reply = &mut reply => reply,
+        () = tokio::time::sleep(PROGRESS_AFTER) => {
+            if !json {
+                eprintln!("{progress}");
+            }
+            reply.await
+        }
+    };
+    refused(reply?.ok_or_else(|| Error::usage(stopped))?)
+}
+
 /// `confer join`
 pub async fn join(
     home: &Path,
@@ -204,25 +231,16 @@ pub async fn join(
     display_name: String,
     json: bool,
 ) -> Result<(), Error> {
-    let mut client = Client::connect(home).await?;
-    client.send(&Request::Join { code, display_name }).await?;
-    // Admission takes a round trip to the facilitator's node, which can take seconds. Say
-    // so, but only if it does: a code the node rejects at once gets just its error line.
-    let reply = client.next();
-    tokio::pin!(reply);
-    let reply = tokio::select! {
-        reply = &mut reply => reply,
-        () = tokio::time::sleep(PROGRESS_AFTER) => {
-            if !json {
-                eprintln!("Contacting the facilitator…");
-            }
-            reply.await
-        }
-    };
-    let reply = reply?.ok_or_else(|| {
-        Error::usage("the node stopped before the facilitator answered; you have not joined")
-    })?;
-    let room = match refused(reply)? {
+    // Admission takes a round trip to the facilitator's node.
+    let reply = ask_patiently(
+        home,
+        &Request::Join { code, display_name },
+        "Contacting the facilitator…",
+        json,
+        "the node stopped before the facilitator answered; you have not joined",
+    )
+    .await?;
+    let room = match reply {
         Reply::Room(room) => room,
         other => return Err(unexpected(&other)),
     };
@@ -482,8 +500,24 @@ async fn change(home: &Path, request: &Request) -> Result<ChangeInfo, Error> {
 }
 
 /// `confer leave`
-pub async fn leave(home: &Path, room: String, json: bool) -> Result<(), Error> {
-    let info = change(home, &Request::Leave { room: room.clone() }).await?;
+pub async fn leave(home: &Path, room: String, anyway: bool, json: bool) -> Result<(), Error> {
+    // The node may wait for a member to receive our last messages first.
+    let request = Request::Leave {
+        room: room.clone(),
+        anyway,
+    };
+    let info = match ask_patiently(
+        home,
+        &request,
+        "Waiting for another member's node to receive your last messages…",
+        json,
+        "the node stopped before you left; you are still a member",
+    )
+    .await?
+    {
+        Reply::Changed(info) => info,
+        other => return Err(unexpected(&other)),
+    };
     if json {
         return output::json(&info);
     }

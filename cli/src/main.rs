@@ -122,7 +122,11 @@ fn run(cli: Cli) -> Result<(), Error> {
             output,
         } => client(commands::read(home, room, follow, last, output.json)),
         Command::Members { room, output } => client(commands::members(home, room, output.json)),
-        Command::Leave { room, output } => client(commands::leave(home, room, output.json)),
+        Command::Leave {
+            room,
+            anyway,
+            output,
+        } => client(commands::leave(home, room, anyway, output.json)),
         Command::Remove {
             room,
             member,

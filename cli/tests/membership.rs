@@ -321,7 +321,8 @@ fn a_name_someone_in_the_room_uses_is_refused_and_the_invite_still_works() {
 }
 
 /// A member who leaves while no other member's node is connected is told that only its
-/// own node knows, and to keep it running; the others learn of it when they reach it.
+/// own node knows, and to keep it running; the others learn of it when they reach it. A
+/// message nobody has taken yet stops the leave, unless it is asked for anyway.
 #[test]
 fn leaving_while_nobody_is_connected_says_to_keep_the_node_running() {
     let (dirs, sam_node, priya_node) = common::sam_and_priya_in(ROOM);
@@ -343,7 +344,20 @@ fn leaving_while_nobody_is_connected_says_to_keep_the_node_running() {
         said.contains("No other member's node is connected just now"),
         "{said}"
     );
-    let said = ok(priya, &["leave", ROOM]);
+    // What she writes now nobody can take, and would never reach anyone once she has
+    // left: leaving is refused (nothing changes), unless she asks for it anyway.
+    ok(
+        priya,
+        &["send", ROOM, "I am off to a new post; thank you all."],
+    );
+    let refused = fails(&run(priya, &["leave", ROOM]));
+    assert!(
+        refused.contains("1 of your messages in this room has not reached any other member")
+            && refused.contains("confer leave --anyway"),
+        "{refused}"
+    );
+    assert_eq!(ok_json(priya, &["room", "list"])[0]["member"], true);
+    let said = ok(priya, &["leave", "--anyway", ROOM]);
     assert!(
         said.contains("only yours knows you left") && said.contains("keep it running"),
         "{said}"

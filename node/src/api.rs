@@ -74,10 +74,17 @@ pub enum Request {
         /// A room name or a unique prefix of its id.
         room: String,
     },
-    /// Leave a room (members; the facilitator hands over first).
+    /// Leave a room (members; the facilitator hands over first). If some of this member's
+    /// messages in the room have reached no other member yet, the node waits (up to
+    /// 10 s, while a member's node is connected) until one has them, and otherwise
+    /// refuses: members take nothing from someone who has gone, so they would be lost.
     Leave {
         /// A room name or a unique prefix of its id.
         room: String,
+        /// Leave at once, even if some of this member's messages would then never reach
+        /// anyone.
+        #[serde(default)]
+        anyway: bool,
     },
     /// Remove a member and rotate the room key (facilitator only).
     Remove {

@@ -523,6 +523,8 @@ impl Node {
             listen: listen.clone(),
             pending_joins: HashMap::new(),
             doubtful_joins: HashMap::new(),
+            leaves_waiting: Vec::new(),
+            confirm_soon: BTreeSet::new(),
             followers: HashMap::new(),
             follow_queue: config.follow_queue.max(1),
             outbox: HashMap::new(),
@@ -698,6 +700,32 @@ const JOIN_ATTEMPTS: u32 = 3;
 /// Most joins remembered as "perhaps admitted" (see `EventLoop::doubtful_joins`).
 const MAX_DOUBTFUL_JOINS: usize = 16;
 
+/// Why a leave is refused: `n` of the leaver's messages have reached no other member.
+fn undelivered(n: usize) -> String {
+    let (count, have, they, them) = if n == 1 {
+        ("1 of your messages".to_owned(), "has", "it", "it")
+    } else {
+        (format!("{n} of your messages"), "have", "they", "them")
+    };
+    format!(
+        "{count} in this room {have} not reached any other member yet, and once you have left \
+         {they} never will: members take nothing from someone who has gone. Keep your node \
+         running until a member's node has {them} (`confer room list` counts them), or leave \
+         anyway with `confer leave --anyway`"
+    )
+}
+
+/// How long a leave waits for another member to hold the leaver's last messages.
+const LEAVE_WAIT: Duration = Duration::from_secs(10);
+
+/// A leave waiting until another member holds the leaver's messages (see
+/// [`Request::Leave`]).
+struct WaitingLeave {
+    room: RoomId,
+    reply: oneshot::Sender<Reply>,
+    since: Instant,
+}
+
 struct EventLoop {
     swarm: Swarm<Behaviour>,
     store: Store,
@@ -710,6 +738,12 @@ struct EventLoop {
     /// facilitator, by invite: the same code redeemed again uses them, so that if the
     /// facilitator did admit us, it answers with the welcome instead of "already used".
     doubtful_joins: HashMap<InviteId, MemberKeys>,
+    leaves_waiting: Vec<WaitingLeave>,
+    /// Rooms in which this member has sent since the last tick: at the next tick, its
+    /// unconfirmed messages there are pushed to the connected members, whose answers
+    /// confirm them. (Gossip carries no receipts; without this a message stayed marked
+    /// as received by nobody until the next sync round, up to 15 s.)
+    confirm_soon: BTreeSet<RoomId>,
     followers: HashMap<RoomId, Vec<mpsc::Sender<FollowUpdate>>>,
     /// See [`NodeConfig::follow_queue`].
     follow_queue: usize,
@@ -990,6 +1024,12 @@ impl EventLoop {
     /// at once, anyone else after a grace period), and delete expired epoch keys.
     fn on_tick(&mut self) {
         self.ticks += 1;
+        if !self.leaves_waiting.is_empty() {
+            self.settle_waiting_leaves();
+        }
+        for id in std::mem::take(&mut self.confirm_soon) {
+            self.ask_for_confirmations(id);
+        }
         self.reach.reserve_due(&mut self.swarm);
         let due: Vec<RoomId> = self
             .rotation_due
@@ -1043,31 +1083,50 @@ impl EventLoop {
             if !self.rooms[&id].is_member() {
                 continue;
             }
-            let peers: Vec<PeerId> = self
-                .member_peers(&id)
-                .into_iter()
-                .filter(|p| self.swarm.is_connected(p))
-                .collect();
-            // Retry what no other member has confirmed yet, if sealed under the current
-            // key: an older message could be read only by members of its epoch, who ask
-            // for it themselves when they reconnect (members who joined later could
-            // never open it, and it was pushed to them every round).
-            let pending: Vec<Id> = self
-                .unconfirmed
-                .get(&id)
-                .map(|u| u.iter().take(256).copied().collect())
-                .unwrap_or_default();
-            let room = &self.rooms[&id];
-            let envelopes: Vec<Vec<u8>> = self
-                .envelopes_of(&id, &pending)
-                .into_iter()
-                .filter(|e| room.sealed_in_current_epoch(e))
-                .collect();
-            for peer in peers {
+            let envelopes = self.unconfirmed_envelopes(&id);
+            for peer in self.connected_members(&id) {
                 self.reconcile(id, peer, envelopes.clone());
             }
             self.save_addresses(&id);
         }
+    }
+
+    /// What no other member has confirmed yet of this member's messages in room `id`
+    /// (at most 256), if sealed under the current key: retried every sync round. An older
+    /// message could be read only by members of its epoch, who ask for it themselves when
+    /// they reconnect (members who joined later could never open it, and it was pushed to
+    /// them every round).
+    fn unconfirmed_envelopes(&self, id: &RoomId) -> Vec<Vec<u8>> {
+        let Some(room) = self.rooms.get(id) else {
+            return Vec::new();
+        };
+        let pending: Vec<Id> = self
+            .unconfirmed
+            .get(id)
+            .map(|u| u.iter().take(256).copied().collect())
+            .unwrap_or_default();
+        self.envelopes_of(id, &pending)
+            .into_iter()
+            .filter(|e| room.sealed_in_current_epoch(e))
+            .collect()
+    }
+
+    /// Pushes this member's unconfirmed messages in room `id` to the connected members:
+    /// they answer with the ids they hold, which confirms them (see `confirm_soon`).
+    fn ask_for_confirmations(&mut self, id: RoomId) {
+        let envelopes = self.unconfirmed_envelopes(&id);
+        if envelopes.is_empty() {
+            return;
+        }
+        let peers = self.connected_members(&id);
+        self.push(
+            id,
+            &peers,
+            SyncPush {
+                envelopes,
+                ..SyncPush::default()
+            },
+        );
     }
 
     /// If the room's log asks for a new epoch: the facilitator rotates now, any other
@@ -1370,7 +1429,15 @@ impl EventLoop {
                     Err(message) => error(message),
                 }
             }
-            Request::Leave { room } => self.change_by(&room, |r, now, rng| r.leave(now, rng)),
+            Request::Leave { room, anyway } => match self.resolve(&room) {
+                Ok(id) if !anyway => {
+                    // Answered when another member holds this member's last messages.
+                    self.leave_when_delivered(id, reply);
+                    return;
+                }
+                Ok(id) => self.change(id, |r, now, rng| r.leave(now, rng)),
+                Err(message) => error(message),
+            },
             Request::Remove { room, member } => {
                 self.change_by(&room, |r, now, rng| r.remove(&member, now, rng))
             }
@@ -1538,6 +1605,9 @@ impl EventLoop {
         self.stored_unflushed(id, &record, &envelope);
         self.remember(id, &envelope);
         let published = self.publish(id, topic, envelope);
+        if published {
+            self.confirm_soon.insert(id);
+        }
         self.notify(&id, &record, !published);
         Ok(Reply::Sent {
             message_id,
@@ -1574,6 +1644,7 @@ impl EventLoop {
         for (topic, envelope) in queue {
             let _ = self.publish(id, topic, envelope);
         }
+        self.confirm_soon.insert(id);
     }
 
     fn start_join(
@@ -2523,6 +2594,44 @@ impl EventLoop {
             .collect()
     }
 
+    /// Leaves room `id` once no message of this member's there is waiting for another
+    /// member to hold it: members take nothing from someone who has gone, so such a
+    /// message would never reach anyone. Waits up to [`LEAVE_WAIT`] if a member's node is
+    /// connected to take them; otherwise, or after that, refuses with a sentence saying so.
+    fn leave_when_delivered(&mut self, id: RoomId, reply: oneshot::Sender<Reply>) {
+        let waiting = self.unconfirmed.get(&id).map_or(0, BTreeSet::len);
+        let member = self.rooms.get(&id).is_some_and(Room::is_member);
+        if waiting == 0 || !member {
+            let _ = reply.send(self.change(id, |r, now, rng| r.leave(now, rng)));
+        } else if !self.connected_members(&id).is_empty() {
+            self.ask_for_confirmations(id);
+            self.leaves_waiting.push(WaitingLeave {
+                room: id,
+                reply,
+                since: Instant::now(),
+            });
+        } else {
+            let _ = reply.send(error(undelivered(waiting)));
+        }
+    }
+
+    /// Carries out the waiting leaves whose rooms hold nothing of ours unconfirmed any
+    /// more, and refuses those that waited too long (or whose asker went away).
+    fn settle_waiting_leaves(&mut self) {
+        let now = Instant::now();
+        for leave in std::mem::take(&mut self.leaves_waiting) {
+            let waiting = self.unconfirmed.get(&leave.room).map_or(0, BTreeSet::len);
+            if waiting == 0 {
+                let reply = self.change(leave.room, |r, now, rng| r.leave(now, rng));
+                let _ = leave.reply.send(reply);
+            } else if now.duration_since(leave.since) >= LEAVE_WAIT || leave.reply.is_closed() {
+                let _ = leave.reply.send(error(undelivered(waiting)));
+            } else {
+                self.leaves_waiting.push(leave);
+            }
+        }
+    }
+
     /// Marks this member's messages as held by another member.
     fn confirm(&mut self, id: &RoomId, ids: impl IntoIterator<Item = Id>) {
         let Some(unconfirmed) = self.unconfirmed.get_mut(id) else {
@@ -2541,6 +2650,16 @@ impl EventLoop {
                 self.tell_followers(id, &FollowUpdate::Delivered(hex::encode(m)));
             }
         }
+        if !self.leaves_waiting.is_empty() {
+            self.settle_waiting_leaves();
+        }
+    }
+
+    /// The peers of the other members of room `id` this node is connected to.
+    fn connected_members(&self, id: &RoomId) -> Vec<PeerId> {
+        let mut peers = self.member_peers(id);
+        peers.retain(|p| self.swarm.is_connected(p));
+        peers
     }
 
     /// Peers of the room's current members other than this node.

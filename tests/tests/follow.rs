@@ -2,7 +2,8 @@
 //! that stops taking messages is not waited for, and is told it fell behind rather than
 //! left to think the node stopped; a reader of a running node that stops is told nothing
 //! more than that the stream ended; a reader of a room its profile is removed from is told
-//! so; a reader is told when its own waiting message reaches another member.
+//! so; a reader is told when its own waiting message reaches another member, and a
+//! message the members took at once is confirmed to its author within about a second.
 
 use std::time::Duration;
 
@@ -239,4 +240,34 @@ async fn a_reader_is_told_when_a_waiting_message_reaches_a_member() {
     }
     let held = priya.history(ROOM).await;
     assert!(held.iter().any(|m| m.message_id == waiting), "{held:?}");
+}
+
+/// Gossip carries no receipts: a message the other members took at once is confirmed to
+/// its author by a push soon after it was sent (within about a second), not at the next
+/// sync round, 15 s away, until which `confer read` marked it as received by nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_members_took_is_confirmed_within_seconds() {
+    let alice = TestNode::start("Alice").await;
+    let bob = TestNode::start("Bob").await;
+    alice.form_room(ROOM, "Alice", &[(&bob, "Bob")]).await;
+    // The first two may be confirmed by what follows a join (the first waits in the
+    // outbox until the member's subscription is seen, and is then pushed with whatever
+    // else is unconfirmed by then); the third comes after that, and long before the first
+    // sync round.
+    for text in ["First.", "Second.", "Third."] {
+        let id = alice.send(ROOM, text).await;
+        let confirmed = async {
+            while alice
+                .history(ROOM)
+                .await
+                .iter()
+                .any(|m| m.message_id == id && m.pending)
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), confirmed)
+            .await
+            .expect("confirmed within 5 s, well before a sync round");
+    }
 }

@@ -80,7 +80,13 @@ async fn departed_members_never_see_later_messages() {
     }
 
     // Bob leaves; the facilitator's node rotates the key when it hears of it.
-    match bob.ok(Request::Leave { room: ROOM.into() }).await {
+    match bob
+        .ok(Request::Leave {
+            room: ROOM.into(),
+            anyway: false,
+        })
+        .await
+    {
         Reply::Changed(change) => assert_eq!(change.members, 3),
         other => panic!("unexpected {other:?}"),
     }
@@ -226,7 +232,13 @@ async fn bob_leaves_unheard() -> (TestNode, TestNode, u64) {
     let (epoch0, _) = members(&alice).await;
     alice.node.clone().shutdown().await;
     bob.until_alone().await;
-    match bob.ok(Request::Leave { room: ROOM.into() }).await {
+    match bob
+        .ok(Request::Leave {
+            room: ROOM.into(),
+            anyway: false,
+        })
+        .await
+    {
         Reply::Changed(info) => assert_eq!(info.reached, 0, "{info:?}"),
         other => panic!("unexpected {other:?}"),
     }
@@ -258,4 +270,38 @@ async fn a_leave_nobody_heard_is_carried_to_members_who_cannot_reach_the_leaver(
     bob.node = start_node(profile).await;
     alice.restart().await;
     wait_for_members(&alice, &["Alice"], epoch0).await;
+}
+
+/// Members take nothing from someone who has gone, so a member who leaves right after
+/// writing must not leave before another member holds the message: the leave waits for
+/// that (here a moment, the time it takes a member to confirm it), and the message is not
+/// left unconfirmed for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_waits_until_the_leavers_last_message_is_held() {
+    let alice = TestNode::start("Alice").await;
+    let bob = TestNode::start("Bob").await;
+    alice.form_room(ROOM, "Alice", &[(&bob, "Bob")]).await;
+    let last = bob
+        .send(ROOM, "Thank you all; this is my last session.")
+        .await;
+    match bob
+        .ok(Request::Leave {
+            room: ROOM.into(),
+            anyway: false,
+        })
+        .await
+    {
+        Reply::Changed(info) => assert_eq!(info.members, 1),
+        other => panic!("unexpected {other:?}"),
+    }
+    let room = &bob.status().await.rooms[0];
+    assert!(!room.member);
+    assert_eq!(room.pending, 0, "left only once a member held it");
+    assert!(
+        alice
+            .history(ROOM)
+            .await
+            .iter()
+            .any(|m| m.message_id == last)
+    );
 }
