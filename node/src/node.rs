@@ -524,7 +524,7 @@ impl Node {
             pending_joins: HashMap::new(),
             doubtful_joins: HashMap::new(),
             leaves_waiting: Vec::new(),
-            confirm_soon: BTreeSet::new(),
+            confirm_soon: HashMap::new(),
             followers: HashMap::new(),
             follow_queue: config.follow_queue.max(1),
             outbox: HashMap::new(),
@@ -715,6 +715,10 @@ fn undelivered(n: usize) -> String {
     )
 }
 
+/// Most messages per room and tick asked to be confirmed soon after they were sent (see
+/// `EventLoop::confirm_soon`); any beyond wait for the next sync round.
+const CONFIRM_SOON_LIMIT: usize = 256;
+
 /// How long a leave waits for another member to hold the leaver's last messages.
 const LEAVE_WAIT: Duration = Duration::from_secs(10);
 
@@ -739,11 +743,12 @@ struct EventLoop {
     /// facilitator did admit us, it answers with the welcome instead of "already used".
     doubtful_joins: HashMap<InviteId, MemberKeys>,
     leaves_waiting: Vec<WaitingLeave>,
-    /// Rooms in which this member has sent since the last tick: at the next tick, its
-    /// unconfirmed messages there are pushed to the connected members, whose answers
-    /// confirm them. (Gossip carries no receipts; without this a message stayed marked
-    /// as received by nobody until the next sync round, up to 15 s.)
-    confirm_soon: BTreeSet<RoomId>,
+    /// Per room, this member's messages sent since the last tick: at the next tick, those
+    /// still unconfirmed are pushed to one connected member, whose answer confirms them.
+    /// (Gossip carries no receipts; without this a message stayed marked as received by
+    /// nobody until the next sync round, up to 15 s. One member is enough to confirm, and
+    /// costs each message one extra delivery rather than one per member.)
+    confirm_soon: HashMap<RoomId, Vec<Id>>,
     followers: HashMap<RoomId, Vec<mpsc::Sender<FollowUpdate>>>,
     /// See [`NodeConfig::follow_queue`].
     follow_queue: usize,
@@ -1027,8 +1032,8 @@ impl EventLoop {
         if !self.leaves_waiting.is_empty() {
             self.settle_waiting_leaves();
         }
-        for id in std::mem::take(&mut self.confirm_soon) {
-            self.ask_for_confirmations(id);
+        for (id, sent) in std::mem::take(&mut self.confirm_soon) {
+            self.ask_one_to_confirm(id, &sent);
         }
         self.reach.reserve_due(&mut self.swarm);
         let due: Vec<RoomId> = self
@@ -1097,22 +1102,55 @@ impl EventLoop {
     /// they reconnect (members who joined later could never open it, and it was pushed to
     /// them every round).
     fn unconfirmed_envelopes(&self, id: &RoomId) -> Vec<Vec<u8>> {
-        let Some(room) = self.rooms.get(id) else {
-            return Vec::new();
-        };
         let pending: Vec<Id> = self
             .unconfirmed
             .get(id)
             .map(|u| u.iter().take(256).copied().collect())
             .unwrap_or_default();
-        self.envelopes_of(id, &pending)
+        self.current_envelopes(id, &pending)
+    }
+
+    /// The envelopes of the stored messages `ids` of room `id` sealed under its current key.
+    fn current_envelopes(&self, id: &RoomId, ids: &[Id]) -> Vec<Vec<u8>> {
+        let Some(room) = self.rooms.get(id) else {
+            return Vec::new();
+        };
+        self.envelopes_of(id, ids)
             .into_iter()
             .filter(|e| room.sealed_in_current_epoch(e))
             .collect()
     }
 
-    /// Pushes this member's unconfirmed messages in room `id` to the connected members:
-    /// they answer with the ids they hold, which confirms them (see `confirm_soon`).
+    /// Pushes those of `sent` (this member's messages in room `id`) still unconfirmed to
+    /// one connected member, a different one each tick: its answer names those it holds,
+    /// which confirms them (see `confirm_soon`).
+    fn ask_one_to_confirm(&mut self, id: RoomId, sent: &[Id]) {
+        let Some(unconfirmed) = self.unconfirmed.get(&id) else {
+            return;
+        };
+        let pending: Vec<Id> = sent
+            .iter()
+            .filter(|m| unconfirmed.contains(*m))
+            .copied()
+            .collect();
+        let peers = self.connected_members(&id);
+        let envelopes = self.current_envelopes(&id, &pending);
+        if peers.is_empty() || envelopes.is_empty() {
+            return;
+        }
+        let peer = peers[self.ticks as usize % peers.len()];
+        self.push(
+            id,
+            &[peer],
+            SyncPush {
+                envelopes,
+                ..SyncPush::default()
+            },
+        );
+    }
+
+    /// Pushes this member's unconfirmed messages in room `id` to every connected member:
+    /// they answer with the ids they hold, which confirms them.
     fn ask_for_confirmations(&mut self, id: RoomId) {
         let envelopes = self.unconfirmed_envelopes(&id);
         if envelopes.is_empty() {
@@ -1606,7 +1644,10 @@ impl EventLoop {
         self.remember(id, &envelope);
         let published = self.publish(id, topic, envelope);
         if published {
-            self.confirm_soon.insert(id);
+            let sent = self.confirm_soon.entry(id).or_default();
+            if sent.len() < CONFIRM_SOON_LIMIT {
+                sent.push(record.id);
+            }
         }
         self.notify(&id, &record, !published);
         Ok(Reply::Sent {
@@ -1644,7 +1685,13 @@ impl EventLoop {
         for (topic, envelope) in queue {
             let _ = self.publish(id, topic, envelope);
         }
-        self.confirm_soon.insert(id);
+        // What waited is confirmed soon too.
+        let waited: Vec<Id> = self.unconfirmed.get(&id).map_or_else(Vec::new, |u| {
+            u.iter().take(CONFIRM_SOON_LIMIT).copied().collect()
+        });
+        let sent = self.confirm_soon.entry(id).or_default();
+        sent.extend(waited);
+        sent.truncate(CONFIRM_SOON_LIMIT);
     }
 
     fn start_join(
