@@ -135,6 +135,12 @@ fn members_leave_are_removed_and_the_key_moves_on() {
     let line = fails(&run(priya, &["remove", ROOM, "Jo"]));
     assert!(line.contains("facilitator"), "{line}");
     fails(&run(jo, &["remove", ROOM, "Sam", "--json"]));
+    // The facilitator cannot leave (even right after writing, which would make a member
+    // wait for the message to be held): told to hand over, and nothing changes.
+    ok(sam, &["send", ROOM, "Same time next month."]);
+    let line = fails(&run(sam, &["leave", ROOM]));
+    assert!(line.contains("hand the role to another member"), "{line}");
+    assert_eq!(members(sam), (start, names.clone()));
 
     // Priya leaves; Sam's node takes her off and rotates the key by itself.
     let (_, count, reached) = change_reaching(priya, &["leave", ROOM], &room_id);

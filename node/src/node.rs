@@ -2647,8 +2647,13 @@ impl EventLoop {
     /// connected to take them; otherwise, or after that, refuses with a sentence saying so.
     fn leave_when_delivered(&mut self, id: RoomId, reply: oneshot::Sender<Reply>) {
         let waiting = self.unconfirmed.get(&id).map_or(0, BTreeSet::len);
-        let member = self.rooms.get(&id).is_some_and(Room::is_member);
-        if waiting == 0 || !member {
+        // Someone who may not leave at all (no longer a member, or the facilitator) is
+        // told so at once.
+        let may_leave = self
+            .rooms
+            .get(&id)
+            .is_some_and(|r| r.is_member() && !r.is_facilitator());
+        if waiting == 0 || !may_leave {
             let _ = reply.send(self.change(id, |r, now, rng| r.leave(now, rng)));
         } else if !self.connected_members(&id).is_empty() {
             self.ask_for_confirmations(id);
