@@ -25,6 +25,13 @@ pub enum ClientError {
     /// The node's answer did not parse.
     #[error("the node sent an answer this version does not understand")]
     BadReply,
+    /// The node closed the connection before its answer was complete: it stopped (or
+    /// was killed) while working on the request.
+    #[error(
+        "the node stopped before it answered, so whether it did what was asked is not known; \
+         `confer status` says whether it is running, and `confer read` shows what was sent"
+    )]
+    Closed,
 }
 
 /// An open connection to a running node.
@@ -75,7 +82,8 @@ impl Client {
                     return Ok(Some(Reply::History { messages: parts }));
                 }
                 // A history cut off, or something else in the middle of one.
-                None | Some(_) if !parts.is_empty() => return Err(ClientError::BadReply),
+                None if !parts.is_empty() => return Err(ClientError::Closed),
+                Some(_) if !parts.is_empty() => return Err(ClientError::BadReply),
                 other => return Ok(other),
             }
         }
@@ -94,6 +102,9 @@ impl Client {
         if line.len() > MAX_LINE {
             return Err(ClientError::BadReply);
         }
+        if line.last() != Some(&b'\n') {
+            return Err(ClientError::Closed);
+        }
         serde_json::from_slice(&line)
             .map(Some)
             .map_err(|_| ClientError::BadReply)
@@ -103,8 +114,52 @@ impl Client {
     pub async fn call(home: &Path, request: &Request) -> Result<Reply, ClientError> {
         let mut client = Self::connect(home).await?;
         client.send(request).await?;
-        client.next().await?.ok_or(ClientError::BadReply)
+        client.next().await?.ok_or(ClientError::Closed)
     }
 }
 
 use tokio::io::AsyncReadExt as _;
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixListener;
+
+    use super::*;
+
+    /// A node that takes the request and then stops, after writing `answer` (perhaps
+    /// nothing, perhaps part of a line).
+    async fn stops_after(answer: &'static [u8]) -> ClientError {
+        let home = tempfile::tempdir().unwrap();
+        let listener = UnixListener::bind(home.path().join(SOCKET_NAME)).unwrap();
+        let node = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let (reader, mut writer) = stream.into_split();
+            let mut request = String::new();
+            BufReader::new(reader)
+                .read_line(&mut request)
+                .await
+                .unwrap();
+            writer.write_all(answer).await.unwrap();
+        });
+        let error = Client::call(home.path(), &Request::Status)
+            .await
+            .expect_err("no whole answer");
+        node.await.unwrap();
+        error
+    }
+
+    /// A node that stops while it works on a request is not taken for a node of another
+    /// version: the user is told it stopped, and that what it did is not known.
+    #[tokio::test]
+    async fn a_node_that_stops_before_answering_is_said_to_have_stopped() {
+        for answer in [&b""[..], b"{\"Sent\":{\"message_i"] {
+            let error = stops_after(answer).await;
+            assert!(matches!(error, ClientError::Closed), "{error:?}");
+            assert!(error.to_string().contains("stopped before it answered"));
+        }
+        // An answer that is whole but not understood is still called that.
+        let error = stops_after(b"{\"NoSuchReply\":1}\n").await;
+        assert!(matches!(error, ClientError::BadReply), "{error:?}");
+    }
+}
