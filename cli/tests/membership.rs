@@ -111,10 +111,16 @@ fn members_leave_are_removed_and_the_key_moves_on() {
         assert!(line.contains("invite"), "{line}");
     }
 
-    // `confer invite ROOM` still issues invites, and Jo gets in with a fresh one.
+    // `confer invite ROOM` still issues invites, and Jo gets in with a fresh one, pasted
+    // from an email that wrapped it over several lines.
     let human = ok(sam, &["invite", ROOM]);
     let code = human.lines().next().unwrap().to_owned();
-    ok_json(jo, &["join", &code, "--as", "Jo"]);
+    let wrapped: Vec<&str> = code
+        .as_bytes()
+        .chunks(70)
+        .map(|line| std::str::from_utf8(line).unwrap())
+        .collect();
+    ok_json(jo, &["join", &wrapped.join("\n"), "--as", "Jo"]);
 
     let (start, names) = members(sam);
     assert_eq!(names, ["Sam", "Priya", "Jo"]);

@@ -124,7 +124,12 @@ impl Invite {
 
     /// Parses and verifies a code: shape, sizes and signature. Does not check expiry.
     pub fn from_code(code: &str) -> Result<Self, InviteError> {
-        let code = code.trim();
+        // Whitespace anywhere is ignored: a code pasted from an email or a chat often
+        // arrives wrapped over several lines, and base58 has none of its own.
+        if code.len() > 2 * MAX_CODE_LEN {
+            return Err(InviteError::Malformed);
+        }
+        let code: String = code.chars().filter(|c| !c.is_whitespace()).collect();
         if code.len() > MAX_CODE_LEN {
             return Err(InviteError::Malformed);
         }
@@ -352,6 +357,31 @@ mod tests {
         let bytes = bs58::decode(&code[CODE_PREFIX.len()..]).into_vec().unwrap();
         assert!(!bytes.windows(5).any(|w| w == b"Group"));
         assert!(!bytes.windows(3).any(|w| w == b"Fac"));
+    }
+
+    /// A code wrapped over lines by an email or chat program (or with spaces around)
+    /// still reads; it is the same invite.
+    #[test]
+    fn a_code_wrapped_over_lines_still_reads() {
+        let (_, code) = issued();
+        let expected = Invite::from_code(&code).unwrap();
+        let chars: Vec<char> = code.chars().collect();
+        for (width, break_with) in [(70, "\n"), (64, "\r\n"), (40, " "), (76, "\n\t")] {
+            let wrapped: Vec<String> = chars
+                .chunks(width)
+                .map(|line| line.iter().collect())
+                .collect();
+            let wrapped = format!("\n{}\n", wrapped.join(break_with));
+            assert_eq!(
+                Invite::from_code(&wrapped),
+                Ok(expected.clone()),
+                "{wrapped}"
+            );
+        }
+        // Spread out to more than twice the longest code, it is refused before any copy.
+        let spread: String = code.chars().flat_map(|c| [c, ' ', ' ']).collect();
+        let spread = format!("{spread}{}", " ".repeat(2 * MAX_CODE_LEN));
+        assert_eq!(Invite::from_code(&spread), Err(InviteError::Malformed));
     }
 
     #[test]
