@@ -145,9 +145,11 @@ fn print_rooms(rooms: &[RoomSummary]) -> Result<(), Error> {
         } else {
             "messages"
         };
-        let waiting = match room.pending {
-            0 => String::new(),
-            n => format!(", {n} of yours not yet received by anyone else"),
+        // Members take nothing from someone who has gone: after leaving, never is the word.
+        let waiting = match (room.pending, room.member) {
+            (0, _) => String::new(),
+            (n, true) => format!(", {n} of yours not yet received by anyone else"),
+            (n, false) => format!(", {n} of yours never received by anyone else"),
         };
         let gone = if room.member {
             ""

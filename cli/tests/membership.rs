@@ -374,9 +374,15 @@ fn leaving_while_nobody_is_connected_says_to_keep_the_node_running() {
         said.contains("only yours knows you left") && said.contains("keep it running"),
         "{said}"
     );
-    // The room list says so until a member's node has heard it.
+    // The room list says so until a member's node has heard it, and that her last
+    // message will never reach anyone.
     assert_eq!(ok_json(priya, &["room", "list"])[0]["leave_unheard"], true);
-    assert!(ok(priya, &["room", "list"]).contains("no other member has heard yet"));
+    let listed = ok(priya, &["room", "list"]);
+    assert!(listed.contains("no other member has heard yet"), "{listed}");
+    assert!(
+        listed.contains("1 of yours never received by anyone else"),
+        "{listed}"
+    );
     // Restarted, her `node run` says it is trying to tell them (naming no room).
     assert!(priya_node.terminate().success());
     let priya_node = NodeProcess::start_with(priya, &[]);
