@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use confer_node::FollowUpdate;
-use confer_node::api::{Reply, Request};
+use confer_node::api::{ChangeInfo, Reply, Request};
 use confer_store::Profile;
 use confer_tests::{PASSPHRASE, TestNode, next_message, start_node, within};
 use tokio::sync::mpsc::Receiver;
@@ -31,6 +31,20 @@ async fn wait_for_members(node: &TestNode, expected: &[&str], after: u64) -> u64
         }
     })
     .await
+}
+
+/// Leaves the room (waiting, as `confer leave` does, for one's last messages to be held).
+async fn leave(node: &TestNode) -> ChangeInfo {
+    match node
+        .ok(Request::Leave {
+            room: ROOM.into(),
+            anyway: false,
+        })
+        .await
+    {
+        Reply::Changed(info) => info,
+        other => panic!("unexpected {other:?}"),
+    }
 }
 
 async fn receive(rx: &mut Receiver<FollowUpdate>, id: &str) {
@@ -80,16 +94,8 @@ async fn departed_members_never_see_later_messages() {
     }
 
     // Bob leaves; the facilitator's node rotates the key when it hears of it.
-    match bob
-        .ok(Request::Leave {
-            room: ROOM.into(),
-            anyway: false,
-        })
-        .await
-    {
-        Reply::Changed(change) => assert_eq!(change.members, 3),
-        other => panic!("unexpected {other:?}"),
-    }
+    let left = leave(&bob).await;
+    assert_eq!(left.members, 3);
     let epoch1 = wait_for_members(&alice, &["Alice", "Carol", "Dan"], epoch0).await;
     wait_for_members(&dan, &["Alice", "Carol", "Dan"], epoch0).await;
     let message = bob
@@ -232,16 +238,8 @@ async fn bob_leaves_unheard() -> (TestNode, TestNode, u64) {
     let (epoch0, _) = members(&alice).await;
     alice.node.clone().shutdown().await;
     bob.until_alone().await;
-    match bob
-        .ok(Request::Leave {
-            room: ROOM.into(),
-            anyway: false,
-        })
-        .await
-    {
-        Reply::Changed(info) => assert_eq!(info.reached, 0, "{info:?}"),
-        other => panic!("unexpected {other:?}"),
-    }
+    let left = leave(&bob).await;
+    assert_eq!(left.reached, 0, "{left:?}");
     (alice, bob, epoch0)
 }
 
@@ -284,16 +282,8 @@ async fn a_leave_waits_until_the_leavers_last_message_is_held() {
     let last = bob
         .send(ROOM, "Thank you all; this is my last session.")
         .await;
-    match bob
-        .ok(Request::Leave {
-            room: ROOM.into(),
-            anyway: false,
-        })
-        .await
-    {
-        Reply::Changed(info) => assert_eq!(info.members, 1),
-        other => panic!("unexpected {other:?}"),
-    }
+    let left = leave(&bob).await;
+    assert_eq!(left.members, 1);
     let room = &bob.status().await.rooms[0];
     assert!(!room.member);
     assert_eq!(room.pending, 0, "left only once a member held it");
