@@ -513,7 +513,7 @@ pub async fn leave(home: &Path, room: String, anyway: bool, json: bool) -> Resul
         &request,
         "Waiting for another member's node to receive your last messages…",
         json,
-        "the node stopped before you left; you are still a member",
+        "the node stopped before it answered; `confer room list` shows whether you have left",
     )
     .await?
     {
