@@ -98,6 +98,11 @@ const PEERS: &str = "peers";
 /// The store record name of the flag "this profile left the room while no other member's
 /// node was connected, and has not told any of them yet" (one byte, 1 or 0).
 const LEAVE_UNHEARD: &str = "leave-unheard";
+/// The store record name of the keys of a join to the room whose every attempt failed
+/// after the request may have reached the facilitator: (invite id, member keys), so that
+/// the same code redeemed again, even after a restart, uses them and, if the facilitator
+/// did admit them, gets the welcome instead of "already used". Emptied once joined.
+const DOUBTFUL_JOIN: &str = "doubtful-join";
 
 /// A recent room envelope and the peers of the members who were in the room when it
 /// was stored: only they may be sent it again.
@@ -522,7 +527,6 @@ impl Node {
             profile_name: profile.name().to_owned(),
             listen: listen.clone(),
             pending_joins: HashMap::new(),
-            doubtful_joins: HashMap::new(),
             leaves_waiting: Vec::new(),
             confirm_soon: HashMap::new(),
             followers: HashMap::new(),
@@ -688,7 +692,7 @@ struct PendingJoin {
     /// Times sent so far.
     attempts: u32,
     /// Whether the facilitator may have admitted these keys already: an earlier attempt
-    /// failed after it was sent, or the keys are those of such a join (`doubtful_joins`).
+    /// failed after it was sent, or the keys are those of such a join ([`DOUBTFUL_JOIN`]).
     perhaps_admitted: bool,
 }
 
@@ -696,9 +700,6 @@ struct PendingJoin {
 /// facilitator fails before its answer arrives. Asking again is safe: the facilitator
 /// answers a request it has already admitted with the welcome again (`Room::admit`).
 const JOIN_ATTEMPTS: u32 = 3;
-
-/// Most joins remembered as "perhaps admitted" (see `EventLoop::doubtful_joins`).
-const MAX_DOUBTFUL_JOINS: usize = 16;
 
 /// Why a leave is refused: `n` of the leaver's messages have reached no other member.
 fn undelivered(n: usize) -> String {
@@ -719,6 +720,9 @@ fn undelivered(n: usize) -> String {
 /// `EventLoop::confirm_soon`); any beyond wait for the next sync round.
 const CONFIRM_SOON_LIMIT: usize = 256;
 
+/// Largest [`DOUBTFUL_JOIN`] record read back (an invite id and two 32-byte secrets).
+const MAX_DOUBTFUL_JOIN: usize = 1024;
+
 /// How long a leave waits for another member to hold the leaver's last messages.
 const LEAVE_WAIT: Duration = Duration::from_secs(10);
 
@@ -738,10 +742,6 @@ struct EventLoop {
     profile_name: String,
     listen: Vec<String>,
     pending_joins: HashMap<OutboundRequestId, PendingJoin>,
-    /// The keys of joins whose every attempt failed after the request may have reached the
-    /// facilitator, by invite: the same code redeemed again uses them, so that if the
-    /// facilitator did admit us, it answers with the welcome instead of "already used".
-    doubtful_joins: HashMap<InviteId, MemberKeys>,
     leaves_waiting: Vec<WaitingLeave>,
     /// Per room, this member's messages sent since the last tick: at the next tick, those
     /// still unconfirmed are pushed to one connected member, whose answer confirms them.
@@ -1763,7 +1763,7 @@ impl EventLoop {
         if self.addresses.learn(peer, true, usable) {
             self.addresses_dirty = true;
         }
-        let doubtful = self.doubtful_joins.remove(&invite.body.invite_id);
+        let doubtful = self.doubtful_join(&invite);
         let perhaps_admitted = doubtful.is_some();
         let keys = doubtful.unwrap_or_else(|| MemberKeys::generate(&mut rng()));
         let body = JoinBody {
@@ -1828,16 +1828,39 @@ impl EventLoop {
             ..
         } = pending;
         if perhaps_admitted {
-            if self.doubtful_joins.len() >= MAX_DOUBTFUL_JOINS
-                && let Some(any) = self.doubtful_joins.keys().next().copied()
-            {
-                self.doubtful_joins.remove(&any);
-            }
-            self.doubtful_joins.insert(invite.body.invite_id, keys);
+            self.keep_doubtful_join(&invite, &keys);
         }
         let _ = reply.send(error(format!(
             "could not reach the facilitator's node ({failure}); check that it is running and reachable, then run the same command again"
         )));
+    }
+
+    /// The keys kept for a join with `invite` that may have been admitted
+    /// ([`DOUBTFUL_JOIN`]).
+    fn doubtful_join(&self, invite: &Invite) -> Option<MemberKeys> {
+        let bytes = zeroize::Zeroizing::new(
+            self.store
+                .room_state(&invite.body.room_id.0, DOUBTFUL_JOIN)
+                .ok()??,
+        );
+        let (id, keys): (InviteId, MemberKeys) =
+            confer_room::wire::decode(&bytes, MAX_DOUBTFUL_JOIN).ok()?;
+        (id == invite.body.invite_id).then_some(keys)
+    }
+
+    fn keep_doubtful_join(&self, invite: &Invite, keys: &MemberKeys) {
+        let kept = confer_room::wire::encode(&(invite.body.invite_id, keys))
+            .map(zeroize::Zeroizing::new)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                self.store
+                    .put_room_state(&invite.body.room_id.0, DOUBTFUL_JOIN, &bytes)
+                    .and_then(|()| self.store.flush())
+                    .map_err(|e| e.to_string())
+            });
+        if let Err(e) = kept {
+            tracing::warn!("could not keep the keys of a join that may have succeeded: {e}");
+        }
     }
 
     fn finish_join(&mut self, pending: PendingJoin, response: &[u8]) {
@@ -1862,6 +1885,8 @@ impl EventLoop {
                                 // Where the facilitator is, at once: a node killed right
                                 // after joining must still find the room again.
                                 self.save_addresses(&id);
+                                // Keys kept from an earlier attempt are in the room now.
+                                let _ = self.store.put_room_state(&id.0, DOUBTFUL_JOIN, &[]);
                                 if let Err(e) = self.store.flush() {
                                     tracing::error!(
                                         "could not store the facilitator's address: {e}"

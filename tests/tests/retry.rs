@@ -235,11 +235,11 @@ async fn a_join_whose_answer_was_lost_is_asked_again_and_admitted_once() {
 }
 
 /// When every attempt loses its answer, the joiner is told to run the same command again;
-/// doing so (even under another name) gets the welcome of the admission that happened,
-/// not "this invite has already been used".
+/// doing so (even after restarting its node, and under another name) gets the welcome of
+/// the admission that happened, not "this invite has already been used".
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_that_failed_after_being_admitted_succeeds_when_run_again() {
-    let joiner = TestNode::start("Joiner").await;
+    let mut joiner = TestNode::start("Joiner").await;
     let (mut facilitator, code) = BareFacilitator::start().await;
     let reply = facilitator.serve(&joiner, &code, "Jo", 3).await;
     let Reply::Error { message } = reply else {
@@ -248,6 +248,7 @@ async fn a_join_that_failed_after_being_admitted_succeeds_when_run_again() {
     assert!(message.contains("run the same command again"), "{message}");
     assert_eq!(facilitator.lost.len(), 3, "every attempt lost");
 
+    joiner.restart().await;
     let reply = facilitator.serve(&joiner, &code, "Joanne", 0).await;
     assert!(matches!(reply, Reply::Room(_)), "{reply:?}");
     assert_eq!(names(&joiner).await, ["Sam", "Jo"]);
