@@ -343,8 +343,8 @@ pub async fn read(
         .next()
         .await?
         .ok_or_else(|| Error::usage("the node closed the connection without answering"))?;
-    let mut history = match refused(first)? {
-        Reply::History { messages } => messages,
+    let (mut history, member) = match refused(first)? {
+        Reply::History { messages, member } => (messages, member),
         other => return Err(unexpected(&other)),
     };
     if let Some(last) = last {
@@ -358,7 +358,9 @@ pub async fn read(
         if history.is_empty() {
             return output::line("No messages yet.");
         }
-        return history.iter().try_for_each(print_message);
+        return history
+            .iter()
+            .try_for_each(|message| print_message(message, member));
     }
 
     // Following: one JSON object per line (JSON Lines), or one text line per message.
@@ -377,7 +379,7 @@ pub async fn read(
         if json {
             output::json(message)?
         } else {
-            print_message(message)?
+            print_message(message, member)?
         }
         shown(&mut pending, message);
         // In time order already; this only keeps `latest` (see `arrived_late`).
@@ -389,9 +391,9 @@ pub async fn read(
                 if json {
                     output::json(&message)?
                 } else if arrived_late(&mut latest, &message.sent_at) {
-                    print_line(&message, "  (sent earlier; it has just arrived)")?
+                    print_line(&message, member, "  (sent earlier; it has just arrived)")?
                 } else {
-                    print_message(&message)?
+                    print_message(&message, member)?
                 }
                 shown(&mut pending, &message);
             }
@@ -418,14 +420,18 @@ pub async fn read(
     }
 }
 
-fn print_message(message: &MessageInfo) -> Result<(), Error> {
-    print_line(message, "")
+/// Prints one message of a room; `member` is false in a room one has left.
+fn print_message(message: &MessageInfo, member: bool) -> Result<(), Error> {
+    print_line(message, member, "")
 }
 
-fn print_line(message: &MessageInfo, note: &str) -> Result<(), Error> {
+fn print_line(message: &MessageInfo, member: bool, note: &str) -> Result<(), Error> {
     let mut line = output::message_line(&message.sent_at, &message.author, &message.text);
-    if message.pending {
-        line.push_str("  (not yet received by anyone else)");
+    // Members take nothing from someone who has gone: after leaving, never is the word.
+    match (message.pending, member) {
+        (false, _) => {}
+        (true, true) => line.push_str("  (not yet received by anyone else)"),
+        (true, false) => line.push_str("  (never received by anyone else)"),
     }
     line.push_str(note);
     output::line(&line)

@@ -326,7 +326,7 @@ async fn history(person: &Person, room: &str) -> Result<Vec<MessageInfo>, Error>
     )
     .await?
     {
-        Reply::History { messages } => Ok(messages),
+        Reply::History { messages, .. } => Ok(messages),
         other => Err(unexpected(&other)),
     }
 }

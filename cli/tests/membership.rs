@@ -383,6 +383,11 @@ fn leaving_while_nobody_is_connected_says_to_keep_the_node_running() {
         listed.contains("1 of yours never received by anyone else"),
         "{listed}"
     );
+    let read = ok(priya, &["read", ROOM]);
+    assert!(
+        read.contains("I am off to a new post; thank you all.  (never received by anyone else)"),
+        "{read}"
+    );
     // Restarted, her `node run` says it is trying to tell them (naming no room).
     assert!(priya_node.terminate().success());
     let priya_node = NodeProcess::start_with(priya, &[]);

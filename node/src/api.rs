@@ -148,6 +148,11 @@ pub enum Reply {
     History {
         /// Messages, oldest first.
         messages: Vec<MessageInfo>,
+        /// False if this profile has left the room or been removed: its messages marked
+        /// pending will then never be received (members take nothing from someone who has
+        /// gone).
+        #[serde(default = "yes")]
+        member: bool,
     },
     /// On the control socket only: one part of a history too long for one line
     /// ([`MAX_LINE`]). Parts of at most [`HISTORY_PART`] bytes come first, then

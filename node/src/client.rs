@@ -77,9 +77,12 @@ impl Client {
         loop {
             match self.next_line().await? {
                 Some(Reply::HistoryPart { messages }) => parts.extend(messages),
-                Some(Reply::History { messages }) => {
+                Some(Reply::History { messages, member }) => {
                     parts.extend(messages);
-                    return Ok(Some(Reply::History { messages: parts }));
+                    return Ok(Some(Reply::History {
+                        messages: parts,
+                        member,
+                    }));
                 }
                 // A history cut off, or something else in the middle of one.
                 None if !parts.is_empty() => return Err(ClientError::Closed),

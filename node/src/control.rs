@@ -73,7 +73,7 @@ async fn write_reply(
     writer: &mut tokio::net::unix::OwnedWriteHalf,
     reply: Reply,
 ) -> std::io::Result<()> {
-    let Reply::History { messages } = reply else {
+    let Reply::History { messages, member } = reply else {
         return write(writer, &reply).await;
     };
     let mut part = Vec::new();
@@ -91,7 +91,14 @@ async fn write_reply(
         size += len;
         part.push(message);
     }
-    write(writer, &Reply::History { messages: part }).await
+    write(
+        writer,
+        &Reply::History {
+            messages: part,
+            member,
+        },
+    )
+    .await
 }
 
 async fn connection(stream: UnixStream, node: Node) {
@@ -148,10 +155,11 @@ async fn follow(room: String, node: Node, mut writer: tokio::net::unix::OwnedWri
             history,
             mut updates,
         }) => {
-            if write_reply(&mut writer, Reply::History { messages: history })
-                .await
-                .is_err()
-            {
+            let history = Reply::History {
+                messages: history,
+                member: true,
+            };
+            if write_reply(&mut writer, history).await.is_err() {
                 return;
             }
             while let Some(update) = updates.recv().await {

@@ -1462,8 +1462,14 @@ impl EventLoop {
                 return;
             }
             Request::Read { room, follow: _ } => {
-                match self.resolve(&room).and_then(|id| self.history(&id)) {
-                    Ok(messages) => Reply::History { messages },
+                match self
+                    .resolve(&room)
+                    .and_then(|id| self.history(&id).map(|m| (id, m)))
+                {
+                    Ok((id, messages)) => Reply::History {
+                        messages,
+                        member: self.rooms.get(&id).is_some_and(Room::is_member),
+                    },
                     Err(message) => error(message),
                 }
             }

@@ -198,7 +198,7 @@ impl TestNode {
             })
             .await
         {
-            Reply::History { messages } => messages,
+            Reply::History { messages, .. } => messages,
             other => panic!("unexpected {other:?}"),
         }
     }

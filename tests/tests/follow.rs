@@ -27,7 +27,7 @@ async fn follow(node: &TestNode) -> (Client, Vec<confer_node::api::MessageInfo>)
         .await
         .expect("send");
     match client.next().await.expect("history") {
-        Some(Reply::History { messages }) => (client, messages),
+        Some(Reply::History { messages, .. }) => (client, messages),
         other => panic!("unexpected {other:?}"),
     }
 }

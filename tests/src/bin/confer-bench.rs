@@ -1283,7 +1283,7 @@ impl Bench {
         )
         .await?
         {
-            Reply::History { messages } => {
+            Reply::History { messages, .. } => {
                 let own = |m: &&confer_node::api::MessageInfo| {
                     record::parse(m.text.as_bytes()).is_some_and(|(p, seq)| {
                         p == CATCH_UP && (seq as usize).is_multiple_of(n_senders)
@@ -1392,7 +1392,7 @@ impl Bench {
         )
         .await?
         {
-            Reply::History { messages } => messages,
+            Reply::History { messages, .. } => messages,
             other => return Err(format!("unexpected {other:?}")),
         };
         let held: BTreeSet<&str> = history.iter().map(|m| m.message_id.as_str()).collect();
