@@ -195,7 +195,7 @@ impl BareFacilitator {
                     first,
                     "admitted only once"
                 );
-                if lose > 0 && self.lost.len() < lose {
+                if self.lost.len() < lose {
                     self.lost.push(channel);
                     self.swarm.disconnect_peer_id(from).expect("connected");
                 } else {
