@@ -748,7 +748,7 @@ struct EventLoop {
     /// (Gossip carries no receipts; without this a message stayed marked as received by
     /// nobody until the next sync round, up to 15 s. One member is enough to confirm, and
     /// costs each message one extra delivery rather than one per member.)
-    confirm_soon: HashMap<RoomId, Vec<Id>>,
+    confirm_soon: HashMap<RoomId, BTreeSet<Id>>,
     followers: HashMap<RoomId, Vec<mpsc::Sender<FollowUpdate>>>,
     /// See [`NodeConfig::follow_queue`].
     follow_queue: usize,
@@ -1088,7 +1088,11 @@ impl EventLoop {
             if !self.rooms[&id].is_member() {
                 continue;
             }
-            let envelopes = self.unconfirmed_envelopes(&id);
+            // Retry what no other member has confirmed yet, if sealed under the current
+            // key: an older message could be read only by members of its epoch, who ask
+            // for it themselves when they reconnect (members who joined later could
+            // never open it, and it was pushed to them every round).
+            let envelopes = self.current_envelopes(&id, &self.unconfirmed_ids(&id));
             for peer in self.connected_members(&id) {
                 self.reconcile(id, peer, envelopes.clone());
             }
@@ -1096,18 +1100,12 @@ impl EventLoop {
         }
     }
 
-    /// What no other member has confirmed yet of this member's messages in room `id`
-    /// (at most 256), if sealed under the current key: retried every sync round. An older
-    /// message could be read only by members of its epoch, who ask for it themselves when
-    /// they reconnect (members who joined later could never open it, and it was pushed to
-    /// them every round).
-    fn unconfirmed_envelopes(&self, id: &RoomId) -> Vec<Vec<u8>> {
-        let pending: Vec<Id> = self
-            .unconfirmed
+    /// This member's messages in room `id` no other member has confirmed (at most 256).
+    fn unconfirmed_ids(&self, id: &RoomId) -> Vec<Id> {
+        self.unconfirmed
             .get(id)
             .map(|u| u.iter().take(256).copied().collect())
-            .unwrap_or_default();
-        self.current_envelopes(id, &pending)
+            .unwrap_or_default()
     }
 
     /// The envelopes of the stored messages `ids` of room `id` sealed under its current key.
@@ -1124,42 +1122,27 @@ impl EventLoop {
     /// Pushes those of `sent` (this member's messages in room `id`) still unconfirmed to
     /// one connected member, a different one each tick: its answer names those it holds,
     /// which confirms them (see `confirm_soon`).
-    fn ask_one_to_confirm(&mut self, id: RoomId, sent: &[Id]) {
+    fn ask_one_to_confirm(&mut self, id: RoomId, sent: &BTreeSet<Id>) {
         let Some(unconfirmed) = self.unconfirmed.get(&id) else {
             return;
         };
-        let pending: Vec<Id> = sent
-            .iter()
-            .filter(|m| unconfirmed.contains(*m))
-            .copied()
-            .collect();
+        let pending: Vec<Id> = sent.intersection(unconfirmed).copied().collect();
         let peers = self.connected_members(&id);
-        let envelopes = self.current_envelopes(&id, &pending);
+        if let Some(peer) = peers.get(self.ticks as usize % peers.len().max(1)) {
+            self.ask_to_confirm(id, &pending, &[*peer]);
+        }
+    }
+
+    /// Pushes the messages `ids` of this member's in room `id` that are sealed under the
+    /// current key to `peers`, whose answers name those they hold, which confirms them.
+    fn ask_to_confirm(&mut self, id: RoomId, ids: &[Id], peers: &[PeerId]) {
+        let envelopes = self.current_envelopes(&id, ids);
         if peers.is_empty() || envelopes.is_empty() {
             return;
         }
-        let peer = peers[self.ticks as usize % peers.len()];
         self.push(
             id,
-            &[peer],
-            SyncPush {
-                envelopes,
-                ..SyncPush::default()
-            },
-        );
-    }
-
-    /// Pushes this member's unconfirmed messages in room `id` to every connected member:
-    /// they answer with the ids they hold, which confirms them.
-    fn ask_for_confirmations(&mut self, id: RoomId) {
-        let envelopes = self.unconfirmed_envelopes(&id);
-        if envelopes.is_empty() {
-            return;
-        }
-        let peers = self.connected_members(&id);
-        self.push(
-            id,
-            &peers,
+            peers,
             SyncPush {
                 envelopes,
                 ..SyncPush::default()
@@ -1479,7 +1462,7 @@ impl EventLoop {
                     self.leave_when_delivered(id, reply);
                     return;
                 }
-                Ok(id) => self.change(id, |r, now, rng| r.leave(now, rng)),
+                Ok(id) => self.leave_now(id),
                 Err(message) => error(message),
             },
             Request::Remove { room, member } => {
@@ -1652,7 +1635,7 @@ impl EventLoop {
         if published {
             let sent = self.confirm_soon.entry(id).or_default();
             if sent.len() < CONFIRM_SOON_LIMIT {
-                sent.push(record.id);
+                sent.insert(record.id);
             }
         }
         self.notify(&id, &record, !published);
@@ -1692,12 +1675,14 @@ impl EventLoop {
             let _ = self.publish(id, topic, envelope);
         }
         // What waited is confirmed soon too.
-        let waited: Vec<Id> = self.unconfirmed.get(&id).map_or_else(Vec::new, |u| {
-            u.iter().take(CONFIRM_SOON_LIMIT).copied().collect()
-        });
+        let waited = self.unconfirmed_ids(&id);
         let sent = self.confirm_soon.entry(id).or_default();
-        sent.extend(waited);
-        sent.truncate(CONFIRM_SOON_LIMIT);
+        for m in waited {
+            if sent.len() >= CONFIRM_SOON_LIMIT {
+                break;
+            }
+            sent.insert(m);
+        }
     }
 
     fn start_join(
@@ -2685,17 +2670,25 @@ impl EventLoop {
             .get(&id)
             .is_some_and(|r| r.is_member() && !r.is_facilitator());
         if waiting == 0 || !may_leave {
-            let _ = reply.send(self.change(id, |r, now, rng| r.leave(now, rng)));
-        } else if !self.connected_members(&id).is_empty() {
-            self.ask_for_confirmations(id);
-            self.leaves_waiting.push(WaitingLeave {
-                room: id,
-                reply,
-                since: Instant::now(),
-            });
-        } else {
-            let _ = reply.send(error(undelivered(waiting)));
+            let _ = reply.send(self.leave_now(id));
+            return;
         }
+        let peers = self.connected_members(&id);
+        if peers.is_empty() {
+            let _ = reply.send(error(undelivered(waiting)));
+            return;
+        }
+        let ids = self.unconfirmed_ids(&id);
+        self.ask_to_confirm(id, &ids, &peers);
+        self.leaves_waiting.push(WaitingLeave {
+            room: id,
+            reply,
+            since: Instant::now(),
+        });
+    }
+
+    fn leave_now(&mut self, id: RoomId) -> Reply {
+        self.change(id, |r, now, rng| r.leave(now, rng))
     }
 
     /// Carries out the waiting leaves whose rooms hold nothing of ours unconfirmed any
@@ -2705,7 +2698,7 @@ impl EventLoop {
         for leave in std::mem::take(&mut self.leaves_waiting) {
             let waiting = self.unconfirmed.get(&leave.room).map_or(0, BTreeSet::len);
             if waiting == 0 {
-                let reply = self.change(leave.room, |r, now, rng| r.leave(now, rng));
+                let reply = self.leave_now(leave.room);
                 let _ = leave.reply.send(reply);
             } else if now.duration_since(leave.since) >= LEAVE_WAIT || leave.reply.is_closed() {
                 let _ = leave.reply.send(error(undelivered(waiting)));
