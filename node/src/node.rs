@@ -2196,13 +2196,15 @@ impl EventLoop {
     /// (see [`GroupCommit`]). An envelope already held is recognised by its hash,
     /// without opening it.
     fn receive_one(&mut self, id: RoomId, data: Vec<u8>) -> (MessageAcceptance, Option<Id>) {
+        // A profile out of the room takes nothing more from it, though it may still hold
+        // the key: members who have not yet heard it leave go on sending under that key.
+        let Some(room) = self.rooms.get_mut(&id).filter(|r| r.is_member()) else {
+            return (MessageAcceptance::Ignore, None);
+        };
         let digest = envelope_digest(&data);
         if let Some(held) = self.transfers.held.get(&id).and_then(|h| h.get(&digest)) {
             return (MessageAcceptance::Accept, Some(*held));
         }
-        let Some(room) = self.rooms.get_mut(&id) else {
-            return (MessageAcceptance::Ignore, None);
-        };
         match room.open(&data, now_ms()) {
             Ok(Incoming::Message(record)) => self.store_opened(id, record, data),
             Ok(Incoming::Op { new }) => {

@@ -2,8 +2,11 @@
 //! remaining members keep talking; the two who left, whose nodes keep running and stay
 //! subscribed to every topic they can derive, never see a later message.
 
+mod bare;
+
 use std::time::Duration;
 
+use bare::BareFacilitator;
 use confer_node::FollowUpdate;
 use confer_node::api::{ChangeInfo, Reply, Request};
 use confer_store::Profile;
@@ -268,6 +271,41 @@ async fn a_leave_nobody_heard_is_carried_to_members_who_cannot_reach_the_leaver(
     bob.node = start_node(profile).await;
     alice.restart().await;
     wait_for_members(&alice, &["Alice"], epoch0).await;
+}
+
+/// A member who leaves while no other member's node is online still holds the room's
+/// key until the others hear of it, and a member who has not heard goes on sending under
+/// it. The leaver's node takes none of it: it answers a member's push with its leave and
+/// holds nothing new. (Sam, the facilitator, is played by the test, so that the push of
+/// a message under the old key certainly reaches Jo's node before Sam hears.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_who_left_unheard_takes_nothing_a_member_still_sends() {
+    let jo = TestNode::start("Jo").await;
+    let (mut sam, code) = BareFacilitator::start(ROOM).await;
+    let joined = sam.serve(&jo, &code, "Jo", 0).await;
+    assert!(matches!(joined, Reply::Room(_)), "{joined:?}");
+    sam.go_offline();
+    jo.until_alone().await;
+    assert_eq!(leave(&jo).await.reached, 0, "nobody heard Jo leave");
+
+    // Sam writes twice, not knowing; one message goes over gossip, then the other is
+    // pushed (the answer to the push comes after the gossip was taken in, or not, over
+    // the same connection).
+    let gossiped = "Sam: the hearing moved to Friday; the family does not know yet.";
+    let pushed = "Sam: and the social worker has changed.";
+    let (first, second) = (sam.seal(gossiped), sam.seal(pushed));
+    sam.publish_to(&jo, first).await;
+    let answer = sam
+        .push_to(&jo, vec![second], |room| room.members().len() == 1)
+        .await;
+    assert!(answer.stored.is_empty(), "Jo's node held {answer:?}");
+    let history = jo.history(ROOM).await;
+    for text in [gossiped, pushed] {
+        assert!(
+            history.iter().all(|m| m.text != text),
+            "a node out of the room stored {text:?}, sent to it after it left"
+        );
+    }
 }
 
 /// Members take nothing from someone who has gone, so a member who leaves right after

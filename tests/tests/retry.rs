@@ -5,19 +5,14 @@
 //! a member lacks but cannot get are asked for again only after a doubling wait. A join
 //! whose answer was lost is asked again, and admits the joiner once.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+mod bare;
 
+use std::time::Duration;
+
+use bare::BareFacilitator;
 use confer_node::api::{Reply, Request};
-use confer_node::net::{self, NetConfig};
-use confer_room::Room;
-use confer_room::invite::JoinRequest;
+use confer_node::net::NetConfig;
 use confer_tests::{TestNode, within};
-use futures::StreamExt;
-use libp2p::request_response::{self, Message};
-use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, identity};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 
 const ROOM: &str = "Supervision circle";
 
@@ -101,117 +96,6 @@ async fn old_key_messages_are_not_pushed_every_round_to_later_joiners() {
     .await;
 }
 
-/// A facilitator played by the test: a bare libp2p stack (the node's own behaviours,
-/// nothing of the node's logic) holding the room itself, so that answers can be lost for
-/// certain.
-struct BareFacilitator {
-    swarm: libp2p::Swarm<net::Behaviour>,
-    room: Room,
-    rng: StdRng,
-    now: u64,
-    /// Answers never given (their channels kept, so only the connection's end ends them).
-    lost: Vec<request_response::ResponseChannel<Vec<u8>>>,
-}
-
-impl BareFacilitator {
-    async fn start() -> (BareFacilitator, String) {
-        let keypair = identity::Keypair::generate_ed25519();
-        let peer = keypair.public().to_peer_id();
-        let mut swarm = net::build_swarm(keypair, &NetConfig::for_tests(), net::DialPolicy::open())
-            .expect("swarm");
-        swarm
-            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("address"))
-            .expect("listen");
-        let address: Multiaddr = within("the facilitator to listen", async {
-            loop {
-                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
-                    return address;
-                }
-            }
-        })
-        .await;
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_millis() as u64;
-        let mut rng = StdRng::seed_from_u64(4);
-        let mut room = Room::create(ROOM, "Sam", peer.to_bytes(), now, &mut rng).expect("room");
-        let invite = room
-            .issue_invite(
-                vec![address.to_string()],
-                peer.to_bytes(),
-                now / 1000 + 600,
-                &mut rng,
-            )
-            .expect("invite");
-        let facilitator = BareFacilitator {
-            swarm,
-            room,
-            rng,
-            now,
-            lost: Vec::new(),
-        };
-        (facilitator, invite.to_code())
-    }
-
-    /// Runs until `joiner`'s `Join` with `code` ends, and returns its reply. Join requests
-    /// are admitted; the answers to the first `lose` requests are lost with their
-    /// connection, the others sent.
-    async fn serve(&mut self, joiner: &TestNode, code: &str, name: &str, lose: usize) -> Reply {
-        let node = joiner.node.clone();
-        let request = Request::Join {
-            code: code.into(),
-            display_name: name.into(),
-        };
-        let mut join = tokio::spawn(async move { node.request(request).await });
-        let mut answered = 0;
-        within("the join to end", async {
-            loop {
-                let event = tokio::select! {
-                    reply = &mut join => return reply.expect("join task"),
-                    event = self.swarm.select_next_some() => event,
-                };
-                let SwarmEvent::Behaviour(net::BehaviourEvent::Join(
-                    request_response::Event::Message {
-                        peer: from,
-                        message:
-                            Message::Request {
-                                request, channel, ..
-                            },
-                        ..
-                    },
-                )) = event
-                else {
-                    continue;
-                };
-                let request = JoinRequest::from_bytes(&request).expect("a valid request");
-                let admission = self
-                    .room
-                    .admit(&request, self.now, &mut self.rng)
-                    .expect("admitted");
-                let first = self.lost.is_empty() && answered == 0;
-                assert_eq!(
-                    admission.announcement.is_some(),
-                    first,
-                    "admitted only once"
-                );
-                if self.lost.len() < lose {
-                    self.lost.push(channel);
-                    self.swarm.disconnect_peer_id(from).expect("connected");
-                } else {
-                    answered += 1;
-                    self.swarm
-                        .behaviour_mut()
-                        .join
-                        .send_response(channel, admission.response.to_bytes())
-                        .expect("answer sent");
-                }
-            }
-        })
-        .await
-    }
-}
-
 async fn names(node: &TestNode) -> Vec<String> {
     match node.ok(Request::Members { room: ROOM.into() }).await {
         Reply::Members { members, .. } => members.into_iter().map(|m| m.name).collect(),
@@ -226,7 +110,7 @@ async fn names(node: &TestNode) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_whose_answer_was_lost_is_asked_again_and_admitted_once() {
     let joiner = TestNode::start("Joiner").await;
-    let (mut facilitator, code) = BareFacilitator::start().await;
+    let (mut facilitator, code) = BareFacilitator::start(ROOM).await;
     let reply = facilitator.serve(&joiner, &code, "Jo", 1).await;
     assert!(matches!(reply, Reply::Room(_)), "{reply:?}");
     assert_eq!(facilitator.lost.len(), 1, "the first answer was lost");
@@ -240,7 +124,7 @@ async fn a_join_whose_answer_was_lost_is_asked_again_and_admitted_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_join_that_failed_after_being_admitted_succeeds_when_run_again() {
     let mut joiner = TestNode::start("Joiner").await;
-    let (mut facilitator, code) = BareFacilitator::start().await;
+    let (mut facilitator, code) = BareFacilitator::start(ROOM).await;
     let reply = facilitator.serve(&joiner, &code, "Jo", 3).await;
     let Reply::Error { message } = reply else {
         panic!("unexpected {reply:?}")

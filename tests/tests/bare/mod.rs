@@ -1,0 +1,268 @@
+//! A facilitator played by the test: a bare libp2p stack (the node's own behaviours,
+//! nothing of the node's logic) holding the room itself, so that a test decides exactly
+//! what it does: lose answers for certain, or go on sending under a key it has not heard
+//! change.
+//!
+//! Each test binary that includes this module uses part of it.
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use confer_node::api::{Reply, Request};
+use confer_node::net::{self, NetConfig};
+use confer_node::sync::{SyncPush, SyncReply};
+use confer_room::Room;
+use confer_room::invite::JoinRequest;
+use confer_tests::{TestNode, within};
+use futures::StreamExt;
+use libp2p::gossipsub::{self, IdentTopic};
+use libp2p::request_response::{self, Message};
+use libp2p::swarm::SwarmEvent;
+use libp2p::{Multiaddr, PeerId, Swarm, identity};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+pub struct BareFacilitator {
+    keypair: identity::Keypair,
+    swarm: Swarm<net::Behaviour>,
+    pub room: Room,
+    rng: StdRng,
+    now: u64,
+    /// Answers never given (their channels kept, so only the connection's end ends them).
+    pub lost: Vec<request_response::ResponseChannel<Vec<u8>>>,
+}
+
+fn swarm(keypair: &identity::Keypair) -> Swarm<net::Behaviour> {
+    net::build_swarm(
+        keypair.clone(),
+        &NetConfig::for_tests(),
+        net::DialPolicy::open(),
+    )
+    .expect("swarm")
+}
+
+impl BareFacilitator {
+    /// Creates room `room` with Sam as its facilitator, listening on loopback, and an
+    /// invite to it.
+    pub async fn start(room: &str) -> (BareFacilitator, String) {
+        let keypair = identity::Keypair::generate_ed25519();
+        let peer = keypair.public().to_peer_id();
+        let mut swarm = swarm(&keypair);
+        swarm
+            .listen_on("/ip4/127.0.0.1/tcp/0".parse().expect("address"))
+            .expect("listen");
+        let address: Multiaddr = within("the facilitator to listen", async {
+            loop {
+                if let SwarmEvent::NewListenAddr { address, .. } = swarm.select_next_some().await {
+                    return address;
+                }
+            }
+        })
+        .await;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64;
+        let mut rng = StdRng::seed_from_u64(4);
+        let mut room = Room::create(room, "Sam", peer.to_bytes(), now, &mut rng).expect("room");
+        let invite = room
+            .issue_invite(
+                vec![address.to_string()],
+                peer.to_bytes(),
+                now / 1000 + 600,
+                &mut rng,
+            )
+            .expect("invite");
+        let facilitator = BareFacilitator {
+            keypair,
+            swarm,
+            room,
+            rng,
+            now,
+            lost: Vec::new(),
+        };
+        (facilitator, invite.to_code())
+    }
+
+    /// Runs until `joiner`'s `Join` with `code` ends, and returns its reply. Join requests
+    /// are admitted; the answers to the first `lose` requests are lost with their
+    /// connection, the others sent.
+    pub async fn serve(&mut self, joiner: &TestNode, code: &str, name: &str, lose: usize) -> Reply {
+        let node = joiner.node.clone();
+        let request = Request::Join {
+            code: code.into(),
+            display_name: name.into(),
+        };
+        let mut join = tokio::spawn(async move { node.request(request).await });
+        let mut answered = 0;
+        within("the join to end", async {
+            loop {
+                let event = tokio::select! {
+                    reply = &mut join => return reply.expect("join task"),
+                    event = self.swarm.select_next_some() => event,
+                };
+                let SwarmEvent::Behaviour(net::BehaviourEvent::Join(
+                    request_response::Event::Message {
+                        peer: from,
+                        message:
+                            Message::Request {
+                                request, channel, ..
+                            },
+                        ..
+                    },
+                )) = event
+                else {
+                    continue;
+                };
+                let request = JoinRequest::from_bytes(&request).expect("a valid request");
+                let admission = self
+                    .room
+                    .admit(&request, self.now, &mut self.rng)
+                    .expect("admitted");
+                let first = self.lost.is_empty() && answered == 0;
+                assert_eq!(
+                    admission.announcement.is_some(),
+                    first,
+                    "admitted only once"
+                );
+                if self.lost.len() < lose {
+                    self.lost.push(channel);
+                    self.swarm.disconnect_peer_id(from).expect("connected");
+                } else {
+                    answered += 1;
+                    self.swarm
+                        .behaviour_mut()
+                        .join
+                        .send_response(channel, admission.response.to_bytes())
+                        .expect("answer sent");
+                }
+            }
+        })
+        .await
+    }
+
+    /// Takes Sam's node off the network: every connection closes and nothing listens any
+    /// more. The room, the keys and the network identity are kept.
+    pub fn go_offline(&mut self) {
+        self.swarm = swarm(&self.keypair);
+    }
+
+    /// A message from Sam, sealed under the key Sam's room holds now.
+    pub fn seal(&mut self, text: &str) -> Vec<u8> {
+        self.now += 1;
+        let (envelope, _) = self
+            .room
+            .seal_message(text, self.now, &mut self.rng)
+            .expect("sealed");
+        envelope
+    }
+
+    /// Tells the swarm where `node` listens; returns its peer id.
+    async fn know(&mut self, node: &TestNode) -> PeerId {
+        let status = node.status().await;
+        let peer: PeerId = status.peer_id.parse().expect("peer id");
+        let address: Multiaddr = status.listen[0].parse().expect("address");
+        self.swarm.add_peer_address(peer, address);
+        peer
+    }
+
+    /// Publishes `envelope` on the topic of the key Sam's room holds now, as a member's
+    /// node does, once `node` is connected and has told Sam's node it listens there.
+    pub async fn publish_to(&mut self, node: &TestNode, envelope: Vec<u8>) {
+        let peer = self.know(node).await;
+        let topic = IdentTopic::new(self.room.sending_topic().expect("a key"));
+        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+        gossip.gate().set_topic(topic.hash(), HashSet::from([peer]));
+        gossip.subscribe(&topic).expect("subscribed");
+        self.swarm.dial(peer).expect("dial");
+        within("the node to listen on the room's topic", async {
+            loop {
+                let event = self.swarm.select_next_some().await;
+                if let SwarmEvent::Behaviour(net::BehaviourEvent::Gossipsub(
+                    gossipsub::Event::Subscribed { peer_id, topic: t },
+                )) = &event
+                    && *peer_id == peer
+                    && *t == topic.hash()
+                {
+                    return;
+                }
+                self.take(event);
+            }
+        })
+        .await;
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, envelope)
+            .expect("published");
+    }
+
+    /// Connects to `node` and reconciles with it as a member does: pushes `envelopes`
+    /// with a summary of the room. Runs until `node` has answered that push and until
+    /// `done(&room)` holds for Sam's room, taking the operations `node` pushes in the
+    /// meantime. Returns the answer.
+    pub async fn push_to(
+        &mut self,
+        node: &TestNode,
+        envelopes: Vec<Vec<u8>>,
+        done: impl Fn(&Room) -> bool,
+    ) -> SyncReply {
+        let peer = self.know(node).await;
+        let push = SyncPush {
+            room: self.room.sync_tag(),
+            envelopes,
+            summary: Some(Vec::new()),
+            ..SyncPush::default()
+        };
+        self.swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&peer, confer_room::wire::encode(&push).expect("encoded"));
+        let mut answer = None;
+        within("the push to be answered", async {
+            loop {
+                if answer.is_some() && done(&self.room) {
+                    return answer.take().expect("answered");
+                }
+                let event = self.swarm.select_next_some().await;
+                if let Some(reply) = self.take(event) {
+                    answer = Some(reply);
+                }
+            }
+        })
+        .await
+    }
+
+    /// Takes in what a node pushes (its operations: Sam's room merges them) and answers
+    /// it; returns the answer to one of Sam's own pushes.
+    fn take(&mut self, event: SwarmEvent<net::BehaviourEvent>) -> Option<SyncReply> {
+        let SwarmEvent::Behaviour(net::BehaviourEvent::Sync(request_response::Event::Message {
+            message,
+            ..
+        })) = event
+        else {
+            return None;
+        };
+        match message {
+            Message::Response { response, .. } => Some(
+                confer_room::wire::decode(&response, net::MAX_RESPONSE).expect("a valid reply"),
+            ),
+            Message::Request {
+                request, channel, ..
+            } => {
+                let push: SyncPush =
+                    confer_room::wire::decode(&request, net::MAX_REQUEST).expect("a valid push");
+                self.now += 1;
+                self.room.merge_ops(push.ops, self.now);
+                let reply = confer_room::wire::encode(&SyncReply::default()).expect("encoded");
+                let _ = self
+                    .swarm
+                    .behaviour_mut()
+                    .sync
+                    .send_response(channel, reply);
+                None
+            }
+        }
+    }
+}
