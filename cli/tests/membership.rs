@@ -211,6 +211,8 @@ fn handover_makes_another_member_facilitator() {
         .as_str()
         .unwrap()
         .to_owned();
+    ok(sam, &["invite", ROOM]);
+    assert!(ok(sam, &["invite", "list", ROOM]).contains("until"));
     let human = ok(sam, &["handover", ROOM, &priya_id[..10]]);
     assert!(human.contains("Priya is now the facilitator"), "{human}");
     let roles = |home: &Path| -> Vec<(String, String)> {
@@ -239,6 +241,9 @@ fn handover_makes_another_member_facilitator() {
     // Sam, no longer facilitator, can neither invite nor remove, but can now leave.
     fails(&run(sam, &["remove", ROOM, "Priya"]));
     fails(&run(sam, &["invite", ROOM]));
+    // The invite Sam issued before no longer works, and is not listed as if it did.
+    let line = fails(&run(sam, &["invite", "list", ROOM]));
+    assert!(line.contains("only the room's facilitator"), "{line}");
     let (_, count) = change(sam, &["leave", ROOM], &room_id);
     assert_eq!(count, 1);
     for node in nodes {
@@ -380,12 +385,14 @@ fn leaving_while_nobody_is_connected_says_to_keep_the_node_running() {
     let listed = ok(priya, &["room", "list"]);
     assert!(listed.contains("no other member has heard yet"), "{listed}");
     assert!(
-        listed.contains("1 of yours never received by anyone else"),
+        listed.contains("1 of yours not known to have reached anyone else"),
         "{listed}"
     );
     let read = ok(priya, &["read", ROOM]);
     assert!(
-        read.contains("I am off to a new post; thank you all.  (never received by anyone else)"),
+        read.contains(
+            "I am off to a new post; thank you all.  (not known to have reached anyone else)"
+        ),
         "{read}"
     );
     // Restarted, her `node run` says it is trying to tell them (naming no room).

@@ -1476,6 +1476,9 @@ impl EventLoop {
                 self.change_by(&room, |r, now, rng| r.revoke_invite(&invite, now, rng))
             }
             Request::ListInvites { room } => match self.resolve(&room) {
+                Ok(id) if !self.rooms[&id].is_facilitator() => {
+                    error(confer_room::RoomError::NotFacilitator)
+                }
                 Ok(id) => {
                     let mut invites = self.rooms[&id].outstanding_invites(now_ms());
                     invites.sort_by_key(|i| i.expires_at);

@@ -1006,6 +1006,10 @@ impl Room {
 
     /// Invites this member issued that are neither used, revoked nor expired.
     pub fn outstanding_invites(&self, now_ms: u64) -> Vec<OutstandingInvite> {
+        // Only the facilitator admits: a former facilitator's invites no longer work.
+        if !self.is_facilitator() {
+            return Vec::new();
+        }
         let state = self.log.state();
         self.invites
             .iter()
@@ -1505,6 +1509,21 @@ mod tests {
         );
         assert_eq!(alice.to_bytes().len(), before, "a refusal changes nothing");
         assert_eq!(alice.members().len(), 2);
+    }
+
+    /// Only the facilitator admits, so the invites a facilitator issued stop working (and
+    /// stop being listed) when it hands the role over.
+    #[test]
+    fn a_former_facilitators_invites_are_no_longer_outstanding() {
+        let mut r = rng(13);
+        let mut alice = facilitator(&mut r);
+        let (_bob, _) = join(&mut alice, "Bob", &mut r);
+        let inv = invite(&mut alice, &mut r);
+        assert_eq!(alice.outstanding_invites(NOW).len(), 1);
+        alice.handover("Bob", NOW + 1, &mut r).unwrap();
+        assert!(alice.outstanding_invites(NOW + 1).is_empty());
+        let (_, req) = request(&inv, "Carol", &mut r);
+        assert!(alice.admit(&req, NOW + 1, &mut r).is_err());
     }
 
     /// A joiner whose answer was lost asks again with the same request: it gets the room
