@@ -145,11 +145,10 @@ fn print_rooms(rooms: &[RoomSummary]) -> Result<(), Error> {
         } else {
             "messages"
         };
-        // Members take nothing from someone who has gone: after leaving, never is the word.
         let waiting = match (room.pending, room.member) {
             (0, _) => String::new(),
             (n, true) => format!(", {n} of yours not yet received by anyone else"),
-            (n, false) => format!(", {n} of yours never received by anyone else"),
+            (n, false) => format!(", {n} of yours {GONE_UNCONFIRMED}"),
         };
         let gone = if room.member {
             ""
@@ -420,6 +419,11 @@ pub async fn read(
     }
 }
 
+/// What one's unconfirmed messages are, in a room one is out of. Members take nothing
+/// from someone who has gone, and no longer confirm what they took before: a member
+/// removed right after writing may have reached the others without knowing it.
+const GONE_UNCONFIRMED: &str = "not known to have reached anyone else";
+
 /// Prints one message of a room; `member` is false in a room one has left.
 fn print_message(message: &MessageInfo, member: bool) -> Result<(), Error> {
     print_line(message, member, "")
@@ -427,11 +431,10 @@ fn print_message(message: &MessageInfo, member: bool) -> Result<(), Error> {
 
 fn print_line(message: &MessageInfo, member: bool, note: &str) -> Result<(), Error> {
     let mut line = output::message_line(&message.sent_at, &message.author, &message.text);
-    // Members take nothing from someone who has gone: after leaving, never is the word.
     match (message.pending, member) {
         (false, _) => {}
         (true, true) => line.push_str("  (not yet received by anyone else)"),
-        (true, false) => line.push_str("  (never received by anyone else)"),
+        (true, false) => line.push_str(&format!("  ({GONE_UNCONFIRMED})")),
     }
     line.push_str(note);
     output::line(&line)

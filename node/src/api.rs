@@ -149,8 +149,9 @@ pub enum Reply {
         /// Messages, oldest first.
         messages: Vec<MessageInfo>,
         /// False if this profile has left the room or been removed: its messages marked
-        /// pending will then never be received (members take nothing from someone who has
-        /// gone).
+        /// pending will then never be confirmed (members take nothing from someone who has
+        /// gone, and confirm nothing to them), though a member removed right after writing
+        /// may have reached the others.
         #[serde(default = "yes")]
         member: bool,
     },
