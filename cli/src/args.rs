@@ -117,11 +117,12 @@ pub enum Command {
     Join {
         /// The invite code, exactly as you received it.
         code: String,
-        /// The name the other members will see for you in this room. It must differ from
-        /// every current member's (ignoring case and spacing) and hold no invisible
-        /// characters, so that nobody can pass for someone else.
+        /// The name the other members will see for you in this room [default: your
+        /// profile's name]. It must differ from every current member's (ignoring case and
+        /// spacing) and hold no invisible characters, so that nobody can pass for someone
+        /// else.
         #[arg(long = "as", value_name = "DISPLAY_NAME")]
-        display_name: String,
+        display_name: Option<String>,
         #[command(flatten)]
         output: Output,
     },

@@ -229,7 +229,7 @@ async fn ask_patiently(
 pub async fn join(
     home: &Path,
     code: String,
-    display_name: String,
+    display_name: Option<String>,
     json: bool,
 ) -> Result<(), Error> {
     // Admission takes a round trip to the facilitator's node.

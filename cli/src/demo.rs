@@ -130,7 +130,7 @@ async fn session(people: &[Person; 3]) -> Result<(), Error> {
             joiner,
             Request::Join {
                 code: invite.code,
-                display_name: joiner.name.to_owned(),
+                display_name: Some(joiner.name.to_owned()),
             },
         )
         .await?

@@ -52,8 +52,9 @@ pub enum Request {
     Join {
         /// The invite code as printed by `confer invite`.
         code: String,
-        /// The name to show to the room's members.
-        display_name: String,
+        /// The name to show to the room's members (default: the profile's name).
+        #[serde(default)]
+        display_name: Option<String>,
     },
     /// Send a message to a room.
     Send {

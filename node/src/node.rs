@@ -1413,6 +1413,7 @@ impl EventLoop {
     fn handle_request(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
         let answer = match request {
             Request::Join { code, display_name } => {
+                let display_name = display_name.unwrap_or_else(|| self.profile_name.clone());
                 // Answered later, when the facilitator responds.
                 if let Err(message) = self.start_join(&code, &display_name, reply) {
                     tracing::debug!("join refused locally: {message}");

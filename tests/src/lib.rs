@@ -162,7 +162,7 @@ impl TestNode {
                 "join",
                 node.node.request(Request::Join {
                     code,
-                    display_name: (*name).into(),
+                    display_name: Some((*name).into()),
                 }),
             )
             .await;

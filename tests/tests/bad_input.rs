@@ -48,7 +48,7 @@ async fn bad_invites_are_refused_with_one_sentence_and_change_nothing() {
 
     let join = |code: String| Request::Join {
         code,
-        display_name: "Jo".into(),
+        display_name: Some("Jo".into()),
     };
     let cases = [
         ("hello".to_string(), "not a valid invite code"),
@@ -124,7 +124,7 @@ async fn expired_invite_is_refused() {
     let message = joiner
         .err(Request::Join {
             code,
-            display_name: "Late".into(),
+            display_name: Some("Late".into()),
         })
         .await;
     assert!(message.contains("expired"), "{message}");
@@ -147,7 +147,7 @@ async fn a_room_never_exceeds_eight_members() {
             "join",
             node.node.request(Request::Join {
                 code,
-                display_name: format!("M{i}"),
+                display_name: Some(format!("M{i}")),
             }),
         )
         .await;

@@ -91,7 +91,7 @@ async fn a_relay_only_member_talks_through_the_relay_and_no_member_learns_its_ad
         "Bob's join",
         bob.node.request(Request::Join {
             code,
-            display_name: "Bob".into(),
+            display_name: Some("Bob".into()),
         }),
     )
     .await;
@@ -173,7 +173,7 @@ async fn a_relay_only_member_refuses_an_invite_it_could_only_use_directly() {
     let message = bob
         .err(Request::Join {
             code,
-            display_name: "Bob".into(),
+            display_name: Some("Bob".into()),
         })
         .await;
     assert!(message.contains("relay-only"), "{message}");

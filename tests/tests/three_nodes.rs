@@ -53,7 +53,7 @@ async fn three_members_discuss_and_store_nothing_in_clear() {
         "bob's join",
         bob.node.request(Request::Join {
             code: code.clone(),
-            display_name: "Bob".into(),
+            display_name: Some("Bob".into()),
         }),
     )
     .await;
@@ -62,7 +62,7 @@ async fn three_members_discuss_and_store_nothing_in_clear() {
     let again = carol
         .err(Request::Join {
             code,
-            display_name: "Carol".into(),
+            display_name: Some("Carol".into()),
         })
         .await;
     assert!(again.contains("already been used"), "{again}");
@@ -71,7 +71,7 @@ async fn three_members_discuss_and_store_nothing_in_clear() {
         "carol's join",
         carol.node.request(Request::Join {
             code,
-            display_name: "Carol".into(),
+            display_name: Some("Carol".into()),
         }),
     )
     .await;

@@ -655,7 +655,7 @@ impl Bench {
                     &node,
                     Request::Join {
                         code,
-                        display_name: format!("member {i}"),
+                        display_name: Some(format!("member {i}")),
                     },
                 )
                 .await
@@ -1151,7 +1151,7 @@ impl Bench {
             &joiner_node,
             Request::Join {
                 code,
-                display_name: format!("member {JOINER}"),
+                display_name: Some(format!("member {JOINER}")),
             },
         )
         .await?;
@@ -1465,7 +1465,7 @@ impl Bench {
                         &node,
                         Request::Join {
                             code,
-                            display_name: format!("member {i}"),
+                            display_name: Some(format!("member {i}")),
                         },
                     )
                     .await?;

@@ -92,7 +92,7 @@ impl BareFacilitator {
         let node = joiner.node.clone();
         let request = Request::Join {
             code: code.into(),
-            display_name: name.into(),
+            display_name: Some(name.into()),
         };
         let mut join = tokio::spawn(async move { node.request(request).await });
         let mut answered = 0;
