@@ -85,8 +85,8 @@ pub enum Command {
     /// `confer invite list ROOM` shows the codes you issued that can still be used, and
     /// `confer invite revoke ROOM CODE` withdraws one so that nobody can join with it.
     ///
-    /// A room that is literally named "list" or "revoke" must be given here by the first
-    /// characters of its id (see `confer room list`).
+    /// A room that is literally named "list", "revoke" or "create" must be given here by
+    /// the first characters of its id (see `confer room list`).
     #[command(
         args_conflicts_with_subcommands = true,
         subcommand_negates_reqs = true,
@@ -346,6 +346,18 @@ pub enum RelayCommand {
 /// `confer invite …`
 #[derive(Debug, Subcommand)]
 pub enum InviteCommand {
+    /// The same as `confer invite ROOM` (as `confer room create` creates a room).
+    #[command(hide = true)]
+    Create {
+        /// The room: its name, or the first characters of its id.
+        room: String,
+        /// How long the code stays valid (see `confer invite --help`).
+        #[arg(long, value_name = "DURATION", default_value = "7d",
+              value_parser = parse_invite_lifetime)]
+        expires: u64,
+        #[command(flatten)]
+        output: Output,
+    },
     /// List the invites to a room that can still be used, soonest expiry first.
     ///
     /// Only the invites issued from this node are shown; each has an id, which
@@ -461,6 +473,21 @@ mod tests {
             panic!("wrong command");
         };
         assert_eq!((room.as_str(), invite.as_str()), ("room", "abc"));
+    }
+
+    /// `room create` creates a room, so people type `invite create ROOM` too.
+    #[test]
+    fn invite_create_is_invite() {
+        let cli =
+            Cli::try_parse_from(["confer", "invite", "create", "room", "--expires", "1h"]).unwrap();
+        let Command::Invite {
+            action: Some(InviteCommand::Create { room, expires, .. }),
+            ..
+        } = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!((room.as_str(), expires), ("room", 3600));
     }
 
     #[test]

@@ -98,6 +98,15 @@ fn run(cli: Cli) -> Result<(), Error> {
             ..
         } => client(commands::revoke_invite(home, room, invite, output.json)),
         Command::Invite {
+            action:
+                Some(InviteCommand::Create {
+                    room,
+                    expires,
+                    output,
+                }),
+            ..
+        } => client(commands::invite(home, room, expires, output.json)),
+        Command::Invite {
             action: None,
             room,
             expires,

@@ -212,7 +212,7 @@ fn handover_makes_another_member_facilitator() {
         .as_str()
         .unwrap()
         .to_owned();
-    ok(sam, &["invite", ROOM]);
+    ok(sam, &["invite", "create", ROOM]);
     assert!(ok(sam, &["invite", "list", ROOM]).contains("until"));
     let human = ok(sam, &["handover", ROOM, &priya_id[..10]]);
     assert!(human.contains("Priya is now the facilitator"), "{human}");
