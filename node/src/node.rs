@@ -2429,9 +2429,7 @@ impl EventLoop {
         };
         let ops = room.log().ops();
         let addresses = self.member_addresses(&id);
-        let summary = Some(sync::summary(
-            self.index.get(&id).unwrap_or(&BTreeMap::new()),
-        ));
+        let summary = Some(self.durable_summary(&id));
         self.push(
             id,
             &[peer],
@@ -2443,6 +2441,24 @@ impl EventLoop {
                 ..SyncPush::default()
             },
         );
+    }
+
+    /// The summary of the messages of room `id` held on disk: the other side takes a day
+    /// it agrees on as a confirmation of everything it holds on that day (see
+    /// [`Self::receive_push`]), so messages stored but not yet flushed are left out.
+    fn durable_summary(&self, id: &RoomId) -> Vec<sync::Bucket> {
+        let empty = BTreeMap::new();
+        let index = self.index.get(id).unwrap_or(&empty);
+        let not_durable = &self.commit.not_durable;
+        if not_durable.is_empty() {
+            return sync::summary(index);
+        }
+        let durable: BTreeMap<Id, u64> = index
+            .iter()
+            .filter(|(m, _)| !not_durable.contains(*m))
+            .map(|(m, at)| (*m, *at))
+            .collect();
+        sync::summary(&durable)
     }
 
     /// Known addresses of the room's members, to share with other members.
@@ -3118,10 +3134,28 @@ impl EventLoop {
             let empty = BTreeMap::new();
             let index = self.index.get(&id).unwrap_or(&empty);
             let days = sync::differing_days(&sync::summary(index), theirs);
+            // On a day both summaries agree on, the member holds on disk (its summary
+            // counts nothing else) every message held here, ours among them. Without
+            // this, one of ours that it took but never confirmed (the confirmation was
+            // lost, and then the key changed, so ours is no longer pushed; or we were
+            // removed and invited back) would stay unconfirmed for ever.
+            let agreed: Vec<Id> = self
+                .unconfirmed
+                .get(&id)
+                .into_iter()
+                .flatten()
+                .filter(|m| {
+                    index
+                        .get(*m)
+                        .is_some_and(|at| !days.contains(&sync::day(*at)))
+                })
+                .copied()
+                .collect();
             let mut ids = sync::ids_on(index, &days);
             ids.truncate(sync::MAX_REPLY_IDS);
             reply.days = days;
             reply.ids = ids;
+            self.confirm(&id, agreed);
         }
         Some(reply)
     }

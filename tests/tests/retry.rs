@@ -138,3 +138,35 @@ async fn a_join_that_failed_after_being_admitted_succeeds_when_run_again() {
     assert_eq!(names(&joiner).await, ["Sam", "Jo"]);
     assert_eq!(facilitator.room.members().len(), 2);
 }
+
+/// Whether `node`'s message `id` is still marked as received by nobody else.
+async fn pending(node: &TestNode, id: &str) -> bool {
+    let history = node.history(ROOM).await;
+    history
+        .iter()
+        .find(|m| m.message_id == id)
+        .expect("the message is in the history")
+        .pending
+}
+
+/// A member's node can take one of our messages and never say so (its answer lost, its
+/// node stopped first), and then the key changes, so the message is no longer pushed
+/// and asked about: it must not stay "not yet received by anyone else" for ever. That
+/// member's next reconciliation, whose summary covers the message, confirms it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_a_member_holds_but_never_confirmed_is_confirmed_by_its_summary() {
+    let jo = TestNode::start("Jo").await;
+    let (mut sam, code) = BareFacilitator::start(ROOM).await;
+    let joined = sam.serve(&jo, &code, "Jo", 0).await;
+    assert!(matches!(joined, Reply::Room(_)), "{joined:?}");
+    let id = jo.send(ROOM, "Jo: notes from Tuesday's session").await;
+    sam.fetch(&jo, &id).await;
+    assert!(pending(&jo, &id).await, "Sam's node confirms nothing");
+
+    let rotation = sam.rotate();
+    sam.push_to(&jo, vec![rotation], |_| true).await;
+    assert!(
+        !pending(&jo, &id).await,
+        "Sam's summary covers Jo's message, yet it is still unconfirmed"
+    );
+}

@@ -6,14 +6,14 @@
 //! Each test binary that includes this module uses part of it.
 #![allow(dead_code)]
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use confer_node::api::{Reply, Request};
 use confer_node::net::{self, NetConfig};
-use confer_node::sync::{SyncPush, SyncReply};
-use confer_room::Room;
+use confer_node::sync::{self, Id, SyncPush, SyncReply};
 use confer_room::invite::JoinRequest;
+use confer_room::{Incoming, Room};
 use confer_tests::{TestNode, within};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic};
@@ -31,6 +31,8 @@ pub struct BareFacilitator {
     now: u64,
     /// Answers never given (their channels kept, so only the connection's end ends them).
     pub lost: Vec<request_response::ResponseChannel<Vec<u8>>>,
+    /// The messages Sam's node holds: id → sent at. Sam never confirms one.
+    pub held: BTreeMap<Id, u64>,
 }
 
 fn swarm(keypair: &identity::Keypair) -> Swarm<net::Behaviour> {
@@ -81,6 +83,7 @@ impl BareFacilitator {
             rng,
             now,
             lost: Vec::new(),
+            held: BTreeMap::new(),
         };
         (facilitator, invite.to_code())
     }
@@ -198,9 +201,42 @@ impl BareFacilitator {
             .expect("published");
     }
 
+    /// A new key, as the facilitator's node makes when someone leaves: the operation to
+    /// send the others.
+    pub fn rotate(&mut self) -> Vec<u8> {
+        self.now += 1;
+        self.room.rotate(self.now, &mut self.rng).expect("rotated")
+    }
+
+    /// Asks `node` for message `id` (hex), as a member who lacks it does, and runs until
+    /// it has it.
+    pub async fn fetch(&mut self, node: &TestNode, id: &str) {
+        let peer = self.know(node).await;
+        let id: Id = hex::decode(id)
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .expect("a message id");
+        let push = SyncPush {
+            room: self.room.sync_tag(),
+            want: vec![id],
+            ..SyncPush::default()
+        };
+        self.swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&peer, confer_room::wire::encode(&push).expect("encoded"));
+        within("the message asked for", async {
+            while !self.held.contains_key(&id) {
+                let event = self.swarm.select_next_some().await;
+                self.take(event);
+            }
+        })
+        .await;
+    }
+
     /// Connects to `node` and reconciles with it as a member does: pushes `envelopes`
-    /// with a summary of the room. Runs until `node` has answered that push and until
-    /// `done(&room)` holds for Sam's room, taking the operations `node` pushes in the
+    /// with a summary of what Sam's node holds. Runs until `node` has answered that push
+    /// and until `done(&room)` holds for Sam's room, taking what `node` pushes in the
     /// meantime. Returns the answer.
     pub async fn push_to(
         &mut self,
@@ -212,7 +248,7 @@ impl BareFacilitator {
         let push = SyncPush {
             room: self.room.sync_tag(),
             envelopes,
-            summary: Some(Vec::new()),
+            summary: Some(sync::summary(&self.held)),
             ..SyncPush::default()
         };
         self.swarm
@@ -234,8 +270,9 @@ impl BareFacilitator {
         .await
     }
 
-    /// Takes in what a node pushes (its operations: Sam's room merges them) and answers
-    /// it; returns the answer to one of Sam's own pushes.
+    /// Takes in what a node pushes (operations, which Sam's room merges, and messages,
+    /// which Sam's node holds) and answers it, confirming nothing; returns the answer to
+    /// one of Sam's own pushes.
     fn take(&mut self, event: SwarmEvent<net::BehaviourEvent>) -> Option<SyncReply> {
         let SwarmEvent::Behaviour(net::BehaviourEvent::Sync(request_response::Event::Message {
             message,
@@ -255,6 +292,11 @@ impl BareFacilitator {
                     confer_room::wire::decode(&request, net::MAX_REQUEST).expect("a valid push");
                 self.now += 1;
                 self.room.merge_ops(push.ops, self.now);
+                for envelope in push.envelopes {
+                    if let Ok(Incoming::Message(m)) = self.room.open(&envelope, self.now) {
+                        self.held.insert(m.id, m.sent_at);
+                    }
+                }
                 let reply = confer_room::wire::encode(&SyncReply::default()).expect("encoded");
                 let _ = self
                     .swarm
