@@ -56,8 +56,16 @@ pub enum Command {
     },
 
     /// Show or change this profile's network settings (the node must be stopped).
-    #[command(subcommand)]
-    Config(ConfigCommand),
+    ///
+    /// `confer config` alone shows them, as `confer config show` does.
+    #[command(args_conflicts_with_subcommands = true, disable_help_subcommand = true)]
+    Config {
+        /// What to show or change (default: show).
+        #[command(subcommand)]
+        action: Option<ConfigCommand>,
+        #[command(flatten)]
+        output: Output,
+    },
 
     /// Serve as a relay for members behind NAT or in relay-only mode.
     #[command(subcommand)]

@@ -29,7 +29,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use crate::args::{Cli, Command, InviteCommand, NodeCommand, RelayCommand, RoomCommand};
+use crate::args::{
+    Cli, Command, ConfigCommand, InviteCommand, NodeCommand, RelayCommand, RoomCommand,
+};
 use crate::error::Error;
 
 fn main() -> ExitCode {
@@ -64,7 +66,9 @@ fn run(cli: Cli) -> Result<(), Error> {
             relay_only,
             output,
         } => init::run(home, &name, relay_only, output.json),
-        Command::Config(command) => config::run(home, command),
+        Command::Config { action, output } => {
+            config::run(home, action.unwrap_or(ConfigCommand::Show { output }))
+        }
         Command::Relay(RelayCommand::Run {
             listen,
             announce,

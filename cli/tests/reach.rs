@@ -52,9 +52,11 @@ fn config_shows_and_changes_the_settings_and_refuses_bad_input_changing_nothing(
     let off = ok_json(home, &["config", "relay-only", "off"]);
     assert_eq!(off, json!({"relay_only": false, "relays": []}));
 
-    // The text form says what the settings are.
+    // The text form says what the settings are; `config` alone shows them too.
     let text = common::ok(home, &["config", "show"]);
     assert!(text.contains("Relay-only mode: off"), "{text}");
+    assert_eq!(common::ok(home, &["config"]), text);
+    assert_eq!(ok_json(home, &["config"]), off);
 }
 
 #[test]
