@@ -222,7 +222,8 @@ fn an_overlong_message_on_stdin_is_refused_before_sending() {
 fn usage_errors_exit_with_2() {
     let dir = tempfile::tempdir().unwrap();
     for args in [
-        &["join", "code"][..],
+        &["join"][..],
+        &["join", "code", "--as"],
         &["init"],
         &["frobnicate"],
         &["room"],
@@ -259,6 +260,8 @@ fn every_command_has_help() {
         &["handover"],
         &["invite", "list"],
         &["invite", "revoke"],
+        &["config"],
+        &["config", "show"],
         &["demo"],
     ];
     for args in commands {
@@ -278,7 +281,7 @@ fn every_command_has_help() {
         "confer invite <COMMAND>",
         "list",
         "revoke",
-        "literally named \"list\" or \"revoke\"",
+        "literally named \"list\", \"revoke\" or \"create\"",
     ] {
         assert!(invite_help.contains(text), "{text:?} not in: {invite_help}");
     }
