@@ -18,6 +18,8 @@ const MAX_PEERS: usize = 1024;
 pub enum Kind {
     /// Join requests (from people redeeming invites).
     Join,
+    /// Answers saying a peer is over its [`Kind::Join`] limit.
+    JoinRefusal,
     /// Sync pushes from peers that are not members of any room here.
     StrangerSync,
 }
@@ -27,6 +29,9 @@ impl Kind {
         match self {
             // Five attempts at once, then one every ten seconds.
             Kind::Join => (5.0, 0.1),
+            // Past that, one answer saying so every ten seconds (a person who tried a few
+            // times learns why), then silence.
+            Kind::JoinRefusal => (1.0, 0.1),
             // A stranger's pushes are dropped anyway; allow a trickle, then nothing.
             Kind::StrangerSync => (3.0, 0.2),
         }

@@ -780,9 +780,10 @@ struct EventLoop {
     ticks: u64,
     /// How often [`Self::on_sync_round`] runs.
     sync_interval: Duration,
-    /// Former members told of their departure, and when (see [`Self::receive_push`]);
-    /// only peers of former members, so bounded by the rooms' logs.
-    told_departed: HashMap<PeerId, Instant>,
+    /// Former members told of their departure, by peer and departure (the hash of the
+    /// last operation told), and when (see [`Self::receive_push`]); only peers of former
+    /// members, so bounded by the rooms' logs.
+    told_departed: HashMap<(PeerId, [u8; 32]), Instant>,
     dropped: u64,
     /// Messages sent before this node started, first stored since (see [`StatusInfo`]).
     caught_up: u64,
@@ -2122,13 +2123,19 @@ impl EventLoop {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
-                    if self
-                        .limits
-                        .allow(peer, limits::Kind::Join, std::time::Instant::now())
-                    {
+                    let now = std::time::Instant::now();
+                    if self.limits.allow(peer, limits::Kind::Join, now) {
                         self.admit(peer, &request, channel);
+                    } else if self.limits.allow(peer, limits::Kind::JoinRefusal, now) {
+                        self.dropped += 1;
+                        let refusal = JoinResponse::Refused(InviteError::TooManyRequests);
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .join
+                            .send_response(channel, refusal.to_bytes());
                     } else {
-                        // Over the limit: no answer (the channel drops), counted.
+                        // Far over the limit: no answer (the channel drops), counted.
                         self.dropped += 1;
                     }
                 }
@@ -2994,20 +3001,27 @@ impl EventLoop {
 
     /// Pushes to `to` the departure of the member whose node is `whose` (peer id bytes)
     /// and the operations before it ([`Room::departure_for`]), at most once a sync
-    /// interval per peer, so that nobody can make this node send its log over and over.
-    /// Returns whether it pushed.
+    /// interval per peer and departure, so that nobody can make this node send its log
+    /// over and over. A second departure (a member removed, invited back and removed
+    /// again) is told at once. Returns whether it pushed.
     fn tell_departure(&mut self, id: RoomId, to: PeerId, whose: &[u8]) -> bool {
+        let Some(ops) = self.rooms.get(&id).and_then(|r| r.departure_for(whose)) else {
+            return false;
+        };
+        // In replay order the departure comes last: every other operation told is one of
+        // its ancestors.
+        let Some(departure) = ops.last().map(|op| op.hash()) else {
+            return false;
+        };
+        let key = (to, departure);
         let due = self
             .told_departed
-            .get(&to)
+            .get(&key)
             .is_none_or(|at| at.elapsed() >= self.sync_interval);
         if !due {
             return false;
         }
-        let Some(ops) = self.rooms.get(&id).and_then(|r| r.departure_for(whose)) else {
-            return false;
-        };
-        self.told_departed.insert(to, Instant::now());
+        self.told_departed.insert(key, Instant::now());
         self.push(
             id,
             &[to],

@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use confer_node::api::{Reply, Request};
 use confer_node::net::{self, NetConfig};
+use confer_room::InviteError;
+use confer_room::invite::JoinResponse;
 use confer_tests::{TestNode, within};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic};
@@ -274,7 +276,8 @@ async fn a_stranger_gets_nothing_and_its_garbage_is_dropped() {
     );
 }
 
-/// A stranger who hammers the join protocol gets a few answers, then none.
+/// A stranger who hammers the join protocol gets a few answers, then one saying it asks
+/// too often, then none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_flooding_join_requests_is_rate_limited() {
     let member = TestNode::start("Member").await;
@@ -288,30 +291,49 @@ async fn a_stranger_flooding_join_requests_is_rate_limited() {
     )
     .unwrap();
     stranger.dial(addr).unwrap();
+    // Connected first: a request to a peer it has no address for would fail to dial
+    // (and the test would pass without the limit ever being met).
+    within("the stranger to connect", async {
+        while !matches!(
+            stranger.select_next_some().await,
+            SwarmEvent::ConnectionEstablished { .. }
+        ) {}
+    })
+    .await;
     for _ in 0..20 {
         stranger
             .behaviour_mut()
             .join
             .send_request(&member_peer, vec![0xFF; 64]);
     }
-    let (answered, refused) = within("every request to end", async {
-        let (mut answered, mut failed) = (0, 0);
-        while answered + failed < 20 {
+    let (answers, refused) = within("every request to end", async {
+        let (mut answers, mut failed) = (Vec::new(), 0);
+        while answers.len() + failed < 20 {
             match stranger.select_next_some().await {
                 SwarmEvent::Behaviour(net::BehaviourEvent::Join(
-                    libp2p::request_response::Event::Message { .. },
-                )) => answered += 1,
+                    libp2p::request_response::Event::Message {
+                        message: libp2p::request_response::Message::Response { response, .. },
+                        ..
+                    },
+                )) => answers.push(JoinResponse::from_bytes(&response).expect("an answer")),
                 SwarmEvent::Behaviour(net::BehaviourEvent::Join(
                     libp2p::request_response::Event::OutboundFailure { .. },
                 )) => failed += 1,
                 _ => {}
             }
         }
-        (answered, failed)
+        (answers, failed)
     })
     .await;
-    assert!(answered <= 5, "answered {answered} of 20");
-    assert!(refused >= 15, "refused {refused}");
+    let too_many = JoinResponse::Refused(InviteError::TooManyRequests);
+    let (told, judged): (Vec<_>, Vec<_>) = answers.iter().partition(|a| **a == too_many);
+    assert!(judged.len() <= 5, "answered {} of 20", judged.len());
+    assert_eq!(
+        told.len(),
+        1,
+        "told once that it asks too often: {answers:?}"
+    );
+    assert!(refused >= 14, "refused {refused}");
     // The node is still fine for its member.
     member
         .ok(Request::Send {

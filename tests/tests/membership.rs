@@ -9,6 +9,7 @@ use std::time::Duration;
 use bare::BareFacilitator;
 use confer_node::FollowUpdate;
 use confer_node::api::{ChangeInfo, Reply, Request};
+use confer_node::net::NetConfig;
 use confer_store::Profile;
 use confer_tests::{PASSPHRASE, TestNode, next_message, start_node, within};
 use tokio::sync::mpsc::Receiver;
@@ -229,6 +230,44 @@ async fn a_member_removed_while_away_learns_only_that_on_return_and_can_be_invit
     let mut follower = carol.node.follow(ROOM.into()).await.unwrap().updates;
     let id = bob.send(ROOM, "Welcome back, Carol.").await;
     receive(&mut follower, &id).await;
+}
+
+/// Removes Carol while her node is off, restarts it, and waits until it knows.
+async fn remove_while_away(alice: &TestNode, carol: &mut TestNode) {
+    carol.node.clone().shutdown().await;
+    alice
+        .ok(Request::Remove {
+            room: ROOM.into(),
+            member: "Carol".into(),
+        })
+        .await;
+    carol.restart().await;
+    within("Carol's node to learn of her removal", async {
+        while carol.status().await.rooms.iter().any(|r| r.member) {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+}
+
+/// A node tells a former member of its departure at most once a sync round, so that a
+/// former member cannot make it send its log over and over; a second departure (removed,
+/// invited back, removed again) is another matter, and is told at once. (Alice's sync
+/// rounds are ten minutes apart here, so only the answer to Carol's own reconciliation
+/// can tell her in time.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_twice_while_away_learns_it_both_times() {
+    let slow_rounds = NetConfig {
+        sync_interval: Duration::from_secs(600),
+        ..NetConfig::for_tests()
+    };
+    let alice = TestNode::start_with("Alice", slow_rounds).await;
+    let mut carol = TestNode::start("Carol").await;
+    alice.form_room(ROOM, "Alice", &[(&carol, "Carol")]).await;
+    remove_while_away(&alice, &mut carol).await;
+    alice.form_more(ROOM, &[(&carol, "Carol")]).await;
+    assert!(carol.status().await.rooms[0].member);
+    remove_while_away(&alice, &mut carol).await;
 }
 
 /// Forms a room of Alice (facilitator) and Bob, stops Alice's node, and has Bob leave

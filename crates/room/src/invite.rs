@@ -76,6 +76,12 @@ pub enum InviteError {
     /// A current member already uses the display name asked for.
     #[error("someone in this room already goes by that name; join again with another name (--as)")]
     NameTaken,
+    /// The facilitator's node has had more join requests from this node than it answers
+    /// (a few at once, then one every ten seconds).
+    #[error(
+        "the facilitator's node has had too many join requests from yours; wait a minute, then run the same command again"
+    )]
+    TooManyRequests,
 }
 
 /// The signed part of an invite.
