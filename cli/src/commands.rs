@@ -145,10 +145,14 @@ fn print_rooms(rooms: &[RoomSummary]) -> Result<(), Error> {
         } else {
             "messages"
         };
-        let waiting = match (room.pending, room.member) {
-            (0, _) => String::new(),
-            (n, true) => format!(", {n} of yours not yet received by anyone else"),
-            (n, false) => format!(", {n} of yours {GONE_UNCONFIRMED}"),
+        let unconfirmable = if room.member { room.gone } else { room.pending };
+        let waiting = match (room.pending.saturating_sub(unconfirmable), unconfirmable) {
+            (0, 0) => String::new(),
+            (n, 0) => format!(", {n} of yours not yet received by anyone else"),
+            (0, g) => format!(", {g} of yours {GONE_UNCONFIRMED}"),
+            (n, g) => {
+                format!(", {n} of yours not yet received by anyone else, {g} {GONE_UNCONFIRMED}")
+            }
         };
         let gone = if room.member {
             ""
@@ -419,9 +423,10 @@ pub async fn read(
     }
 }
 
-/// What one's unconfirmed messages are, in a room one is out of. Members take nothing
-/// from someone who has gone, and no longer confirm what they took before: a member
-/// removed right after writing may have reached the others without knowing it.
+/// What one's unconfirmed messages are when sent under an identity no longer in the room
+/// (one left, or was removed, perhaps to join again). Members take nothing from someone
+/// who has gone, and confirm nothing to them: a member removed right after writing may
+/// have reached the others without knowing it.
 const GONE_UNCONFIRMED: &str = "not known to have reached anyone else";
 
 /// Prints one message of a room; `member` is false in a room one has left.
@@ -431,7 +436,7 @@ fn print_message(message: &MessageInfo, member: bool) -> Result<(), Error> {
 
 fn print_line(message: &MessageInfo, member: bool, note: &str) -> Result<(), Error> {
     let mut line = output::message_line(&message.sent_at, &message.author, &message.text);
-    match (message.pending, member) {
+    match (message.pending, member && !message.gone) {
         (false, _) => {}
         (true, true) => line.push_str("  (not yet received by anyone else)"),
         (true, false) => line.push_str(&format!("  ({GONE_UNCONFIRMED})")),

@@ -273,6 +273,10 @@ pub struct RoomSummary {
     /// (each marked pending by `confer read`).
     #[serde(default)]
     pub pending: usize,
+    /// Of those, how many were sent under an identity of this profile that is no longer
+    /// in the room (see [`MessageInfo::gone`]).
+    #[serde(default)]
+    pub gone: usize,
     /// This profile left the room while no other member's node was connected, and its
     /// node has not reached one to tell it yet (it keeps trying while it runs).
     #[serde(default)]
@@ -316,6 +320,12 @@ pub struct MessageInfo {
     /// yet (they are retried until one does).
     #[serde(default)]
     pub pending: bool,
+    /// With `pending`: sent under an identity of this profile that is no longer in the
+    /// room (it left or was removed, and perhaps joined again under a new one). Nothing
+    /// retries it, and members confirm nothing to a departed identity; it is confirmed
+    /// only if a member turns out to hold it (see the sync protocol's summaries).
+    #[serde(default)]
+    pub gone: bool,
 }
 
 /// One member of a room.

@@ -1302,8 +1302,27 @@ impl EventLoop {
             messages: self.index.get(&room.id()).map_or(0, BTreeMap::len),
             member: room.is_member(),
             pending: self.unconfirmed.get(&room.id()).map_or(0, BTreeSet::len),
+            gone: self.gone_unconfirmed(room),
             leave_unheard: self.unheard_leaves.contains(&room.id()),
         }
+    }
+
+    /// How many of this profile's unconfirmed messages in `room` were sent under an
+    /// identity that is no longer in it.
+    fn gone_unconfirmed(&self, room: &Room) -> usize {
+        let Some(unconfirmed) = self.unconfirmed.get(&room.id()) else {
+            return 0;
+        };
+        if !room.is_member() {
+            return unconfirmed.len();
+        }
+        let me = room.me();
+        unconfirmed
+            .iter()
+            .filter_map(|m| self.store.message(&room.id().0, m).ok().flatten())
+            .filter_map(|bytes| StoredMessage::from_bytes(&bytes))
+            .filter(|stored| stored.record.author != me)
+            .count()
     }
 
     fn summaries(&self) -> Vec<RoomSummary> {
@@ -1319,6 +1338,7 @@ impl EventLoop {
             text: record.text.clone(),
             sent_at: rfc3339_ms(record.sent_at),
             pending: false,
+            gone: false,
         }
     }
 
@@ -1327,11 +1347,13 @@ impl EventLoop {
         let stored = self.store.messages(&id.0).map_err(|e| e.to_string())?;
         let mut out = Vec::with_capacity(stored.len());
         let unconfirmed = self.unconfirmed.get(id);
+        let me = room.is_member().then(|| room.me());
         for bytes in stored {
             match StoredMessage::from_bytes(&bytes) {
                 Some(stored) => {
                     let mut info = Self::message_info(room, &stored.record);
                     info.pending = unconfirmed.is_some_and(|u| u.contains(&stored.record.id));
+                    info.gone = info.pending && me != Some(stored.record.author);
                     out.push(info);
                 }
                 None => tracing::warn!("skipping a damaged stored message"),

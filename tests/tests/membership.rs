@@ -51,6 +51,16 @@ async fn leave(node: &TestNode) -> ChangeInfo {
     }
 }
 
+/// Waits until `node` knows it is no longer a member of its room.
+async fn until_out(node: &TestNode) {
+    within("the node to learn of the removal", async {
+        while node.status().await.rooms.iter().any(|r| r.member) {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+}
+
 async fn receive(rx: &mut Receiver<FollowUpdate>, id: &str) {
     within(&format!("delivery of {id}"), async {
         loop {
@@ -203,12 +213,7 @@ async fn a_member_removed_while_away_learns_only_that_on_return_and_can_be_invit
     // with her removal (and what led to it), so she is told instead of writing into a
     // room nobody hears her in.
     carol.restart().await;
-    within("Carol's node to learn of her removal", async {
-        while carol.status().await.rooms.iter().any(|r| r.member) {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await;
+    until_out(&carol).await;
     let refused = carol
         .err(Request::Send {
             room: ROOM.into(),
@@ -242,12 +247,7 @@ async fn remove_while_away(alice: &TestNode, carol: &mut TestNode) {
         })
         .await;
     carol.restart().await;
-    within("Carol's node to learn of her removal", async {
-        while carol.status().await.rooms.iter().any(|r| r.member) {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    })
-    .await;
+    until_out(carol).await;
 }
 
 /// A node tells a former member of its departure at most once a sync round, so that a
@@ -268,6 +268,47 @@ async fn a_member_removed_twice_while_away_learns_it_both_times() {
     alice.form_more(ROOM, &[(&carol, "Carol")]).await;
     assert!(carol.status().await.rooms[0].member);
     remove_while_away(&alice, &mut carol).await;
+}
+
+/// A message nobody took before its author was removed can never be confirmed: members
+/// take nothing from someone who has gone. Invited back (under a new identity), she sees
+/// it told apart from her new messages, which are confirmed as usual.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_nobody_took_before_a_removal_is_told_apart_after_rejoining() {
+    let mut alice = TestNode::start("Alice").await;
+    let mut carol = TestNode::start("Carol").await;
+    alice.form_room(ROOM, "Alice", &[(&carol, "Carol")]).await;
+    alice.node.clone().shutdown().await;
+    carol.until_alone().await;
+    let before = carol.send(ROOM, "Written while nobody was online.").await;
+    carol.node.clone().shutdown().await;
+    alice.restart().await;
+    alice
+        .ok(Request::Remove {
+            room: ROOM.into(),
+            member: "Carol".into(),
+        })
+        .await;
+    carol.restart().await;
+    until_out(&carol).await;
+    alice.form_more(ROOM, &[(&carol, "Carol")]).await;
+    let after = carol.send(ROOM, "Back again.").await;
+
+    let history = carol.history(ROOM).await;
+    let find = |id: &str| history.iter().find(|m| m.message_id == id).unwrap();
+    assert!(find(&before).pending && find(&before).gone, "{history:?}");
+    assert!(!find(&after).gone, "{history:?}");
+    let room = &carol.status().await.rooms[0];
+    assert!(room.member);
+    assert_eq!(room.gone, 1, "{room:?}");
+    assert!(
+        alice
+            .history(ROOM)
+            .await
+            .iter()
+            .all(|m| m.message_id != before),
+        "nobody took it"
+    );
 }
 
 /// Forms a room of Alice (facilitator) and Bob, stops Alice's node, and has Bob leave
