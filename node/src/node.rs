@@ -548,6 +548,7 @@ impl Node {
             ticks: 0,
             sync_interval: config.net.sync_interval,
             told_departed: HashMap::new(),
+            joins_refused_for_rate: HashMap::new(),
             dropped: 0,
             caught_up: 0,
             leaves_heard: 0,
@@ -701,6 +702,11 @@ struct PendingJoin {
 /// answers a request it has already admitted with the welcome again (`Room::admit`).
 const JOIN_ATTEMPTS: u32 = 3;
 
+/// How long a node refuses, itself, to ask a facilitator's node that said it had too many
+/// join requests from it: that node answers so only once in a while, then not at all, and
+/// "could not reach the facilitator" would be the wrong thing to tell the person.
+const JOIN_PAUSE: Duration = Duration::from_secs(60);
+
 /// Why a leave is refused: `n` of the leaver's messages have reached no other member.
 fn undelivered(n: usize) -> String {
     let (count, have, they, them) = if n == 1 {
@@ -784,6 +790,9 @@ struct EventLoop {
     /// last operation told), and when (see [`Self::receive_push`]); only peers of former
     /// members, so bounded by the rooms' logs.
     told_departed: HashMap<(PeerId, [u8; 32]), Instant>,
+    /// Facilitators' nodes (peer id bytes) that said they had too many join requests
+    /// from this one, and when (see [`JOIN_PAUSE`]).
+    joins_refused_for_rate: HashMap<Vec<u8>, Instant>,
     dropped: u64,
     /// Messages sent before this node started, first stored since (see [`StatusInfo`]).
     caught_up: u64,
@@ -1729,6 +1738,13 @@ impl EventLoop {
         if let Err(e) = invite.check_expiry(now_ms() / 1000) {
             return refuse(reply, e.to_string());
         }
+        if self
+            .joins_refused_for_rate
+            .get(&invite.body.facilitator_peer)
+            .is_some_and(|at| at.elapsed() < JOIN_PAUSE)
+        {
+            return refuse(reply, InviteError::TooManyRequests.to_string());
+        }
         if let Err(e) = confer_room::invite::check_display_name(display_name) {
             return refuse(reply, format!("display name: {e}"));
         }
@@ -1923,7 +1939,15 @@ impl EventLoop {
                     Err(e) => error(e),
                 }
             }
-            Ok(JoinResponse::Refused(reason)) => error(reason),
+            Ok(JoinResponse::Refused(reason)) => {
+                if reason == InviteError::TooManyRequests {
+                    self.joins_refused_for_rate
+                        .retain(|_, at| at.elapsed() < JOIN_PAUSE);
+                    self.joins_refused_for_rate
+                        .insert(invite.body.facilitator_peer.clone(), Instant::now());
+                }
+                error(reason)
+            }
             Err(_) => {
                 self.dropped += 1;
                 error("the facilitator's node sent an answer that could not be read")

@@ -276,6 +276,28 @@ async fn a_stranger_gets_nothing_and_its_garbage_is_dropped() {
     );
 }
 
+/// Someone who asks to join too often (here under a name already taken) is told so, each
+/// time, and not that the facilitator's node cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_who_asks_too_often_is_told_so_each_time() {
+    let member = TestNode::start("Member").await;
+    create(&member, "Private").await;
+    let jo = TestNode::start("Jo").await;
+    let code = member.invite("Private").await;
+    let join = || Request::Join {
+        code: code.clone(),
+        display_name: Some("Member".into()),
+    };
+    for _ in 0..5 {
+        let refused = jo.err(join()).await;
+        assert!(refused.contains("already goes by that name"), "{refused}");
+    }
+    for _ in 0..3 {
+        let refused = jo.err(join()).await;
+        assert!(refused.contains("too many join requests"), "{refused}");
+    }
+}
+
 /// A stranger who hammers the join protocol gets a few answers, then one saying it asks
 /// too often, then none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
