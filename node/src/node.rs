@@ -787,7 +787,7 @@ struct EventLoop {
     /// How often [`Self::on_sync_round`] runs.
     sync_interval: Duration,
     /// Former members told of their departure, by peer and departure (the hash of the
-    /// last operation told), and when (see [`Self::receive_push`]); only peers of former
+    /// operation that ended the membership), and when (see [`Self::receive_push`]); only peers of former
     /// members, so bounded by the rooms' logs.
     told_departed: HashMap<(PeerId, [u8; 32]), Instant>,
     /// Facilitators' nodes (peer id bytes) that said they had too many join requests
@@ -3051,12 +3051,10 @@ impl EventLoop {
     /// over and over. A second departure (a member removed, invited back and removed
     /// again) is told at once. Returns whether it pushed.
     fn tell_departure(&mut self, id: RoomId, to: PeerId, whose: &[u8]) -> bool {
-        let Some(ops) = self.rooms.get(&id).and_then(|r| r.departure_for(whose)) else {
+        let Some(room) = self.rooms.get(&id) else {
             return false;
         };
-        // In replay order the departure comes last: every other operation told is one of
-        // its ancestors.
-        let Some(departure) = ops.last().map(|op| op.hash()) else {
+        let Some(departure) = room.departure_of(whose) else {
             return false;
         };
         let key = (to, departure);
@@ -3067,6 +3065,9 @@ impl EventLoop {
         if !due {
             return false;
         }
+        let Some(ops) = room.departure_for(whose) else {
+            return false;
+        };
         self.told_departed.insert(key, Instant::now());
         self.push(
             id,

@@ -504,17 +504,15 @@ impl Room {
         self.log.state().has_peer(peer)
     }
 
-    /// For the node of a member who left or was removed, identified by its libp2p peer id
-    /// (bytes), and who still acts as a member (it was away when it was removed): the
-    /// operation that ended its membership and every operation before it, so it learns
-    /// that it is out. Nothing after its departure: who joined later, or later keys, is
-    /// none of its business. `None` if the peer is a current member or unknown.
-    pub fn departure_for(&self, peer: &[u8]) -> Option<Vec<SignedOp>> {
+    /// The operation that ended the latest membership of the member whose node is `peer`
+    /// (libp2p peer id bytes): its leave or removal. `None` if the peer is a current
+    /// member or unknown. Cheap (no operation is copied).
+    pub fn departure_of(&self, peer: &[u8]) -> Option<OpHash> {
         let state = self.log.state();
         if state.members().iter().any(|m| m.peer == peer) {
             return None;
         }
-        let departure = state.departures().iter().rev().find(|d| {
+        state.departures().iter().rev().copied().find(|d| {
             self.log.op(d).is_some_and(|op| {
                 let who = match &op.op.body {
                     OpBody::Leave => op.op.author,
@@ -523,7 +521,16 @@ impl Room {
                 };
                 state.former_member(&who).is_some_and(|m| m.peer == peer)
             })
-        })?;
+        })
+    }
+
+    /// For the node of a member who left or was removed, identified by its libp2p peer id
+    /// (bytes), and who still acts as a member (it was away when it was removed): the
+    /// operation that ended its membership and every operation before it, so it learns
+    /// that it is out. Nothing after its departure: who joined later, or later keys, is
+    /// none of its business. `None` if the peer is a current member or unknown.
+    pub fn departure_for(&self, peer: &[u8]) -> Option<Vec<SignedOp>> {
+        let departure = &self.departure_of(peer)?;
         Some(
             self.log
                 .ops()
