@@ -164,7 +164,7 @@ pub enum Command {
         follow: bool,
         /// Show only the last N messages of the history (with --follow, then every new
         /// one).
-        #[arg(long, short = 'n', value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, short = 'n', value_name = "N", value_parser = parse_last)]
         last: Option<u64>,
         #[command(flatten)]
         output: Output,
@@ -415,6 +415,15 @@ pub enum RoomCommand {
     },
 }
 
+/// `--last N`: a whole number of messages, at least one.
+fn parse_last(s: &str) -> Result<u64, String> {
+    match s.parse::<u64>() {
+        Ok(0) => Err("show at least one message (leave --last out to see them all)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("`{s}` is not a number of messages")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -481,6 +490,19 @@ mod tests {
             panic!("wrong command");
         };
         assert_eq!((room.as_str(), invite.as_str()), ("room", "abc"));
+    }
+
+    #[test]
+    fn last_is_a_positive_number() {
+        let last = |n: &str| Cli::try_parse_from(["confer", "read", "room", "--last", n]);
+        assert!(last("3").is_ok());
+        for bad in ["0", "ten"] {
+            let error = last(bad).unwrap_err().to_string();
+            assert!(
+                error.contains("at least one message") || error.contains("not a number"),
+                "{error}"
+            );
+        }
     }
 
     /// `room create` creates a room, so people type `invite create ROOM` too.
