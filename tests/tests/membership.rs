@@ -51,6 +51,15 @@ async fn leave(node: &TestNode) -> ChangeInfo {
     }
 }
 
+/// The facilitator `node` removes `name` from the room.
+async fn remove(node: &TestNode, name: &str) {
+    node.ok(Request::Remove {
+        room: ROOM.into(),
+        member: name.into(),
+    })
+    .await;
+}
+
 /// Waits until `node` knows it is no longer a member of its room.
 async fn until_out(node: &TestNode) {
     within("the node to learn of the removal", async {
@@ -201,12 +210,7 @@ async fn a_member_removed_while_away_learns_only_that_on_return_and_can_be_invit
 
     // Carol's node is off when the facilitator removes her; Dan joins after that.
     carol.node.clone().shutdown().await;
-    alice
-        .ok(Request::Remove {
-            room: ROOM.into(),
-            member: "Carol".into(),
-        })
-        .await;
+    remove(&alice, "Carol").await;
     alice.form_more(ROOM, &[(&dan, "Dan")]).await;
 
     // Back online, Carol's node reconciles with the others as a member would; they answer
@@ -240,12 +244,7 @@ async fn a_member_removed_while_away_learns_only_that_on_return_and_can_be_invit
 /// Removes Carol while her node is off, restarts it, and waits until it knows.
 async fn remove_while_away(alice: &TestNode, carol: &mut TestNode) {
     carol.node.clone().shutdown().await;
-    alice
-        .ok(Request::Remove {
-            room: ROOM.into(),
-            member: "Carol".into(),
-        })
-        .await;
+    remove(alice, "Carol").await;
     carol.restart().await;
     until_out(carol).await;
 }
@@ -283,12 +282,7 @@ async fn a_message_nobody_took_before_a_removal_is_told_apart_after_rejoining() 
     let before = carol.send(ROOM, "Written while nobody was online.").await;
     carol.node.clone().shutdown().await;
     alice.restart().await;
-    alice
-        .ok(Request::Remove {
-            room: ROOM.into(),
-            member: "Carol".into(),
-        })
-        .await;
+    remove(&alice, "Carol").await;
     carol.restart().await;
     until_out(&carol).await;
     alice.form_more(ROOM, &[(&carol, "Carol")]).await;
@@ -360,10 +354,7 @@ async fn a_leave_nobody_heard_is_carried_to_members_who_cannot_reach_the_leaver(
 /// a message under the old key certainly reaches Jo's node before Sam hears.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_who_left_unheard_takes_nothing_a_member_still_sends() {
-    let jo = TestNode::start("Jo").await;
-    let (mut sam, code) = BareFacilitator::start(ROOM).await;
-    let joined = sam.serve(&jo, &code, "Jo", 0).await;
-    assert!(matches!(joined, Reply::Room(_)), "{joined:?}");
+    let (mut sam, jo) = BareFacilitator::with_member(ROOM, "Jo").await;
     sam.go_offline();
     jo.until_alone().await;
     assert_eq!(leave(&jo).await.reached, 0, "nobody heard Jo leave");

@@ -155,10 +155,7 @@ async fn pending(node: &TestNode, id: &str) -> bool {
 /// member's next reconciliation, whose summary covers the message, confirms it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_a_member_holds_but_never_confirmed_is_confirmed_by_its_summary() {
-    let jo = TestNode::start("Jo").await;
-    let (mut sam, code) = BareFacilitator::start(ROOM).await;
-    let joined = sam.serve(&jo, &code, "Jo", 0).await;
-    assert!(matches!(joined, Reply::Room(_)), "{joined:?}");
+    let (mut sam, jo) = BareFacilitator::with_member(ROOM, "Jo").await;
     let id = jo.send(ROOM, "Jo: notes from Tuesday's session").await;
     sam.fetch(&jo, &id).await;
     assert!(pending(&jo, &id).await, "Sam's node confirms nothing");

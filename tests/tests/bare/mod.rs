@@ -88,6 +88,15 @@ impl BareFacilitator {
         (facilitator, invite.to_code())
     }
 
+    /// Creates room `room` and admits a real node, started for the purpose, as `name`.
+    pub async fn with_member(room: &str, name: &str) -> (BareFacilitator, TestNode) {
+        let member = TestNode::start(name).await;
+        let (mut facilitator, code) = Self::start(room).await;
+        let joined = facilitator.serve(&member, &code, name, 0).await;
+        assert!(matches!(joined, Reply::Room(_)), "{joined:?}");
+        (facilitator, member)
+    }
+
     /// Runs until `joiner`'s `Join` with `code` ends, and returns its reply. Join requests
     /// are admitted; the answers to the first `lose` requests are lost with their
     /// connection, the others sent.
