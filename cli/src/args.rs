@@ -153,13 +153,15 @@ pub enum Command {
         ///
         /// One of your own messages that no other member's node could take yet is marked
         /// "(not yet received by anyone else)"; a line says when another member has it.
+        /// One you sent before you left the room (or were removed), that no member
+        /// confirmed, is marked "(not known to have reached anyone else)".
         ///
         /// With --json, each message is printed as its own JSON object on its own line
         /// (JSON Lines), history first, instead of one JSON array; that a message marked
-        /// `"pending": true` has been received is a line `{"delivered": "<message id>"}`.
-        /// If messages arrive
-        /// much faster than they can be shown (more than 4,096 behind, as after a long
-        /// absence), it stops with an error; run it again to see them all.
+        /// `"pending": true` has been received is a line `{"delivered": "<message id>"}`
+        /// (`"gone": true` marks the second kind). If messages arrive much faster than
+        /// they can be shown (more than 4,096 behind, as after a long absence), it stops
+        /// with an error; run it again to see them all.
         #[arg(long, short)]
         follow: bool,
         /// Show only the last N messages of the history (with --follow, then every new
