@@ -271,7 +271,7 @@ async fn a_member_removed_twice_while_away_learns_it_both_times() {
 
 /// A message nobody took before its author was removed can never be confirmed: members
 /// take nothing from someone who has gone. Invited back (under a new identity), she sees
-/// it told apart from her new messages, which are confirmed as usual.
+/// it told apart ("gone") from her new messages.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_nobody_took_before_a_removal_is_told_apart_after_rejoining() {
     let mut alice = TestNode::start("Alice").await;
