@@ -10,8 +10,8 @@ use std::io::Read as _;
 use std::path::Path;
 
 use confer_node::api::{
-    ChangeInfo, InviteInfo, InviteSummary, MemberInfo, MessageInfo, Reply, Request, RoomInfo,
-    RoomSummary, StatusInfo,
+    ChangeInfo, EventInfo, InviteInfo, InviteSummary, MemberInfo, MessageInfo, Reply, Request,
+    RoomInfo, RoomSummary, StatusInfo,
 };
 use confer_node::client::Client;
 
@@ -346,24 +346,33 @@ pub async fn read(
         .next()
         .await?
         .ok_or_else(|| Error::usage("the node closed the connection without answering"))?;
-    let (mut history, member) = match refused(first)? {
-        Reply::History { messages, member } => (messages, member),
+    let (mut history, member, mut events) = match refused(first)? {
+        Reply::History {
+            messages,
+            member,
+            events,
+        } => (messages, member, events),
         other => return Err(unexpected(&other)),
     };
     if let Some(last) = last {
         let keep = usize::try_from(last).unwrap_or(usize::MAX);
         history.drain(..history.len().saturating_sub(keep));
+        // Changes from before the first message shown are left out with the messages.
+        let from = history
+            .first()
+            .map(|m| m.sent_at.clone())
+            .unwrap_or_default();
+        events.retain(|e| e.at >= from);
     }
     if !follow {
         if json {
             return output::json(&history);
         }
+        print_history(&history, &events, member)?;
         if history.is_empty() {
             return output::line("No messages yet.");
         }
-        return history
-            .iter()
-            .try_for_each(|message| print_message(message, member));
+        return Ok(());
     }
 
     // Following: one JSON object per line (JSON Lines), or one text line per message.
@@ -378,12 +387,12 @@ pub async fn read(
             pending.insert(message.message_id.clone(), message.sent_at.clone());
         }
     };
+    if json {
+        history.iter().try_for_each(output::json)?;
+    } else {
+        print_history(&history, &events, member)?;
+    }
     for message in &history {
-        if json {
-            output::json(message)?
-        } else {
-            print_message(message, member)?
-        }
         shown(&mut pending, message);
         // In time order already; this only keeps `latest` (see `arrived_late`).
         arrived_late(&mut latest, &message.sent_at);
@@ -428,6 +437,24 @@ pub async fn read(
 /// who has gone, and confirm nothing to them: a member removed right after writing may
 /// have reached the others without knowing it.
 const GONE_UNCONFIRMED: &str = "not known to have reached anyone else";
+
+/// Prints a room's messages with its membership changes among them, in time order (RFC
+/// 3339 times of one width sort as text; a change goes before a message of the same
+/// time).
+fn print_history(
+    messages: &[MessageInfo],
+    events: &[EventInfo],
+    member: bool,
+) -> Result<(), Error> {
+    let mut events = events.iter().peekable();
+    for message in messages {
+        while let Some(event) = events.next_if(|e| e.at <= message.sent_at) {
+            output::line(&output::event_line(event))?;
+        }
+        print_message(message, member)?;
+    }
+    events.try_for_each(|event| output::line(&output::event_line(event)))
+}
 
 /// Prints one message of a room; `member` is false in a room one has left.
 fn print_message(message: &MessageInfo, member: bool) -> Result<(), Error> {

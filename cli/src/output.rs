@@ -12,6 +12,8 @@ use std::io::{self, Write};
 
 use serde::Serialize;
 
+use confer_node::api::EventInfo;
+
 use crate::error::Error;
 
 /// Writes `value` as one JSON document on one line of standard output and flushes.
@@ -62,6 +64,22 @@ pub fn safe_line(text: &str) -> Cow<'_, str> {
 fn is_unsafe(c: char) -> bool {
     (c.is_control() && c != '\n' && c != '\t')
         || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// One membership change, as a line among the messages:
+/// `[2026-01-02T03:04:05.678Z] — Priya joined`.
+pub fn event_line(event: &EventInfo) -> String {
+    let who = safe_line(&event.who);
+    let by = event.by.as_deref().map(safe_line).unwrap_or_default();
+    let what = match event.kind.as_str() {
+        "created" => format!("{who} created the room"),
+        "joined" => format!("{who} joined"),
+        "left" => format!("{who} left"),
+        "removed" => format!("{by} removed {who}"),
+        "handover" => format!("{by} made {who} the facilitator"),
+        other => format!("{who}: {}", safe_line(other)),
+    };
+    format!("[{}] — {what}", safe_line(&event.at))
 }
 
 /// One message for people: `[sent_at] author: text`, continuation lines indented.

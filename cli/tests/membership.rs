@@ -247,6 +247,20 @@ fn handover_makes_another_member_facilitator() {
     assert!(line.contains("only the room's facilitator"), "{line}");
     let (_, count) = change(sam, &["leave", ROOM], &room_id);
     assert_eq!(count, 1);
+
+    // The history shows the changes among the messages, in words: from the room's start
+    // for its creator, from her own arrival for Priya (nothing from before she came).
+    let read = eventually("Priya's node to hear Sam leave", PATIENCE, || {
+        let read = ok(priya, &["read", ROOM]);
+        read.contains("] — Sam left").then_some(read)
+    });
+    for line in ["] — Priya joined", "] — Sam made Priya the facilitator"] {
+        assert!(read.contains(line), "{line:?} not in: {read}");
+    }
+    assert!(!read.contains("created the room"), "{read}");
+    assert!(read.find("Priya joined") < read.find("Sam left"), "{read}");
+    let sams = ok(sam, &["read", ROOM]);
+    assert!(sams.contains("] — Sam created the room"), "{sams}");
     for node in nodes {
         assert!(node.terminate().success());
     }

@@ -155,6 +155,10 @@ pub enum Reply {
         /// may have reached the others.
         #[serde(default = "yes")]
         member: bool,
+        /// Membership changes since this profile joined (at most [`MAX_EVENTS`], the
+        /// latest), oldest first, to show among the messages.
+        #[serde(default)]
+        events: Vec<EventInfo>,
     },
     /// On the control socket only: one part of a history too long for one line
     /// ([`MAX_LINE`]). Parts of at most [`HISTORY_PART`] bytes come first, then
@@ -326,6 +330,25 @@ pub struct MessageInfo {
     /// only if a member turns out to hold it (see the sync protocol's summaries).
     #[serde(default)]
     pub gone: bool,
+}
+
+/// Most membership changes a history carries (the latest ones).
+pub const MAX_EVENTS: usize = 1000;
+
+/// A change of membership shown among a room's messages.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EventInfo {
+    /// When, by the clock of whoever made the change, RFC 3339 UTC.
+    pub at: String,
+    /// `created`, `joined`, `left`, `removed` or `handover`.
+    pub kind: String,
+    /// Whom it is about: the room's creator, who joined, who left, who was removed, or
+    /// the new facilitator.
+    pub who: String,
+    /// Who made it, when that is someone else: the facilitator who removed `who` or
+    /// handed the role to them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
 }
 
 /// One member of a room.

@@ -77,11 +77,16 @@ impl Client {
         loop {
             match self.next_line().await? {
                 Some(Reply::HistoryPart { messages }) => parts.extend(messages),
-                Some(Reply::History { messages, member }) => {
+                Some(Reply::History {
+                    messages,
+                    member,
+                    events,
+                }) => {
                     parts.extend(messages);
                     return Ok(Some(Reply::History {
                         messages: parts,
                         member,
+                        events,
                     }));
                 }
                 // A history cut off, or something else in the middle of one.

@@ -73,7 +73,12 @@ async fn write_reply(
     writer: &mut tokio::net::unix::OwnedWriteHalf,
     reply: Reply,
 ) -> std::io::Result<()> {
-    let Reply::History { messages, member } = reply else {
+    let Reply::History {
+        messages,
+        member,
+        events,
+    } = reply
+    else {
         return write(writer, &reply).await;
     };
     let mut part = Vec::new();
@@ -96,6 +101,7 @@ async fn write_reply(
         &Reply::History {
             messages: part,
             member,
+            events,
         },
     )
     .await
@@ -153,11 +159,13 @@ async fn follow(room: String, node: Node, mut writer: tokio::net::unix::OwnedWri
         Ok(Following {
             room_id,
             history,
+            events,
             mut updates,
         }) => {
             let history = Reply::History {
                 messages: history,
                 member: true,
+                events,
             };
             if write_reply(&mut writer, history).await.is_err() {
                 return;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use confer_room::invite::{InviteId, JoinBody, JoinRequest, JoinResponse};
 use confer_room::room::MessageRecord;
-use confer_room::{Incoming, Invite, InviteError, MemberKeys, OpenError, Room, RoomId};
+use confer_room::{ChangeKind, Incoming, Invite, InviteError, MemberKeys, OpenError, Room, RoomId};
 use confer_store::{Profile, Store};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
@@ -26,8 +26,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::addresses::AddressBook;
 use crate::api::{
-    ChangeInfo, InviteInfo, InviteSummary, MemberInfo, MessageInfo, Reply, Request, RoomInfo,
-    RoomSummary, StatusInfo,
+    ChangeInfo, EventInfo, InviteInfo, InviteSummary, MAX_EVENTS, MemberInfo, MessageInfo, Reply,
+    Request, RoomInfo, RoomSummary, StatusInfo,
 };
 use crate::limits;
 use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
@@ -374,6 +374,9 @@ pub struct Following {
     pub room_id: String,
     /// Every message held so far, oldest first.
     pub history: Vec<MessageInfo>,
+    /// The membership changes since this profile joined, oldest first (not followed:
+    /// `confer members` shows the room as it is now).
+    pub events: Vec<EventInfo>,
     /// Each new message as it is stored, and each confirmation of this member's own
     /// messages.
     pub updates: mpsc::Receiver<FollowUpdate>,
@@ -1371,9 +1374,38 @@ impl EventLoop {
         Ok(out)
     }
 
+    /// The room's membership changes since this profile joined, for its history.
+    fn events(&self, id: &RoomId) -> Vec<EventInfo> {
+        let Some(room) = self.rooms.get(id) else {
+            return Vec::new();
+        };
+        let changes = room.changes_since_joining();
+        let skip = changes.len().saturating_sub(MAX_EVENTS);
+        changes
+            .into_iter()
+            .skip(skip)
+            .map(|change| {
+                let (kind, who, by) = match change.kind {
+                    ChangeKind::Created { by } => ("created", by, None),
+                    ChangeKind::Joined { who } => ("joined", who, None),
+                    ChangeKind::Left { who } => ("left", who, None),
+                    ChangeKind::Removed { who, by } => ("removed", who, Some(by)),
+                    ChangeKind::Handover { from, to } => ("handover", to, Some(from)),
+                };
+                EventInfo {
+                    at: rfc3339_ms(change.at),
+                    kind: kind.to_owned(),
+                    who,
+                    by,
+                }
+            })
+            .collect()
+    }
+
     fn follow(&mut self, query: &str) -> Result<Following, String> {
         let id = self.resolve(query)?;
         let history = self.history(&id)?;
+        let events = self.events(&id);
         let (tx, updates) = mpsc::channel(self.follow_queue);
         // Nothing new will come to a room this profile is no longer in: the stream ends.
         if self.rooms.get(&id).is_some_and(Room::is_member) {
@@ -1387,6 +1419,7 @@ impl EventLoop {
         Ok(Following {
             room_id: id.to_hex(),
             history,
+            events,
             updates,
         })
     }
@@ -1485,6 +1518,7 @@ impl EventLoop {
                     Ok((id, messages)) => Reply::History {
                         messages,
                         member: self.rooms.get(&id).is_some_and(Room::is_member),
+                        events: self.events(&id),
                     },
                     Err(message) => error(message),
                 }

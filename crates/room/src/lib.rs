@@ -25,5 +25,7 @@ pub mod wire;
 pub use identity::{MemberId, MemberKeys, MemberPublic};
 pub use invite::{Invite, InviteError, JoinRequest, JoinResponse};
 pub use log::{MAX_MEMBERS, Role};
-pub use room::{Incoming, MessageRecord, OpenError, Room, RoomError, RoomId};
+pub use room::{
+    ChangeKind, Incoming, MembershipChange, MessageRecord, OpenError, Room, RoomError, RoomId,
+};
 pub use secret::Secret32;

@@ -837,6 +837,12 @@ impl Membership {
         self.ops.iter()
     }
 
+    /// Every operation with its hash, by reference, in an order in which they can be
+    /// replayed.
+    pub fn in_order(&self) -> impl Iterator<Item = (&OpHash, &SignedOp)> {
+        self.order.iter().filter_map(|h| self.ops.get_key_value(h))
+    }
+
     /// All operations, in an order in which they can be replayed.
     pub fn ops(&self) -> Vec<SignedOp> {
         self.order.iter().map(|h| self.ops[h].clone()).collect()

@@ -289,6 +289,49 @@ pub struct Admission {
     pub announcement: Option<Vec<u8>>,
 }
 
+/// A change of membership, as shown among a room's messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipChange {
+    /// When, by its author's clock (Unix milliseconds).
+    pub at: u64,
+    /// What changed.
+    pub kind: ChangeKind,
+}
+
+/// What a [`MembershipChange`] was, with the display names involved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChangeKind {
+    /// The room was created.
+    Created {
+        /// Its first facilitator.
+        by: String,
+    },
+    /// Someone joined.
+    Joined {
+        /// The new member.
+        who: String,
+    },
+    /// Someone left.
+    Left {
+        /// The member who left.
+        who: String,
+    },
+    /// The facilitator removed someone.
+    Removed {
+        /// The member removed.
+        who: String,
+        /// The facilitator.
+        by: String,
+    },
+    /// The facilitator handed the role to another member.
+    Handover {
+        /// The facilitator until then.
+        from: String,
+        /// The new facilitator.
+        to: String,
+    },
+}
+
 /// An invite issued by this member that can still be redeemed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutstandingInvite {
@@ -497,6 +540,58 @@ impl Room {
         let mut tag = [0u8; 16];
         tag.copy_from_slice(&t.expose()[..16]);
         tag
+    }
+
+    /// The membership changes since this member was admitted, its own admission first,
+    /// in log order: who joined, left, was removed or became facilitator. Changes from
+    /// before it are left out: a newcomer is not shown who came and went before it came
+    /// (its node holds the whole log, but nothing invites it to read it).
+    pub fn changes_since_joining(&self) -> Vec<MembershipChange> {
+        let state = self.log.state();
+        let me = self.me.id();
+        let Some(since) = state
+            .member(&me)
+            .or_else(|| state.former_member(&me))
+            .map(|m| m.admitted_by)
+        else {
+            return Vec::new();
+        };
+        let name = |id: &MemberId| {
+            state
+                .member(id)
+                .or_else(|| state.former_member(id))
+                .map_or_else(|| "someone".to_owned(), |m| m.display_name.clone())
+        };
+        let mut changes = Vec::new();
+        let mut started = false;
+        for (hash, op) in self.log.in_order() {
+            started |= *hash == since;
+            if !started || !state.is_valid(hash) {
+                continue;
+            }
+            let by = name(&op.op.author);
+            let kind = match &op.op.body {
+                OpBody::Create { .. } => ChangeKind::Created { by },
+                OpBody::Admit { member, .. } => ChangeKind::Joined {
+                    who: name(&member.id),
+                },
+                OpBody::Leave => ChangeKind::Left { who: by },
+                OpBody::Remove { member, .. } => ChangeKind::Removed {
+                    who: name(member),
+                    by,
+                },
+                OpBody::Handover { to } => ChangeKind::Handover {
+                    from: by,
+                    to: name(to),
+                },
+                OpBody::Rotate { .. } | OpBody::RevokeInvite { .. } => continue,
+            };
+            changes.push(MembershipChange {
+                at: op.op.created_at,
+                kind,
+            });
+        }
+        changes
     }
 
     /// Whether `peer` (libp2p peer id bytes) belongs to a current or former member.
@@ -1516,6 +1611,58 @@ mod tests {
         );
         assert_eq!(alice.to_bytes().len(), before, "a refusal changes nothing");
         assert_eq!(alice.members().len(), 2);
+    }
+
+    /// Membership changes are listed from one's own admission on: the facilitator sees
+    /// everything since the room began; a later joiner does not see who came and went
+    /// before it came.
+    #[test]
+    fn changes_are_listed_from_ones_own_admission() {
+        let mut r = rng(14);
+        let mut alice = facilitator(&mut r);
+        let (bob, _) = join(&mut alice, "Bob", &mut r);
+        alice.remove("Bob", NOW + 1, &mut r).unwrap();
+        let (mut carol, _) = join(&mut alice, "Carol", &mut r);
+        let handover = alice.handover("Carol", NOW + 2, &mut r).unwrap();
+        carol.open(&handover, NOW + 2).unwrap();
+        let (_dan, _) = join(&mut carol, "Dan", &mut r);
+        let kinds = |room: &Room| -> Vec<ChangeKind> {
+            room.changes_since_joining()
+                .into_iter()
+                .map(|c| c.kind)
+                .collect()
+        };
+        let name = |s: &str| s.to_owned();
+        assert_eq!(
+            kinds(&alice),
+            [
+                ChangeKind::Created { by: name("Alice") },
+                ChangeKind::Joined { who: name("Bob") },
+                ChangeKind::Removed {
+                    who: name("Bob"),
+                    by: name("Alice")
+                },
+                ChangeKind::Joined { who: name("Carol") },
+                ChangeKind::Handover {
+                    from: name("Alice"),
+                    to: name("Carol")
+                },
+            ]
+        );
+        assert_eq!(
+            kinds(&carol),
+            [
+                ChangeKind::Joined { who: name("Carol") },
+                ChangeKind::Handover {
+                    from: name("Alice"),
+                    to: name("Carol")
+                },
+                ChangeKind::Joined { who: name("Dan") },
+            ],
+            "nothing of Bob, who came and went before Carol"
+        );
+        // Bob, whose node was told nothing more, has only his own arrival.
+        assert_eq!(kinds(&bob), [ChangeKind::Joined { who: name("Bob") }]);
     }
 
     /// Only the facilitator admits, so the invites a facilitator issued stop working (and
