@@ -146,6 +146,10 @@ pub enum Command {
     },
 
     /// Show a room's discussion, oldest first.
+    ///
+    /// Membership changes since you joined (who joined, left, was removed or became the
+    /// facilitator) are shown among the messages, as lines starting with "—". With
+    /// --json (and without --follow) only the messages are printed, as one JSON array.
     Read {
         /// The room: its name, or the first characters of its id.
         room: String,
@@ -157,9 +161,12 @@ pub enum Command {
         /// confirmed, is marked "(not known to have reached anyone else)".
         ///
         /// With --json, each message is printed as its own JSON object on its own line
-        /// (JSON Lines), history first, instead of one JSON array; that a message marked
-        /// `"pending": true` has been received is a line `{"delivered": "<message id>"}`
-        /// (`"gone": true` marks the second kind). If messages arrive much faster than
+        /// (JSON Lines), history first, instead of one JSON array, and each membership
+        /// change as `{"event": {...}}` (`kind` is created, joined, left, removed or
+        /// handover; `who`, and `by` for the last two); that a message marked
+        /// `"pending": true` has been received is a line `{"delivered": "<message id>"}`;
+        /// one not known to have reached anyone also has `"gone": true`. If messages
+        /// arrive much faster than
         /// they can be shown (more than 4,096 behind, as after a long absence), it stops
         /// with an error; run it again to see them all.
         #[arg(long, short)]

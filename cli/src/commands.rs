@@ -368,7 +368,7 @@ pub async fn read(
         if json {
             return output::json(&history);
         }
-        print_history(&history, &events, member)?;
+        print_history(&history, &events, member, false)?;
         if history.is_empty() {
             return output::line("No messages yet.");
         }
@@ -387,11 +387,7 @@ pub async fn read(
             pending.insert(message.message_id.clone(), message.sent_at.clone());
         }
     };
-    if json {
-        history.iter().try_for_each(output::json)?;
-    } else {
-        print_history(&history, &events, member)?;
-    }
+    print_history(&history, &events, member, json)?;
     for message in &history {
         shown(&mut pending, message);
         // In time order already; this only keeps `latest` (see `arrived_late`).
@@ -409,6 +405,7 @@ pub async fn read(
                 }
                 shown(&mut pending, &message);
             }
+            Some(Reply::Event(event)) => print_event(&event, json)?,
             Some(Reply::Delivered { message_id }) => {
                 let Some(sent_at) = pending.remove(&message_id) else {
                     continue;
@@ -440,20 +437,34 @@ const GONE_UNCONFIRMED: &str = "not known to have reached anyone else";
 
 /// Prints a room's messages with its membership changes among them, in time order (RFC
 /// 3339 times of one width sort as text; a change goes before a message of the same
-/// time).
+/// time); with `json`, one JSON object per line.
 fn print_history(
     messages: &[MessageInfo],
     events: &[EventInfo],
     member: bool,
+    json: bool,
 ) -> Result<(), Error> {
     let mut events = events.iter().peekable();
     for message in messages {
         while let Some(event) = events.next_if(|e| e.at <= message.sent_at) {
-            output::line(&output::event_line(event))?;
+            print_event(event, json)?;
         }
-        print_message(message, member)?;
+        if json {
+            output::json(message)?;
+        } else {
+            print_message(message, member)?;
+        }
     }
-    events.try_for_each(|event| output::line(&output::event_line(event)))
+    events.try_for_each(|event| print_event(event, json))
+}
+
+/// Prints one membership change: a line for people, or `{"event": {...}}`.
+fn print_event(event: &EventInfo, json: bool) -> Result<(), Error> {
+    if json {
+        output::json(&serde_json::json!({ "event": event }))
+    } else {
+        output::line(&output::event_line(event))
+    }
 }
 
 /// Prints one message of a room; `member` is false in a room one has left.

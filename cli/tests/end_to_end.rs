@@ -181,14 +181,15 @@ fn three_nodes_discuss_through_the_binary() {
 
     // Following prints the history, then each new message, one JSON object per line.
     let (mut follower, lines) = common::spawn_lines(sam, &["read", ROOM, "--follow", "--json"]);
-    // (A confirmation of one of Sam's own messages may come in between: skipped.)
+    // (A confirmation of one of Sam's own messages may come in between, and membership
+    // changes come among the messages: skipped.)
     let next = || -> Value {
         loop {
             let line = lines
                 .recv_timeout(Duration::from_secs(20))
                 .expect("no line from read --follow");
             let value: Value = serde_json::from_str(&line).unwrap();
-            if value.get("delivered").is_none() {
+            if value.get("delivered").is_none() && value.get("event").is_none() {
                 return value;
             }
         }
@@ -301,8 +302,10 @@ fn a_history_longer_than_one_socket_line_is_read_whole() {
         use std::io::BufRead;
         std::io::BufReader::new(stdout)
             .lines()
-            .take(40)
             .map(Result::unwrap)
+            // Membership changes come among the messages (here, the room's creation).
+            .filter(|l| !l.starts_with(r#"{"event":"#))
+            .take(40)
             .collect()
     };
     follower.kill().unwrap();
@@ -443,6 +446,11 @@ fn read_follow_says_when_a_message_arrives_late_and_when_ones_own_is_received() 
             .expect("a line from read --follow --json");
         serde_json::from_str(&line).unwrap()
     };
+    // The history starts at her arrival in the room, a membership change.
+    let joined = next_json();
+    assert_eq!(joined["event"]["kind"], "joined", "{joined}");
+    assert_eq!(joined["event"]["who"], "Priya", "{joined}");
+    assert!(next().ends_with("] — Priya joined"));
     let mine_json = next_json();
     assert_eq!(mine_json["pending"], true, "{mine_json}");
     let mine = next();

@@ -168,6 +168,9 @@ pub enum Reply {
         /// Messages, oldest first, continued by the next part.
         messages: Vec<MessageInfo>,
     },
+    /// On the control socket only, streamed after [`Reply::History`] when following: a
+    /// membership change.
+    Event(EventInfo),
     /// A new message, streamed after [`Reply::History`] when following. One of this
     /// member's own messages is marked pending only if no member could take it when it
     /// was sent (see `FollowUpdate::Message`).

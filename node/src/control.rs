@@ -173,6 +173,7 @@ async fn follow(room: String, node: Node, mut writer: tokio::net::unix::OwnedWri
             while let Some(update) = updates.recv().await {
                 let reply = match update {
                     FollowUpdate::Message(message) => Reply::Message(message),
+                    FollowUpdate::Event(event) => Reply::Event(event),
                     FollowUpdate::Delivered(message_id) => Reply::Delivered { message_id },
                 };
                 if write(&mut writer, &reply).await.is_err() {

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use confer_room::invite::{InviteId, JoinBody, JoinRequest, JoinResponse};
 use confer_room::room::MessageRecord;
-use confer_room::{ChangeKind, Incoming, Invite, InviteError, MemberKeys, OpenError, Room, RoomId};
+use confer_room::{
+    ChangeKind, Incoming, Invite, InviteError, MemberKeys, MembershipChange, OpenError, Room,
+    RoomId,
+};
 use confer_store::{Profile, Store};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
@@ -390,6 +393,8 @@ pub enum FollowUpdate {
     /// sent (none was connected), rather than when it was only not confirmed yet: a
     /// confirmation takes a round trip, so every message would be marked for a moment.
     Message(MessageInfo),
+    /// A membership change (someone joined, left, was removed or became facilitator).
+    Event(EventInfo),
     /// Another member has confirmed holding one of this member's messages (hex id) that
     /// followers were shown as pending (in the history, or as it was sent), so it is no
     /// longer pending.
@@ -552,6 +557,7 @@ impl Node {
             sync_interval: config.net.sync_interval,
             told_departed: HashMap::new(),
             joins_refused_for_rate: HashMap::new(),
+            events_told: HashMap::new(),
             dropped: 0,
             caught_up: 0,
             leaves_heard: 0,
@@ -710,6 +716,23 @@ const JOIN_ATTEMPTS: u32 = 3;
 /// "could not reach the facilitator" would be the wrong thing to tell the person.
 const JOIN_PAUSE: Duration = Duration::from_secs(60);
 
+/// A membership change as the control protocol shows it.
+fn event_info(change: MembershipChange) -> EventInfo {
+    let (kind, who, by) = match change.kind {
+        ChangeKind::Created { by } => ("created", by, None),
+        ChangeKind::Joined { who } => ("joined", who, None),
+        ChangeKind::Left { who } => ("left", who, None),
+        ChangeKind::Removed { who, by } => ("removed", who, Some(by)),
+        ChangeKind::Handover { from, to } => ("handover", to, Some(from)),
+    };
+    EventInfo {
+        at: rfc3339_ms(change.at),
+        kind: kind.to_owned(),
+        who,
+        by,
+    }
+}
+
 /// Why a leave is refused: `n` of the leaver's messages have reached no other member.
 fn undelivered(n: usize) -> String {
     let (count, have, they, them) = if n == 1 {
@@ -796,6 +819,8 @@ struct EventLoop {
     /// Facilitators' nodes (peer id bytes) that said they had too many join requests
     /// from this one, and when (see [`JOIN_PAUSE`]).
     joins_refused_for_rate: HashMap<Vec<u8>, Instant>,
+    /// Per room: the membership changes (operation hashes) its followers have been shown.
+    events_told: HashMap<RoomId, HashSet<[u8; 32]>>,
     dropped: u64,
     /// Messages sent before this node started, first stored since (see [`StatusInfo`]).
     caught_up: u64,
@@ -1235,6 +1260,7 @@ impl EventLoop {
                 ..SyncPush::default()
             },
         );
+        self.tell_new_events(id);
         self.end_following_if_out(id);
         self.rescore_peers();
         self.sync_topics(id);
@@ -1381,31 +1407,38 @@ impl EventLoop {
         };
         let changes = room.changes_since_joining();
         let skip = changes.len().saturating_sub(MAX_EVENTS);
-        changes
+        changes.into_iter().skip(skip).map(event_info).collect()
+    }
+
+    /// Tells the room's followers of membership changes they have not been shown (each
+    /// follower was shown those before it started, with the history).
+    fn tell_new_events(&mut self, id: RoomId) {
+        if !self.followers.contains_key(&id) {
+            return;
+        }
+        let Some(room) = self.rooms.get(&id) else {
+            return;
+        };
+        let told = self.events_told.entry(id).or_default();
+        let new: Vec<EventInfo> = room
+            .changes_since_joining()
             .into_iter()
-            .skip(skip)
-            .map(|change| {
-                let (kind, who, by) = match change.kind {
-                    ChangeKind::Created { by } => ("created", by, None),
-                    ChangeKind::Joined { who } => ("joined", who, None),
-                    ChangeKind::Left { who } => ("left", who, None),
-                    ChangeKind::Removed { who, by } => ("removed", who, Some(by)),
-                    ChangeKind::Handover { from, to } => ("handover", to, Some(from)),
-                };
-                EventInfo {
-                    at: rfc3339_ms(change.at),
-                    kind: kind.to_owned(),
-                    who,
-                    by,
-                }
-            })
-            .collect()
+            .filter(|change| told.insert(change.id))
+            .map(event_info)
+            .collect();
+        for event in new {
+            self.tell_followers(&id, &FollowUpdate::Event(event));
+        }
     }
 
     fn follow(&mut self, query: &str) -> Result<Following, String> {
         let id = self.resolve(query)?;
         let history = self.history(&id)?;
         let events = self.events(&id);
+        if let Some(room) = self.rooms.get(&id) {
+            let told = self.events_told.entry(id).or_default();
+            told.extend(room.changes_since_joining().into_iter().map(|c| c.id));
+        }
         let (tx, updates) = mpsc::channel(self.follow_queue);
         // Nothing new will come to a room this profile is no longer in: the stream ends.
         if self.rooms.get(&id).is_some_and(Room::is_member) {
@@ -2082,6 +2115,7 @@ impl EventLoop {
             .gate()
             .forget_refused(&from);
         self.sync_topics(id);
+        self.tell_new_events(id);
         let topic = self.rooms[&id].topic().unwrap_or_default();
         self.remember(id, &announcement);
         self.publish(id, topic, announcement);
@@ -3296,6 +3330,7 @@ impl EventLoop {
     /// Follows a change in a room's log: persist, listen on the right topics, retry
     /// waiting traffic, rotate if the log asks for it.
     fn after_log_change(&mut self, id: RoomId) {
+        self.tell_new_events(id);
         self.end_following_if_out(id);
         self.rescore_peers();
         if let Err(e) = self.save_room(&id) {

@@ -259,14 +259,15 @@ pub async fn within<T>(what: &str, future: impl Future<Output = T>) -> T {
 }
 
 /// The next new message a follower ([`confer_node::Following::updates`]) receives,
-/// skipping delivery confirmations; `None` once the stream has ended.
+/// skipping delivery confirmations and membership changes; `None` once the stream has
+/// ended.
 pub async fn next_message(
     updates: &mut tokio::sync::mpsc::Receiver<FollowUpdate>,
 ) -> Option<MessageInfo> {
     loop {
         match updates.recv().await? {
             FollowUpdate::Message(message) => return Some(message),
-            FollowUpdate::Delivered(_) => {}
+            FollowUpdate::Delivered(_) | FollowUpdate::Event(_) => {}
         }
     }
 }

@@ -132,12 +132,20 @@ async fn a_reader_of_a_room_it_is_removed_from_is_told_so() {
         other => panic!("unexpected {other:?}"),
     }
 
-    // Removed, the reader is told, instead of waiting forever for what will not come.
+    // Removed, the reader is told (the change, then that she is out), instead of waiting
+    // forever for what will not come.
     sam.ok(Request::Remove {
         room: ROOM.into(),
         member: "Priya".into(),
     })
     .await;
+    match within("the removal", reader.next()).await {
+        Ok(Some(Reply::Event(e))) => {
+            assert_eq!((e.kind.as_str(), e.who.as_str()), ("removed", "Priya"));
+            assert_eq!(e.by.as_deref(), Some("Sam"));
+        }
+        other => panic!("expected the removal, got {other:?}"),
+    }
     match within("the end of the stream", reader.next()).await {
         Ok(Some(Reply::Error { message })) => {
             assert!(message.contains("no longer a member"), "{message}");
@@ -154,6 +162,36 @@ async fn a_reader_of_a_room_it_is_removed_from_is_told_so() {
             assert!(message.contains("no longer a member"), "{message}");
         }
         other => panic!("expected the same sentence, got {other:?}"),
+    }
+}
+
+/// A reader is shown membership changes as they happen (those from before it started
+/// came with the history, from its own arrival on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_sees_who_joins_as_it_happens() {
+    let sam = TestNode::start("Sam").await;
+    let priya = TestNode::start("Priya").await;
+    let jo = TestNode::start("Jo").await;
+    sam.form_room(ROOM, "Sam", &[(&priya, "Priya")]).await;
+    let mut client = Client::connect(priya.home()).await.expect("connect");
+    client
+        .send(&Request::Read {
+            room: ROOM.into(),
+            follow: true,
+        })
+        .await
+        .expect("send");
+    match client.next().await.expect("history") {
+        Some(Reply::History { events, .. }) => {
+            let kinds: Vec<_> = events.iter().map(|e| (&*e.kind, &*e.who)).collect();
+            assert_eq!(kinds, [("joined", "Priya")], "from her own arrival on");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    sam.form_more(ROOM, &[(&jo, "Jo")]).await;
+    match next_update(&mut client, "Jo's arrival").await {
+        Reply::Event(e) => assert_eq!((e.kind.as_str(), e.who.as_str()), ("joined", "Jo")),
+        other => panic!("expected Jo's arrival, got {other:?}"),
     }
 }
 

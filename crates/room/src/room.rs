@@ -292,6 +292,8 @@ pub struct Admission {
 /// A change of membership, as shown among a room's messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MembershipChange {
+    /// The operation that made it.
+    pub id: OpHash,
     /// When, by its author's clock (Unix milliseconds).
     pub at: u64,
     /// What changed.
@@ -587,6 +589,7 @@ impl Room {
                 OpBody::Rotate { .. } | OpBody::RevokeInvite { .. } => continue,
             };
             changes.push(MembershipChange {
+                id: *hash,
                 at: op.op.created_at,
                 kind,
             });
