@@ -18,6 +18,18 @@ const ROOM: &str = "Supervision";
 
 /// Opens a follower over the control socket; returns it with the history it was sent.
 async fn follow(node: &TestNode) -> (Client, Vec<confer_node::api::MessageInfo>) {
+    let (client, messages, _) = follow_with_changes(node).await;
+    (client, messages)
+}
+
+/// [`follow`], also returning the membership changes the history carried.
+async fn follow_with_changes(
+    node: &TestNode,
+) -> (
+    Client,
+    Vec<confer_node::api::MessageInfo>,
+    Vec<confer_node::api::EventInfo>,
+) {
     let mut client = Client::connect(node.home()).await.expect("connect");
     client
         .send(&Request::Read {
@@ -27,7 +39,9 @@ async fn follow(node: &TestNode) -> (Client, Vec<confer_node::api::MessageInfo>)
         .await
         .expect("send");
     match client.next().await.expect("history") {
-        Some(Reply::History { messages, .. }) => (client, messages),
+        Some(Reply::History {
+            messages, events, ..
+        }) => (client, messages, events),
         other => panic!("unexpected {other:?}"),
     }
 }
@@ -173,21 +187,9 @@ async fn a_reader_sees_who_joins_as_it_happens() {
     let priya = TestNode::start("Priya").await;
     let jo = TestNode::start("Jo").await;
     sam.form_room(ROOM, "Sam", &[(&priya, "Priya")]).await;
-    let mut client = Client::connect(priya.home()).await.expect("connect");
-    client
-        .send(&Request::Read {
-            room: ROOM.into(),
-            follow: true,
-        })
-        .await
-        .expect("send");
-    match client.next().await.expect("history") {
-        Some(Reply::History { events, .. }) => {
-            let kinds: Vec<_> = events.iter().map(|e| (&*e.kind, &*e.who)).collect();
-            assert_eq!(kinds, [("joined", "Priya")], "from her own arrival on");
-        }
-        other => panic!("unexpected {other:?}"),
-    }
+    let (mut client, _, events) = follow_with_changes(&priya).await;
+    let kinds: Vec<_> = events.iter().map(|e| (&*e.kind, &*e.who)).collect();
+    assert_eq!(kinds, [("joined", "Priya")], "from her own arrival on");
     sam.form_more(ROOM, &[(&jo, "Jo")]).await;
     match next_update(&mut client, "Jo's arrival").await {
         Reply::Event(e) => assert_eq!((e.kind.as_str(), e.who.as_str()), ("joined", "Jo")),
