@@ -513,12 +513,21 @@ impl Room {
         self.log.state().needs_rotation()
     }
 
-    /// A display name for `id`: the member's name, marked if they have left.
+    /// A display name for `id`: the member's name, marked if they have left or were
+    /// removed.
     pub fn display_name_of(&self, id: &MemberId) -> String {
         let state = self.log.state();
         match (state.member(id), state.former_member(id)) {
             (Some(m), _) => m.display_name.clone(),
-            (None, Some(m)) => format!("{} (left)", m.display_name),
+            (None, Some(m)) => {
+                let removed = state.departures().iter().any(|d| {
+                    self.log.op(d).is_some_and(
+                        |op| matches!(&op.op.body, OpBody::Remove { member, .. } if member == id),
+                    )
+                });
+                let how = if removed { "removed" } else { "left" };
+                format!("{} ({how})", m.display_name)
+            }
             (None, None) => format!("(unknown {})", &id.to_hex()[..8]),
         }
     }
@@ -1618,7 +1627,7 @@ mod tests {
 
     /// Membership changes are listed from one's own admission on: the facilitator sees
     /// everything since the room began; a later joiner does not see who came and went
-    /// before it came.
+    /// before it came. A former member's name says whether they left or were removed.
     #[test]
     fn changes_are_listed_from_ones_own_admission() {
         let mut r = rng(14);
@@ -1666,6 +1675,12 @@ mod tests {
         );
         // Bob, whose node was told nothing more, has only his own arrival.
         assert_eq!(kinds(&bob), [ChangeKind::Joined { who: name("Bob") }]);
+        // His messages are shown as a removed member's; one who leaves, as having left.
+        assert_eq!(alice.display_name_of(&bob.me()), "Bob (removed)");
+        let (mut eve, _) = join(&mut carol, "Eve", &mut r);
+        let left = eve.leave(NOW + 4, &mut r).unwrap();
+        carol.open(&left, NOW + 4).unwrap();
+        assert_eq!(carol.display_name_of(&eve.me()), "Eve (left)");
     }
 
     /// Only the facilitator admits, so the invites a facilitator issued stop working (and
