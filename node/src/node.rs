@@ -716,6 +716,12 @@ const JOIN_ATTEMPTS: u32 = 3;
 /// "could not reach the facilitator" would be the wrong thing to tell the person.
 const JOIN_PAUSE: Duration = Duration::from_secs(60);
 
+/// The latest [`MAX_EVENTS`] of `changes`, as the control protocol shows them.
+fn latest_events(changes: Vec<MembershipChange>) -> Vec<EventInfo> {
+    let skip = changes.len().saturating_sub(MAX_EVENTS);
+    changes.into_iter().skip(skip).map(event_info).collect()
+}
+
 /// A membership change as the control protocol shows it.
 fn event_info(change: MembershipChange) -> EventInfo {
     let (kind, who, by) = match change.kind {
@@ -1346,13 +1352,17 @@ impl EventLoop {
     }
 
     /// How many of this profile's unconfirmed messages in `room` were sent under an
-    /// identity that is no longer in it.
+    /// identity that is no longer in it. Reads them only in a room joined again (`node
+    /// run` asks for the status every second).
     fn gone_unconfirmed(&self, room: &Room) -> usize {
         let Some(unconfirmed) = self.unconfirmed.get(&room.id()) else {
             return 0;
         };
         if !room.is_member() {
             return unconfirmed.len();
+        }
+        if !room.rejoined() {
+            return 0;
         }
         let me = room.me();
         unconfirmed
@@ -1402,12 +1412,10 @@ impl EventLoop {
 
     /// The room's membership changes since this profile joined, for its history.
     fn events(&self, id: &RoomId) -> Vec<EventInfo> {
-        let Some(room) = self.rooms.get(id) else {
-            return Vec::new();
-        };
-        let changes = room.changes_since_joining();
-        let skip = changes.len().saturating_sub(MAX_EVENTS);
-        changes.into_iter().skip(skip).map(event_info).collect()
+        self.rooms
+            .get(id)
+            .map(|room| latest_events(room.changes_since_joining()))
+            .unwrap_or_default()
     }
 
     /// Tells the room's followers of membership changes they have not been shown (each
@@ -1434,11 +1442,14 @@ impl EventLoop {
     fn follow(&mut self, query: &str) -> Result<Following, String> {
         let id = self.resolve(query)?;
         let history = self.history(&id)?;
-        let events = self.events(&id);
-        if let Some(room) = self.rooms.get(&id) {
-            let told = self.events_told.entry(id).or_default();
-            told.extend(room.changes_since_joining().into_iter().map(|c| c.id));
-        }
+        let changes = self
+            .rooms
+            .get(&id)
+            .map(Room::changes_since_joining)
+            .unwrap_or_default();
+        let told = self.events_told.entry(id).or_default();
+        told.extend(changes.iter().map(|c| c.id));
+        let events = latest_events(changes);
         let (tx, updates) = mpsc::channel(self.follow_queue);
         // Nothing new will come to a room this profile is no longer in: the stream ends.
         if self.rooms.get(&id).is_some_and(Room::is_member) {
@@ -2571,15 +2582,7 @@ impl EventLoop {
         let empty = BTreeMap::new();
         let index = self.index.get(id).unwrap_or(&empty);
         let not_durable = &self.commit.not_durable;
-        if not_durable.is_empty() {
-            return sync::summary(index);
-        }
-        let durable: BTreeMap<Id, u64> = index
-            .iter()
-            .filter(|(m, _)| !not_durable.contains(*m))
-            .map(|(m, at)| (*m, *at))
-            .collect();
-        sync::summary(&durable)
+        sync::summary_of(index, |m| !not_durable.contains(m))
     }
 
     /// Known addresses of the room's members, to share with other members.

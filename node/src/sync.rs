@@ -99,8 +99,13 @@ pub fn day(sent_at: u64) -> u64 {
 
 /// Summarises an index of message id → sent_at.
 pub fn summary(index: &BTreeMap<Id, u64>) -> Vec<Bucket> {
+    summary_of(index, |_| true)
+}
+
+/// Summarises the messages of an index that `keep` keeps.
+pub fn summary_of(index: &BTreeMap<Id, u64>, keep: impl Fn(&Id) -> bool) -> Vec<Bucket> {
     let mut days: BTreeMap<u64, Bucket> = BTreeMap::new();
-    for (id, sent_at) in index {
+    for (id, sent_at) in index.iter().filter(|(id, _)| keep(id)) {
         let d = day(*sent_at);
         let b = days.entry(d).or_insert(Bucket {
             day: d,
@@ -267,5 +272,14 @@ mod tests {
         let c = index(&[(9, 7 * BUCKET_MS)]);
         assert_eq!(differing_days(&summary(&a), &summary(&c)), vec![0, 1, 7]);
         assert_eq!(differing_days(&[], &summary(&c)), vec![7]);
+    }
+
+    /// Leaving messages out (those not yet on disk) summarises as if they were absent,
+    /// and a day left empty is not in the summary at all.
+    #[test]
+    fn a_summary_of_part_of_an_index_is_that_parts_summary() {
+        let a = index(&[(1, 0), (2, BUCKET_MS), (3, BUCKET_MS + 5)]);
+        let b = index(&[(2, BUCKET_MS)]);
+        assert_eq!(summary_of(&a, |id| id[0] == 2), summary(&b));
     }
 }

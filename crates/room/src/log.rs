@@ -299,6 +299,11 @@ impl State {
         self.former.get(id)
     }
 
+    /// Whether `peer` (libp2p peer id bytes) belongs to a former member.
+    pub fn had_peer(&self, peer: &[u8]) -> bool {
+        self.former.values().any(|m| m.peer == peer)
+    }
+
     /// Whether `peer` (libp2p peer id bytes) belongs to a current or former member.
     pub fn has_peer(&self, peer: &[u8]) -> bool {
         self.members

@@ -606,6 +606,15 @@ impl Room {
         changes
     }
 
+    /// Whether this profile is in the room again, under a new identity, after leaving or
+    /// being removed (its node's peer id belongs to a former member too).
+    pub fn rejoined(&self) -> bool {
+        let state = self.log.state();
+        state
+            .member(&self.me.id())
+            .is_some_and(|m| state.had_peer(&m.peer))
+    }
+
     /// Whether `peer` (libp2p peer id bytes) belongs to a current or former member.
     pub fn knows_peer(&self, peer: &[u8]) -> bool {
         self.log.state().has_peer(peer)
