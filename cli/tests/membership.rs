@@ -323,6 +323,17 @@ fn a_member_who_left_can_join_again_with_a_new_invite() {
         .map(|m| m["text"].as_str().unwrap())
         .collect();
     assert_eq!(texts, ["Before I step back.", "Back again."], "{hers}");
+    // And when she came and went: her first membership up to her leave, then her return.
+    let text = ok(priya, &["read", ROOM]);
+    let events: Vec<&str> = text
+        .lines()
+        .filter_map(|line| line.split_once("] — ").map(|(_, event)| event))
+        .collect();
+    assert_eq!(
+        events,
+        ["Priya joined", "Priya left", "Priya joined"],
+        "{text}"
+    );
 }
 
 #[test]

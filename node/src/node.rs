@@ -1414,7 +1414,7 @@ impl EventLoop {
     fn events(&self, id: &RoomId) -> Vec<EventInfo> {
         self.rooms
             .get(id)
-            .map(|room| latest_events(room.changes_since_joining()))
+            .map(|room| latest_events(room.changes_while_member()))
             .unwrap_or_default()
     }
 
@@ -1429,7 +1429,7 @@ impl EventLoop {
         };
         let told = self.events_told.entry(id).or_default();
         let new: Vec<EventInfo> = room
-            .changes_since_joining()
+            .changes_while_member()
             .into_iter()
             .filter(|change| told.insert(change.id))
             .map(event_info)
@@ -1445,7 +1445,7 @@ impl EventLoop {
         let changes = self
             .rooms
             .get(&id)
-            .map(Room::changes_since_joining)
+            .map(Room::changes_while_member)
             .unwrap_or_default();
         let told = self.events_told.entry(id).or_default();
         told.extend(changes.iter().map(|c| c.id));

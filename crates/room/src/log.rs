@@ -299,6 +299,11 @@ impl State {
         self.former.get(id)
     }
 
+    /// Every former member, in no particular order.
+    pub fn former_members(&self) -> impl Iterator<Item = &Member> {
+        self.former.values()
+    }
+
     /// Whether `peer` (libp2p peer id bytes) belongs to a former member.
     pub fn had_peer(&self, peer: &[u8]) -> bool {
         self.former.values().any(|m| m.peer == peer)

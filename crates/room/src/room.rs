@@ -31,7 +31,7 @@
 //! message whose context includes a departure that its epoch does not descend from: once a
 //! member knows of a removal it must use a later key.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use rand_core::CryptoRng;
 use serde::{Deserialize, Serialize};
@@ -553,20 +553,40 @@ impl Room {
         tag
     }
 
-    /// The membership changes since this member was admitted, its own admission first,
-    /// in log order: who joined, left, was removed or became facilitator. Changes from
-    /// before it are left out: a newcomer is not shown who came and went before it came
-    /// (its node holds the whole log, but nothing invites it to read it).
-    pub fn changes_since_joining(&self) -> Vec<MembershipChange> {
+    /// The membership changes while this profile was in the room, its own admission
+    /// first, in log order: who joined, left, was removed or became facilitator. Changes
+    /// from before it came are left out: a newcomer is not shown who came and went before
+    /// it (its node holds the whole log, but nothing invites it to read it). A member
+    /// invited back sees the changes of each of its memberships, each up to and including
+    /// the operation that ended it, and nothing from while it was away.
+    pub fn changes_while_member(&self) -> Vec<MembershipChange> {
         let state = self.log.state();
-        let me = self.me.id();
-        let Some(since) = state
-            .member(&me)
-            .or_else(|| state.former_member(&me))
-            .map(|m| m.admitted_by)
+        let Some(peer) = state
+            .member(&self.me.id())
+            .or_else(|| state.former_member(&self.me.id()))
+            .map(|m| m.peer.as_slice())
         else {
             return Vec::new();
         };
+        // Each membership this node's profile had: from the operation that admitted it
+        // (or created the room) to the leave or removal that ended it, if any.
+        let starts: BTreeSet<OpHash> = state
+            .members()
+            .into_iter()
+            .chain(state.former_members())
+            .filter(|m| m.peer == peer)
+            .map(|m| m.admitted_by)
+            .collect();
+        let ends: BTreeSet<OpHash> = state
+            .departures()
+            .iter()
+            .filter(|d| {
+                self.departed_by(d)
+                    .and_then(|who| state.former_member(&who))
+                    .is_some_and(|m| m.peer == peer)
+            })
+            .copied()
+            .collect();
         let name = |id: &MemberId| {
             state
                 .member(id)
@@ -574,12 +594,13 @@ impl Room {
                 .map_or_else(|| "someone".to_owned(), |m| m.display_name.clone())
         };
         let mut changes = Vec::new();
-        let mut started = false;
+        let mut inside = false;
         for (hash, op) in self.log.in_order() {
-            started |= *hash == since;
-            if !started || !state.is_valid(hash) {
+            inside |= starts.contains(hash);
+            if !inside || !state.is_valid(hash) {
                 continue;
             }
+            inside = !ends.contains(hash);
             let by = name(&op.op.author);
             let kind = match &op.op.body {
                 OpBody::Create { .. } => ChangeKind::Created { by },
@@ -629,15 +650,20 @@ impl Room {
             return None;
         }
         state.departures().iter().rev().copied().find(|d| {
-            self.log.op(d).is_some_and(|op| {
-                let who = match &op.op.body {
-                    OpBody::Leave => op.op.author,
-                    OpBody::Remove { member, .. } => *member,
-                    _ => return false,
-                };
-                state.former_member(&who).is_some_and(|m| m.peer == peer)
-            })
+            self.departed_by(d)
+                .and_then(|who| state.former_member(&who))
+                .is_some_and(|m| m.peer == peer)
         })
+    }
+
+    /// Who the leave or removal `departure` took out of the room.
+    fn departed_by(&self, departure: &OpHash) -> Option<MemberId> {
+        let op = self.log.op(departure)?;
+        match &op.op.body {
+            OpBody::Leave => Some(op.op.author),
+            OpBody::Remove { member, .. } => Some(*member),
+            _ => None,
+        }
     }
 
     /// For the node of a member who left or was removed, identified by its libp2p peer id
@@ -1648,7 +1674,7 @@ mod tests {
         carol.open(&handover, NOW + 2).unwrap();
         let (_dan, _) = join(&mut carol, "Dan", &mut r);
         let kinds = |room: &Room| -> Vec<ChangeKind> {
-            room.changes_since_joining()
+            room.changes_while_member()
                 .into_iter()
                 .map(|c| c.kind)
                 .collect()
@@ -1690,6 +1716,32 @@ mod tests {
         let left = eve.leave(NOW + 4, &mut r).unwrap();
         carol.open(&left, NOW + 4).unwrap();
         assert_eq!(carol.display_name_of(&eve.me()), "Eve (left)");
+
+        // Bob, invited back (the same node), sees his first membership up to his removal,
+        // and his new one, but nothing from while he was away.
+        let (bob_again, _) = join(&mut carol, "Bob", &mut r);
+        assert!(bob_again.rejoined());
+        assert_eq!(
+            kinds(&bob_again),
+            [
+                ChangeKind::Joined { who: name("Bob") },
+                ChangeKind::Removed {
+                    who: name("Bob"),
+                    by: name("Alice")
+                },
+                ChangeKind::Joined { who: name("Bob") },
+            ]
+        );
+        // Eve's leave ends a membership too: Bob came back while she was away.
+        let (eve_again, _) = join(&mut carol, "Eve", &mut r);
+        assert_eq!(
+            kinds(&eve_again),
+            [
+                ChangeKind::Joined { who: name("Eve") },
+                ChangeKind::Left { who: name("Eve") },
+                ChangeKind::Joined { who: name("Eve") },
+            ]
+        );
     }
 
     /// Only the facilitator admits, so the invites a facilitator issued stop working (and
