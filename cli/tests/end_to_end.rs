@@ -363,13 +363,48 @@ fn read_last_shows_only_the_end_of_the_history() {
 fn a_second_room_of_the_same_name_is_refused_and_nothing_changes() {
     let (dir, _node, first) = sam_alone_in("Peer group");
     let home = dir.path();
-    let refused = fails(&run(home, &["room", "create", "Peer group"]));
-    assert!(refused.contains("already have a room called"), "{refused}");
+    for same in ["Peer group", " peer  GROUP"] {
+        let refused = fails(&run(home, &["room", "create", same]));
+        assert!(refused.contains("already have a room called"), "{refused}");
+    }
     let rooms = ok_json(home, &["room", "list"]);
     assert_eq!(rooms.as_array().unwrap().len(), 1);
     assert_eq!(rooms[0]["room_id"], first["room_id"]);
-    // The name still names the one room.
+    // The name still names the one room, typed in any case or spacing.
     ok_json(home, &["send", "Peer group", "Still one room."]);
+    ok_json(home, &["send", "peer GROUP ", "Typed loosely."]);
+    let texts: Vec<String> = read(home, "PEER GROUP")
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, ["Still one room.", "Typed loosely."]);
+    let unknown = fails(&run(home, &["read", "Peer groups"]));
+    assert!(unknown.contains("no room called"), "{unknown}");
+}
+
+/// A room joined can have the name of one's own in another case: the exact name still
+/// tells them apart, a loose one is refused as ambiguous.
+#[test]
+fn rooms_whose_names_differ_only_in_case_are_told_apart_by_the_exact_name() {
+    let (sam_dir, _sam_node, sams) = sam_alone_in("Peer group");
+    let priya_dir = tempfile::tempdir().unwrap();
+    let (sam, priya) = (sam_dir.path(), priya_dir.path());
+    init(priya, "Priya");
+    let _priya_node = NodeProcess::start(priya);
+    let hers = ok_json(priya, &["room", "create", "peer GROUP"]);
+    let code = ok_json(priya, &["invite", "peer GROUP"])["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok_json(sam, &["join", &code]);
+    for (name, room) in [("Peer group", &sams), ("peer GROUP", &hers)] {
+        ok_json(sam, &["send", name, &format!("To {name}.")]);
+        let by_id = &room["room_id"].as_str().unwrap()[..8];
+        let texts: Vec<Value> = read(sam, by_id).iter().map(|m| m["text"].clone()).collect();
+        assert_eq!(texts, [format!("To {name}.")]);
+    }
+    let ambiguous = fails(&run(sam, &["send", "PEER GROUP", "Which room?"]));
+    assert!(ambiguous.contains("more than one room"), "{ambiguous}");
 }
 
 #[test]

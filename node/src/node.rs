@@ -1302,13 +1302,21 @@ impl EventLoop {
     }
 
     /// Resolves a room by exact name or by a unique prefix of its hex id.
+    /// The room `query` names: its exact name; else its name typed in another case or
+    /// with other spacing (as member names are matched), if only one room has such a name;
+    /// else the start of its id (at least four hex digits).
     fn resolve(&self, query: &str) -> Result<RoomId, String> {
-        let by_name: Vec<RoomId> = self
-            .rooms
-            .values()
-            .filter(|r| r.name() == query)
-            .map(Room::id)
-            .collect();
+        let named = |matches: &dyn Fn(&str) -> bool| -> Vec<RoomId> {
+            self.rooms
+                .values()
+                .filter(|r| matches(r.name()))
+                .map(Room::id)
+                .collect()
+        };
+        let mut by_name = named(&|name| name == query);
+        if by_name.is_empty() {
+            by_name = named(&|name| confer_room::invite::same_name(name, query));
+        }
         if by_name.len() == 1 {
             return Ok(by_name[0]);
         }
@@ -1628,9 +1636,13 @@ impl EventLoop {
     }
 
     fn create_room(&mut self, name: &str, display_name: Option<String>) -> Reply {
-        // Rooms are named by their names in every command: two of the same name could
-        // only be told apart by id.
-        if let Some(same) = self.rooms.values().find(|r| r.name() == name) {
+        // Rooms are named by their names in every command, typed in any case and
+        // spacing: two of the same name could only be told apart by id.
+        if let Some(same) = self
+            .rooms
+            .values()
+            .find(|r| confer_room::invite::same_name(r.name(), name))
+        {
             return error(format!(
                 "you already have a room called \"{name}\" (id {}…); give the new one another name",
                 &same.id().to_hex()[..8]
