@@ -2573,7 +2573,9 @@ impl EventLoop {
         };
         let ops = room.log().ops();
         let addresses = self.member_addresses(&id);
-        let summary = Some(self.durable_summary(&id));
+        let mut salt = sync::Salt::default();
+        rand::rand_core::Rng::fill_bytes(&mut rng(), &mut salt);
+        let summary = Some(self.durable_summary(&id, &salt));
         self.push(
             id,
             &[peer],
@@ -2581,20 +2583,21 @@ impl EventLoop {
                 ops,
                 envelopes,
                 summary,
+                salt,
                 addresses,
                 ..SyncPush::default()
             },
         );
     }
 
-    /// The summary of the messages of room `id` held on disk: the other side takes a day
-    /// it agrees on as a confirmation of everything it holds on that day (see
-    /// [`Self::receive_push`]), so messages stored but not yet flushed are left out.
-    fn durable_summary(&self, id: &RoomId) -> Vec<sync::Bucket> {
+    /// The summary of the messages of room `id` held on disk, under `salt`: the other
+    /// side takes a day it agrees on as a confirmation of everything it holds on that day
+    /// (see [`Self::receive_push`]), so messages stored but not yet flushed are left out.
+    fn durable_summary(&self, id: &RoomId, salt: &sync::Salt) -> Vec<sync::Bucket> {
         let empty = BTreeMap::new();
         let index = self.index.get(id).unwrap_or(&empty);
         let not_durable = &self.commit.not_durable;
-        sync::summary_of(index, |m| !not_durable.contains(m))
+        sync::summary_of(index, salt, |m| !not_durable.contains(m))
     }
 
     /// Known addresses of the room's members, to share with other members.
@@ -2624,6 +2627,7 @@ impl EventLoop {
             ops,
             envelopes,
             summary,
+            salt,
             want,
             addresses,
             ..
@@ -2631,12 +2635,13 @@ impl EventLoop {
         // A long want list is split over several requests (ids are 32 bytes, plus framing).
         let mut wants = want.chunks((budget / 40).max(1)).map(<[Id]>::to_vec);
         let first_want = wants.next().unwrap_or_default();
-        let fixed = confer_room::wire::encode(&(&summary, &first_want, &addresses))
+        let fixed = confer_room::wire::encode(&(&summary, &salt, &first_want, &addresses))
             .map(|b| b.len())
             .unwrap_or(budget);
         let mut batches = vec![SyncPush {
             room: tag,
             summary,
+            salt,
             want: first_want,
             addresses,
             ..SyncPush::default()
@@ -3006,7 +3011,7 @@ impl EventLoop {
     /// [`WANT_TIMEOUT`] (then whoever answers next is asked again, for what is still
     /// missing).
     fn receive_reply(&mut self, from: PeerId, bytes: &[u8]) {
-        let Ok(reply) = confer_room::wire::decode::<SyncReply>(bytes, net::MAX_RESPONSE) else {
+        let Some(reply) = SyncReply::from_bytes(bytes) else {
             self.dropped += 1;
             return;
         };
@@ -3169,7 +3174,7 @@ impl EventLoop {
     /// former member is answered with its departure; a node no longer in the room answers
     /// a member with its own, and takes nothing.
     fn receive_push(&mut self, from: PeerId, bytes: &[u8]) -> Option<SyncReply> {
-        let Ok(push) = confer_room::wire::decode::<SyncPush>(bytes, net::MAX_REQUEST) else {
+        let Some(push) = SyncPush::from_bytes(bytes) else {
             self.dropped += 1;
             return None;
         };
@@ -3277,7 +3282,7 @@ impl EventLoop {
         if let Some(theirs) = &push.summary {
             let empty = BTreeMap::new();
             let index = self.index.get(&id).unwrap_or(&empty);
-            let days = sync::differing_days(&sync::summary(index), theirs);
+            let days = sync::differing_days(&sync::summary(index, &push.salt), theirs);
             // On a day both summaries agree on, the member holds on disk (its summary
             // counts nothing else) every message held here, ours among them. Without
             // this, one of ours that it took but never confirmed (the confirmation was

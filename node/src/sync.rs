@@ -6,8 +6,18 @@
 //! message relayed by any member is as trustworthy as one from its author.
 //!
 //! Reconciliation is by day buckets: a member sends, per UTC day of `sent_at`, the count of
-//! messages it holds and the XOR of their ids. The other answers with the days that differ
+//! messages it holds and a digest of their ids. The other answers with the days that differ
 //! and its ids in those days; the asker then asks (`want`) for the envelopes it lacks.
+//!
+//! The digest is the XOR of each id's SHA-256 under a salt the asker draws afresh for each
+//! reconciliation ([`SyncPush::salt`]). A plain XOR of ids would do against chance, but
+//! not against a member: message ids are hashes of envelopes its author makes, and with a
+//! few hundred messages of its own, sent to some members only, a member could search
+//! (Wagner's generalised birthday attack, about 2^40 hashes) for two sets whose XORs
+//! differ by exactly one honest member's message, so that two members' summaries agree
+//! while one lacks it, and catch-up never sends it (a day's agreement also confirms
+//! delivery). Under a salt nobody knows before the reconciliation, the search cannot
+//! start; equal digests then mean equal sets except with probability 2^-256.
 //! Nothing is sent unasked: both sides of a connection start a reconciliation, so each
 //! learns what it lacks from its own, and a member missing much asks one member for it
 //! rather than receiving it from all (see `EventLoop::receive_reply` in `node.rs`). A
@@ -20,9 +30,17 @@ use std::time::{Duration, Instant};
 use confer_room::log::SignedOp;
 use confer_room::room::MessageRecord;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 /// A message id.
 pub type Id = [u8; 32];
+
+/// A reconciliation's salt (see the module docs).
+pub type Salt = [u8; 16];
+
+/// The domain label of a bucket digest, padded so that label and salt fill exactly one
+/// SHA-256 block: the block is compressed once per summary, and each id costs one more.
+const DIGEST_LABEL: &[u8] = b"confer/v1/sync-bucket";
 
 /// Milliseconds in a reconciliation bucket (one UTC day).
 const BUCKET_MS: u64 = 24 * 3600 * 1000;
@@ -51,15 +69,15 @@ impl StoredMessage {
     }
 }
 
-/// One day's summary: how many messages, and the XOR of their ids.
+/// One day's summary: how many messages, and a digest of their ids.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bucket {
     /// Days since the Unix epoch.
     pub day: u64,
     /// Messages that day.
     pub count: u32,
-    /// XOR of their ids.
-    pub xor: Id,
+    /// XOR of the salted SHA-256 of their ids.
+    pub digest: Id,
 }
 
 /// What one member pushes to another (a request on the sync protocol).
@@ -73,11 +91,21 @@ pub struct SyncPush {
     pub envelopes: Vec<Vec<u8>>,
     /// The sender's message summary, asking for reconciliation.
     pub summary: Option<Vec<Bucket>>,
+    /// The salt of that summary's digests, fresh for each reconciliation; the receiver
+    /// summarises its own messages under it to compare.
+    pub salt: Salt,
     /// Message ids the sender wants sent to it.
     pub want: Vec<Id>,
     /// Addresses at which the sender has reached members of this room:
     /// (libp2p peer id bytes, multiaddresses).
     pub addresses: Vec<(Vec<u8>, Vec<String>)>,
+}
+
+impl SyncPush {
+    /// Decodes a push from another node, at most [`crate::net::MAX_REQUEST`] bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        confer_room::wire::decode(bytes, crate::net::MAX_REQUEST).ok()
+    }
 }
 
 /// The answer to a [`SyncPush`].
@@ -92,28 +120,44 @@ pub struct SyncReply {
     pub ids: Vec<Id>,
 }
 
+impl SyncReply {
+    /// Decodes an answer from another node, at most [`crate::net::MAX_RESPONSE`] bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        confer_room::wire::decode(bytes, crate::net::MAX_RESPONSE).ok()
+    }
+}
+
 /// The day bucket of a message sent at `sent_at` (Unix ms).
 pub fn day(sent_at: u64) -> u64 {
     sent_at / BUCKET_MS
 }
 
-/// Summarises an index of message id → sent_at.
-pub fn summary(index: &BTreeMap<Id, u64>) -> Vec<Bucket> {
-    summary_of(index, |_| true)
+/// Summarises an index of message id → sent_at, under `salt`.
+pub fn summary(index: &BTreeMap<Id, u64>, salt: &Salt) -> Vec<Bucket> {
+    summary_of(index, salt, |_| true)
 }
 
-/// Summarises the messages of an index that `keep` keeps.
-pub fn summary_of(index: &BTreeMap<Id, u64>, keep: impl Fn(&Id) -> bool) -> Vec<Bucket> {
+/// Summarises the messages of an index that `keep` keeps, under `salt`.
+pub fn summary_of(
+    index: &BTreeMap<Id, u64>,
+    salt: &Salt,
+    keep: impl Fn(&Id) -> bool,
+) -> Vec<Bucket> {
+    let mut block = [0u8; 64];
+    block[..DIGEST_LABEL.len()].copy_from_slice(DIGEST_LABEL);
+    block[64 - salt.len()..].copy_from_slice(salt);
+    let salted = Sha256::new_with_prefix(block);
     let mut days: BTreeMap<u64, Bucket> = BTreeMap::new();
     for (id, sent_at) in index.iter().filter(|(id, _)| keep(id)) {
         let d = day(*sent_at);
         let b = days.entry(d).or_insert(Bucket {
             day: d,
             count: 0,
-            xor: [0; 32],
+            digest: [0; 32],
         });
         b.count += 1;
-        for (x, y) in b.xor.iter_mut().zip(id) {
+        let h = salted.clone().chain_update(id).finalize();
+        for (x, y) in b.digest.iter_mut().zip(h.iter()) {
             *x ^= y;
         }
     }
@@ -200,6 +244,42 @@ impl Wants {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// What other nodes send, and what the store gives back, never panics a decoder.
+        #[test]
+        fn bytes_from_outside_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..4096)) {
+            let _ = SyncPush::from_bytes(&bytes);
+            let _ = SyncReply::from_bytes(&bytes);
+            let _ = StoredMessage::from_bytes(&bytes);
+        }
+    }
+
+    /// A length that claims more than the limit is refused before anything is allocated
+    /// for it, and a push over the request limit is refused whole.
+    #[test]
+    fn pushes_are_decoded_within_their_limit() {
+        let mut claim = vec![0u8; 16]; // the room tag
+        claim.push(253); // bincode varint: a u64 follows
+        claim.extend_from_slice(&(u64::MAX / 2).to_le_bytes());
+        assert!(SyncPush::from_bytes(&claim).is_none());
+        let push = |size: usize| SyncPush {
+            envelopes: vec![vec![1; size]],
+            salt: [3; 16],
+            ..SyncPush::default()
+        };
+        let fits = confer_room::wire::encode(&push(1000)).unwrap();
+        let decoded = SyncPush::from_bytes(&fits).unwrap();
+        assert_eq!(
+            (decoded.envelopes, decoded.salt),
+            (vec![vec![1; 1000]], [3; 16])
+        );
+        let over = confer_room::wire::encode(&push(crate::net::MAX_REQUEST)).unwrap();
+        assert!(SyncPush::from_bytes(&over).is_none());
+    }
 
     #[test]
     fn an_id_that_never_arrives_is_asked_for_less_and_less_often() {
@@ -254,10 +334,36 @@ mod tests {
         entries.iter().map(|(b, t)| ([*b; 32], *t)).collect()
     }
 
+    const SALT: Salt = [5; 16];
+
+    fn summary(index: &BTreeMap<Id, u64>) -> Vec<Bucket> {
+        super::summary(index, &SALT)
+    }
+
     #[test]
     fn equal_sets_have_no_differences() {
         let a = index(&[(1, 0), (2, BUCKET_MS), (3, BUCKET_MS + 5)]);
         assert!(differing_days(&summary(&a), &summary(&a)).is_empty());
+    }
+
+    /// Two sets of the same size whose ids XOR to the same value (easy to make: message
+    /// ids are hashes of what their authors send) do not summarise alike, and a salt
+    /// the maker did not know changes every digest.
+    #[test]
+    fn sets_whose_ids_xor_alike_are_still_told_apart() {
+        let xor = |ids: &[Id]| {
+            ids.iter().fold([0u8; 32], |mut acc, id| {
+                acc.iter_mut().zip(id).for_each(|(a, b)| *a ^= b);
+                acc
+            })
+        };
+        let (x1, x2, x3, y1, y2) = ([1; 32], [2; 32], [4; 32], [8; 32], [16; 32]);
+        let y3 = xor(&[x1, x2, x3, y1, y2]);
+        assert_eq!(xor(&[x1, x2, x3]), xor(&[y1, y2, y3]));
+        let same_day = |ids: [Id; 3]| ids.into_iter().map(|id| (id, 0)).collect();
+        let (a, b): (BTreeMap<Id, u64>, _) = (same_day([x1, x2, x3]), same_day([y1, y2, y3]));
+        assert_eq!(differing_days(&summary(&a), &summary(&b)), vec![0]);
+        assert_ne!(summary(&a), super::summary(&a, &[6; 16]));
     }
 
     #[test]
@@ -280,6 +386,6 @@ mod tests {
     fn a_summary_of_part_of_an_index_is_that_parts_summary() {
         let a = index(&[(1, 0), (2, BUCKET_MS), (3, BUCKET_MS + 5)]);
         let b = index(&[(2, BUCKET_MS)]);
-        assert_eq!(summary_of(&a, |id| id[0] == 2), summary(&b));
+        assert_eq!(summary_of(&a, &SALT, |id| id[0] == 2), summary(&b));
     }
 }
