@@ -535,3 +535,66 @@ fn read_follow_says_when_a_message_arrives_late_and_when_ones_own_is_received() 
         assert!(node.terminate().success());
     }
 }
+
+/// A profile folder copied while its node is stopped (a new computer, or a backup
+/// restored after losing one) carries on as the same person: a stale copy catches up on
+/// what was said and on the key since it was made, and a facilitator keeps running the
+/// room. Invites issued after the copy was made are not recognised; new ones work.
+#[test]
+fn a_profile_copied_while_stopped_carries_on_and_catches_up() {
+    let (dirs, sam_node, _priya_node) = common::sam_and_priya_in(ROOM);
+    let [sam, priya] = [dirs[0].path(), dirs[1].path()];
+    sam_node.terminate();
+    let copies = tempfile::tempdir().unwrap();
+    let copy = copies.path().join("sam");
+    let copied = std::process::Command::new("cp")
+        .args(["-a", "--"])
+        .arg(sam)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+
+    // The original goes on for a while after the copy was made (each on the port the
+    // profile keeps, as a moved computer keeps its configuration).
+    let sam_node = NodeProcess::start_with(sam, &[]);
+    send_and_wait(sam, ROOM, "Said after the copy.", &[priya]);
+    ok_json(sam, &["rotate", ROOM]);
+    let later_code = invite_code(sam);
+    eventually("Priya to have the new key", Duration::from_secs(20), || {
+        (ok_json(priya, &["members", ROOM])[0]["epoch"] == 1).then_some(())
+    });
+    sam_node.terminate();
+    ok_json(priya, &["send", ROOM, "Said while Sam was away."]);
+
+    // The copy starts (the original is never run again) and catches up.
+    let _copy_node = NodeProcess::start_with(&copy, &[]);
+    eventually("the copy to catch up", Duration::from_secs(20), || {
+        let texts: Vec<Value> = read(&copy, ROOM)
+            .iter()
+            .map(|m| m["text"].clone())
+            .collect();
+        (texts == ["Said after the copy.", "Said while Sam was away."]).then_some(())
+    });
+    assert_eq!(ok_json(&copy, &["members", ROOM])[0]["epoch"], 1);
+    send_and_wait(&copy, ROOM, "From the copy.", &[priya]);
+
+    // Still the facilitator: an invite made after the copy is refused, a new one admits.
+    let jo_dir = tempfile::tempdir().unwrap();
+    let jo = jo_dir.path();
+    init(jo, "Jo");
+    let _jo_node = NodeProcess::start(jo);
+    let refused = fails(&run(jo, &["join", &later_code]));
+    assert!(
+        refused.contains("does not recognise this invite"),
+        "{refused}"
+    );
+    ok_json(jo, &["join", &invite_code(&copy)]);
+    let names: Vec<Value> = ok_json(priya, &["members", ROOM])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].clone())
+        .collect();
+    assert!(names.contains(&Value::from("Jo")), "{names:?}");
+}
