@@ -4,7 +4,8 @@
 //! on 127.0.0.1. Everything goes through [`Node::request`], the same requests the control
 //! socket carries, so the demo exercises exactly what `confer` commands do. Between steps it
 //! never sleeps blindly: after each message it polls the other two nodes until the message
-//! has arrived, with a deadline that turns into a clear error.
+//! has arrived, with a deadline that turns into a clear error. At the end the facilitator
+//! removes one member, and the demo checks that what is said next never reaches them.
 
 use std::time::{Duration, Instant};
 
@@ -46,6 +47,10 @@ const DISCUSSION: [(usize, &str); 4] = [
          the group to help you with?",
     ),
 ];
+
+/// What Sam says once Jo has been removed; Jo's node must never show it.
+const CLOSING: &str = "Jo's placement has ended, so it is the two of us from next month. \
+                       Same time, same ground rules.";
 
 /// One participant: a name for the narration, a node, and the profile directory that
 /// disappears with it.
@@ -223,7 +228,79 @@ async fn session(people: &[Person; 3]) -> Result<(), Error> {
             "the three nodes do not show the same four messages in the same order",
         ));
     }
-    say("All three nodes hold the same four messages in the same order.")
+    say("All three nodes hold the same four messages in the same order.")?;
+    remove_jo(people, &room.room_id).await
+}
+
+/// The property the room's keys exist for: Sam removes Jo, the room moves to a key Jo's
+/// node never receives, and what is said next never reaches Jo's node.
+async fn remove_jo(people: &[Person; 3], room: &str) -> Result<(), Error> {
+    let [sam, priya, jo] = people;
+    let changed = match ask(
+        sam,
+        Request::Remove {
+            room: room.to_owned(),
+            member: jo.name.to_owned(),
+        },
+    )
+    .await?
+    {
+        Reply::Changed(changed) => changed,
+        other => return Err(unexpected(&other)),
+    };
+    say(&format!(
+        "Sam now removes Jo from the room. Sam's node makes a new room key (key epoch {}) and seals it to Sam and Priya only.",
+        changed.epoch
+    ))?;
+    until("Priya's node to have the new key", || async {
+        Ok(matches!(
+            ask(priya, Request::Members { room: room.to_owned() }).await?,
+            Reply::Members { epoch, .. } if epoch == changed.epoch
+        ))
+    })
+    .await?;
+    until("Jo's node to learn of the removal", || async {
+        Ok(matches!(
+            ask(
+                jo,
+                Request::Read {
+                    room: room.to_owned(),
+                    follow: false
+                }
+            )
+            .await?,
+            Reply::History { member: false, .. }
+        ))
+    })
+    .await?;
+    say(
+        "Priya's node has the new key; Jo's node learns that Jo is no longer a member, and receives no key.",
+    )?;
+    let message_id = match ask(
+        sam,
+        Request::Send {
+            room: room.to_owned(),
+            text: CLOSING.to_owned(),
+        },
+    )
+    .await?
+    {
+        Reply::Sent { message_id, .. } => message_id,
+        other => return Err(unexpected(&other)),
+    };
+    say(&format!("Sam writes: {CLOSING}"))?;
+    wait_for(priya, room, &message_id).await?;
+    say("  … delivered to Priya's node.")?;
+    let jos = history(jo, room).await?;
+    if jos.iter().any(|m| m.text == CLOSING) || jos.len() != DISCUSSION.len() {
+        return Err(Error::usage(
+            "Jo's node holds a message sent after Jo was removed",
+        ));
+    }
+    say(&format!(
+        "Jo's node never had it, and could not open it if it did: Jo's history still ends with the {} messages of the check-in.",
+        jos.len()
+    ))
 }
 
 /// Reads every file the three nodes wrote and fails if any holds the room's name or a
@@ -231,7 +308,7 @@ async fn session(people: &[Person; 3]) -> Result<(), Error> {
 fn check_no_plaintext(homes: &[tempfile::TempDir]) -> Result<(), Error> {
     // Display names are too short to search for: two or three bytes turn up by chance in
     // ciphertext. The room's name and whole messages cannot.
-    let mut secrets: Vec<&str> = vec![ROOM];
+    let mut secrets: Vec<&str> = vec![ROOM, CLOSING];
     secrets.extend(DISCUSSION.iter().map(|(_, text)| *text));
     for home in homes {
         for file in files_under(home.path())? {
@@ -331,26 +408,38 @@ async fn history(person: &Person, room: &str) -> Result<Vec<MessageInfo>, Error>
     }
 }
 
-/// Polls `reader`'s node until it holds `message_id`, or fails after [`DELIVERY_DEADLINE`].
-async fn wait_for(reader: &Person, room: &str, message_id: &str) -> Result<(), Error> {
+/// Polls `check` until it holds, or fails after [`DELIVERY_DEADLINE`] saying it waited
+/// for `what`.
+async fn until<F, Fut>(what: &str, mut check: F) -> Result<(), Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool, Error>>,
+{
     let deadline = Instant::now() + DELIVERY_DEADLINE;
-    loop {
-        if history(reader, room)
-            .await?
-            .iter()
-            .any(|m| m.message_id == message_id)
-        {
-            return Ok(());
-        }
+    while !check().await? {
         if Instant::now() >= deadline {
             return Err(Error::usage(format!(
-                "{}'s node did not receive a message within {} seconds",
-                reader.name,
+                "waited {} seconds for {what}",
                 DELIVERY_DEADLINE.as_secs()
             )));
         }
         tokio::time::sleep(POLL_EVERY).await;
     }
+    Ok(())
+}
+
+/// Polls `reader`'s node until it holds `message_id`, or fails after [`DELIVERY_DEADLINE`].
+async fn wait_for(reader: &Person, room: &str, message_id: &str) -> Result<(), Error> {
+    until(
+        &format!("{}'s node to receive a message", reader.name),
+        || async {
+            Ok(history(reader, room)
+                .await?
+                .iter()
+                .any(|m| m.message_id == message_id))
+        },
+    )
+    .await
 }
 
 fn unexpected(reply: &Reply) -> Error {

@@ -304,6 +304,10 @@ fn demo_walks_through_a_session_and_exits_0() {
         "writes",
         "sees 4 messages",
         "same four messages",
+        "removes Jo",
+        "new room key (key epoch 1)",
+        "delivered to Priya's node",
+        "Jo's node never had it",
     ] {
         assert!(
             stdout.contains(step),

@@ -155,7 +155,7 @@ pub enum Reply {
         /// may have reached the others.
         #[serde(default = "yes")]
         member: bool,
-        /// Membership changes since this profile joined (at most [`MAX_EVENTS`], the
+        /// Membership changes while this profile was in the room (at most [`MAX_EVENTS`], the
         /// latest), oldest first, to show among the messages.
         #[serde(default)]
         events: Vec<EventInfo>,

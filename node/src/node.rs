@@ -377,7 +377,7 @@ pub struct Following {
     pub room_id: String,
     /// Every message held so far, oldest first.
     pub history: Vec<MessageInfo>,
-    /// The membership changes since this profile joined, oldest first (not followed:
+    /// The membership changes while this profile was in the room, oldest first (not followed:
     /// `confer members` shows the room as it is now).
     pub events: Vec<EventInfo>,
     /// Each new message as it is stored, and each confirmation of this member's own
@@ -1418,7 +1418,7 @@ impl EventLoop {
         Ok(out)
     }
 
-    /// The room's membership changes since this profile joined, for its history.
+    /// The room's membership changes while this profile was in the room, for its history.
     fn events(&self, id: &RoomId) -> Vec<EventInfo> {
         self.rooms
             .get(id)
