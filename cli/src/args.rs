@@ -179,7 +179,7 @@ pub enum Command {
         output: Output,
     },
 
-    /// List a room's members, their roles, and the room's current key epoch.
+    /// List a room's members, their roles, who is connected now, and the room's key epoch.
     ///
     /// The key epoch is a number that goes up each time the room's key changes: whenever
     /// someone leaves or is removed, and whenever a member runs `confer rotate`.

@@ -520,8 +520,13 @@ pub async fn members(home: &Path, room: String, json: bool) -> Result<(), Error>
     }
     output::line(&format!("Key epoch: {epoch}"))?;
     for member in &members {
+        let presence = match (member.you, member.connected) {
+            (true, _) => "you",
+            (false, true) => "connected",
+            (false, false) => "not connected now",
+        };
         output::line(&format!(
-            "{}  ({})  id {}",
+            "{}  ({}, {presence})  id {}",
             safe_line(&member.name),
             safe_line(&member.role),
             safe_line(&member.member_id)
@@ -801,6 +806,8 @@ mod tests {
             member_id: "ab12".to_owned(),
             name: "Sam".to_owned(),
             role: "facilitator".to_owned(),
+            you: true,
+            connected: true,
         };
         let line = MemberLine {
             member: &member,
@@ -809,7 +816,8 @@ mod tests {
         assert_eq!(
             serde_json::to_value([line]).unwrap(),
             serde_json::json!([
-                {"member_id": "ab12", "name": "Sam", "role": "facilitator", "epoch": 3}
+                {"member_id": "ab12", "name": "Sam", "role": "facilitator", "you": true,
+                 "connected": true, "epoch": 3}
             ])
         );
     }

@@ -449,3 +449,37 @@ fn leaving_while_nobody_is_connected_says_to_keep_the_node_running() {
         assert!(node.terminate().success());
     }
 }
+
+/// `members` says who is connected now: what is sent now reaches them at once.
+#[test]
+fn members_says_who_is_connected_now() {
+    let (dirs, _sam_node, priya_node) = common::sam_and_priya_in(ROOM);
+    let [sam, priya] = [dirs[0].path(), dirs[1].path()];
+    let presence = |home: &Path| -> Vec<(bool, bool)> {
+        ok_json(home, &["members", ROOM])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                (
+                    m["you"].as_bool().unwrap(),
+                    m["connected"].as_bool().unwrap(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(presence(sam), [(true, true), (false, true)]);
+    assert_eq!(presence(priya), [(false, true), (true, true)]);
+    let text = ok(sam, &["members", ROOM]);
+    assert!(text.contains("Sam  (facilitator, you)"), "{text}");
+    assert!(text.contains("Priya  (member, connected)"), "{text}");
+    priya_node.terminate();
+    eventually("Sam to see Priya's node gone", PATIENCE, || {
+        (presence(sam) == [(true, true), (false, false)]).then_some(())
+    });
+    let text = ok(sam, &["members", ROOM]);
+    assert!(
+        text.contains("Priya  (member, not connected now)"),
+        "{text}"
+    );
+}

@@ -363,6 +363,14 @@ pub struct MemberInfo {
     pub name: String,
     /// `facilitator` or `member`.
     pub role: String,
+    /// Whether this is the profile asking.
+    #[serde(default)]
+    pub you: bool,
+    /// Whether the member's node is connected to this node now (always for `you`):
+    /// what is sent now reaches connected members at once, and the others when their
+    /// nodes next reach a member's.
+    #[serde(default)]
+    pub connected: bool,
 }
 
 /// The state of a room after a membership change.

@@ -1621,10 +1621,17 @@ impl EventLoop {
                         members: room
                             .members()
                             .iter()
-                            .map(|m| MemberInfo {
-                                member_id: m.public.id.to_hex(),
-                                name: m.display_name.clone(),
-                                role: m.role.as_str().to_owned(),
+                            .map(|m| {
+                                let you = m.public.id == room.me();
+                                MemberInfo {
+                                    member_id: m.public.id.to_hex(),
+                                    name: m.display_name.clone(),
+                                    role: m.role.as_str().to_owned(),
+                                    you,
+                                    connected: you
+                                        || PeerId::from_bytes(&m.peer)
+                                            .is_ok_and(|p| self.swarm.is_connected(&p)),
+                                }
                             })
                             .collect(),
                     }
