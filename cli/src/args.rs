@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::duration::parse_invite_lifetime;
+use crate::duration::{parse_invite_lifetime, parse_wait};
 
 /// Confer: small, private discussion rooms for professionals who work alone.
 ///
@@ -119,9 +119,9 @@ pub enum Command {
 
     /// Join a room with an invite code you were given.
     ///
-    /// Your node contacts the facilitator's node, which must be running; this can take
-    /// a few seconds. You appear in the room under a new identity that is not linked to
-    /// your other rooms.
+    /// Your node contacts the facilitator's node, which must be running (or, with
+    /// --wait, start running before the wait ends); this can take a few seconds. You
+    /// appear in the room under a new identity that is not linked to your other rooms.
     Join {
         /// The invite code, exactly as you received it.
         code: String,
@@ -131,6 +131,12 @@ pub enum Command {
         /// else.
         #[arg(long = "as", value_name = "DISPLAY_NAME")]
         display_name: Option<String>,
+        /// If the facilitator's node cannot be reached now, keep trying for this long
+        /// (e.g. 30m, 12h, 2d) instead of giving up: your node tries again, less and less
+        /// often (at most once a minute), until it can, or the invite expires. Press
+        /// Ctrl-C to stop waiting.
+        #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
+        wait: Option<u64>,
         #[command(flatten)]
         output: Output,
     },

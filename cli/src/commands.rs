@@ -234,13 +234,25 @@ pub async fn join(
     home: &Path,
     code: String,
     display_name: Option<String>,
+    wait_secs: Option<u64>,
     json: bool,
 ) -> Result<(), Error> {
     // Admission takes a round trip to the facilitator's node.
+    let progress = match wait_secs {
+        None => "Contacting the facilitator…".to_owned(),
+        Some(secs) => format!(
+            "Contacting the facilitator; if their node cannot be reached, trying again until it can (for up to {}; Ctrl-C stops waiting)…",
+            humantime::format_duration(std::time::Duration::from_secs(secs))
+        ),
+    };
     let reply = ask_patiently(
         home,
-        &Request::Join { code, display_name },
-        "Contacting the facilitator…",
+        &Request::Join {
+            code,
+            display_name,
+            wait_secs: wait_secs.unwrap_or(0),
+        },
+        &progress,
         json,
         "the node stopped before the facilitator answered; you have not joined",
     )

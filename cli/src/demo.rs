@@ -136,6 +136,7 @@ async fn session(people: &[Person; 3]) -> Result<(), Error> {
             Request::Join {
                 code: invite.code,
                 display_name: Some(joiner.name.to_owned()),
+                wait_secs: 0,
             },
         )
         .await?

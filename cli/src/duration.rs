@@ -1,4 +1,5 @@
-//! Invite lifetimes written the way people write them: `90s`, `30m`, `24h`, `7d`.
+//! Durations written the way people write them: `90s`, `30m`, `24h`, `7d` (invite
+//! lifetimes, and how long `join --wait` keeps trying).
 
 /// The longest an invite may stay valid: a year. Anything longer is almost certainly a
 /// mistake, and a code that works for years is a code that leaks.
@@ -12,6 +13,24 @@ const DAY: u64 = 24 * HOUR;
 /// `h`, `d`. Rejects zero and anything over [`MAX_INVITE_LIFETIME_SECS`]. The error is a
 /// sentence for the user (clap shows it after "invalid value … for '--expires'").
 pub fn parse_invite_lifetime(text: &str) -> Result<u64, String> {
+    parse(
+        text,
+        "an invite must stay valid for some time; use a duration above zero",
+        "an invite may stay valid for at most 365 days (365d)",
+    )
+}
+
+/// Parses how long `confer join --wait` keeps trying, in the same format; at most a year
+/// (no invite is valid longer).
+pub fn parse_wait(text: &str) -> Result<u64, String> {
+    parse(
+        text,
+        "a wait of zero is no wait; leave --wait out, or give a duration above zero",
+        "no invite is valid for more than 365 days, so there is no point waiting longer (365d)",
+    )
+}
+
+fn parse(text: &str, zero: &str, too_long: &str) -> Result<u64, String> {
     const FORMAT: &str = "write a number followed by s, m, h or d, such as 90s, 30m, 24h or 7d";
     let text = text.trim();
     let Some(unit) = text.chars().last() else {
@@ -29,16 +48,15 @@ pub fn parse_invite_lifetime(text: &str) -> Result<u64, String> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("that is not a duration; {FORMAT}"));
     }
-    let too_long = || "an invite may stay valid for at most 365 days (365d)".to_owned();
-    let count: u64 = digits.parse().map_err(|_| too_long())?;
-    let secs = count.checked_mul(unit_secs).ok_or_else(too_long)?;
+    let count: u64 = digits.parse().map_err(|_| too_long.to_owned())?;
+    let secs = count
+        .checked_mul(unit_secs)
+        .ok_or_else(|| too_long.to_owned())?;
     if secs == 0 {
-        return Err(
-            "an invite must stay valid for some time; use a duration above zero".to_owned(),
-        );
+        return Err(zero.to_owned());
     }
     if secs > MAX_INVITE_LIFETIME_SECS {
-        return Err(too_long());
+        return Err(too_long.to_owned());
     }
     Ok(secs)
 }
@@ -98,5 +116,8 @@ mod tests {
         assert!(no_unit.starts_with("the duration has no unit"), "{no_unit}");
         let years = parse_invite_lifetime("5y").unwrap_err();
         assert!(years.starts_with("`y` is not a unit of time"), "{years}");
+        assert_eq!(parse_wait("2h"), Ok(2 * 3600));
+        assert!(parse_wait("0m").unwrap_err().contains("leave --wait out"));
+        assert!(parse_wait("400d").unwrap_err().contains("no point waiting"));
     }
 }

@@ -123,8 +123,9 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Join {
             code,
             display_name,
+            wait,
             output,
-        } => client(commands::join(home, code, display_name, output.json)),
+        } => client(commands::join(home, code, display_name, wait, output.json)),
         Command::Send { room, text, output } => {
             client(commands::send(home, room, text, output.json))
         }

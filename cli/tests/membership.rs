@@ -483,3 +483,50 @@ fn members_says_who_is_connected_now() {
         "{text}"
     );
 }
+
+/// Someone given an invite while the facilitator's computer is off can wait for it:
+/// without `--wait` the error says how; with it the join goes through once the
+/// facilitator's node is back.
+#[test]
+fn a_joiner_can_wait_for_the_facilitators_node() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [sam, priya] = [dirs[0].path(), dirs[1].path()];
+    init(sam, "Sam");
+    init(priya, "Priya");
+    // Sam's node keeps its port from one run to the next, as the invite needs.
+    let sam_node = NodeProcess::start_with(sam, &[]);
+    let _priya_node = NodeProcess::start(priya);
+    ok(sam, &["room", "create", ROOM]);
+    let code = invite(sam);
+    sam_node.terminate();
+
+    let refused = fails(&run(priya, &["join", &code]));
+    assert!(
+        refused.contains("could not reach the facilitator's node") && refused.contains("--wait"),
+        "{refused}"
+    );
+    let mut waiting = common::confer(priya)
+        .args(["join", &code, "--wait", "2m"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Its progress line comes once the first try has had time to fail (a closed port on
+    // this machine refuses at once).
+    let mut progress = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(waiting.stderr.take().unwrap()),
+        &mut progress,
+    )
+    .unwrap();
+    assert!(progress.contains("trying again until it can"), "{progress}");
+    let _sam_node = NodeProcess::start_with(sam, &[]);
+    let joined = waiting.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&joined.stdout);
+    assert!(
+        joined.status.success() && stdout.contains("You have joined"),
+        "{stdout}{}",
+        String::from_utf8_lossy(&joined.stderr)
+    );
+    assert_eq!(members(sam).1, ["Sam", "Priya"]);
+}

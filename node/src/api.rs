@@ -55,6 +55,11 @@ pub enum Request {
         /// The name to show to the room's members (default: the profile's name).
         #[serde(default)]
         display_name: Option<String>,
+        /// If the facilitator's node cannot be reached, keep trying for this many seconds
+        /// (at most until the invite expires) before answering; 0 answers at once. Stops
+        /// when the asker goes away.
+        #[serde(default)]
+        wait_secs: u64,
     },
     /// Send a message to a room.
     Send {

@@ -535,6 +535,7 @@ impl Node {
             profile_name: profile.name().to_owned(),
             listen: listen.clone(),
             pending_joins: HashMap::new(),
+            joins_waiting: Vec::new(),
             leaves_waiting: Vec::new(),
             confirm_soon: HashMap::new(),
             followers: HashMap::new(),
@@ -704,7 +705,18 @@ struct PendingJoin {
     /// Whether the facilitator may have admitted these keys already: an earlier attempt
     /// failed after it was sent, or the keys are those of such a join ([`DOUBTFUL_JOIN`]).
     perhaps_admitted: bool,
+    /// Until when to keep trying while the facilitator's node cannot be reached
+    /// (`confer join --wait`); `None`: answer at once.
+    wait_until: Option<Instant>,
+    /// How long until the next try, if this one cannot reach the facilitator either.
+    retry_in: Duration,
 }
+
+/// The first pause before trying again to reach a facilitator's node that could not be
+/// reached (`confer join --wait`); it doubles after each try, up to [`JOIN_RETRY_MAX`].
+const JOIN_RETRY_FIRST: Duration = Duration::from_secs(2);
+/// The longest pause between tries to reach a facilitator's node.
+const JOIN_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// How many times a join request is sent before giving up, when the connection to the
 /// facilitator fails before its answer arrives. Asking again is safe: the facilitator
@@ -780,6 +792,8 @@ struct EventLoop {
     profile_name: String,
     listen: Vec<String>,
     pending_joins: HashMap<OutboundRequestId, PendingJoin>,
+    /// Joins waiting to try again to reach the facilitator's node: when, and whose.
+    joins_waiting: Vec<(Instant, PeerId, PendingJoin)>,
     leaves_waiting: Vec<WaitingLeave>,
     /// Per room, this member's messages sent since the last tick: at the next tick, those
     /// still unconfirmed are pushed to one connected member, whose answer confirms them.
@@ -1073,6 +1087,9 @@ impl EventLoop {
     /// at once, anyone else after a grace period), and delete expired epoch keys.
     fn on_tick(&mut self) {
         self.ticks += 1;
+        if !self.joins_waiting.is_empty() {
+            self.retry_waiting_joins();
+        }
         if !self.leaves_waiting.is_empty() {
             self.settle_waiting_leaves();
         }
@@ -1529,10 +1546,15 @@ impl EventLoop {
 
     fn handle_request(&mut self, request: Request, reply: oneshot::Sender<Reply>) {
         let answer = match request {
-            Request::Join { code, display_name } => {
+            Request::Join {
+                code,
+                display_name,
+                wait_secs,
+            } => {
                 let display_name = display_name.unwrap_or_else(|| self.profile_name.clone());
+                let wait = Duration::from_secs(wait_secs);
                 // Answered later, when the facilitator responds.
-                if let Err(message) = self.start_join(&code, &display_name, reply) {
+                if let Err(message) = self.start_join(&code, &display_name, wait, reply) {
                     tracing::debug!("join refused locally: {message}");
                 }
                 return;
@@ -1822,6 +1844,7 @@ impl EventLoop {
         &mut self,
         code: &str,
         display_name: &str,
+        wait: Duration,
         reply: oneshot::Sender<Reply>,
     ) -> Result<(), String> {
         let refuse = |reply: oneshot::Sender<Reply>, message: String| {
@@ -1863,19 +1886,9 @@ impl EventLoop {
                 "this invite was issued by this node; give it to the person joining".into(),
             );
         }
-        let addrs: Vec<Multiaddr> = invite
-            .body
-            .addresses
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .collect();
-        let usable: Vec<Multiaddr> = addrs
-            .iter()
-            .filter(|a| self.reach.usable(a))
-            .cloned()
-            .collect();
+        let usable = self.usable_addresses(&invite);
         if usable.is_empty() {
-            let message = if addrs.is_empty() || !self.reach.relay_only() {
+            let message = if invite.body.addresses.is_empty() || !self.reach.relay_only() {
                 "the invite lists no address at which the facilitator can be reached"
             } else {
                 "this profile is in relay-only mode and the invite lists no relayed address for the facilitator: ask them to run their node with a relay (`confer node run --relay …`)"
@@ -1918,6 +1931,8 @@ impl EventLoop {
                 request: request.to_bytes(),
                 attempts: 0,
                 perhaps_admitted,
+                wait_until: (!wait.is_zero()).then(|| Instant::now() + wait),
+                retry_in: JOIN_RETRY_FIRST,
             },
         );
         Ok(())
@@ -1951,6 +1966,16 @@ impl EventLoop {
             tracing::debug!("asking the facilitator again after {failure}");
             return self.send_join(facilitator, pending);
         }
+        let unreachable = matches!(failure, OutboundFailure::DialFailure);
+        let next = Instant::now() + pending.retry_in;
+        if unreachable && pending.wait_until.is_some_and(|until| next < until) {
+            tracing::debug!("the facilitator's node cannot be reached; trying again later");
+            pending.retry_in = (pending.retry_in * 2).min(JOIN_RETRY_MAX);
+            pending.attempts = 0;
+            self.joins_waiting.push((next, facilitator, pending));
+            return;
+        }
+        let waited = pending.wait_until.is_some();
         let PendingJoin {
             invite,
             keys,
@@ -1961,9 +1986,55 @@ impl EventLoop {
         if perhaps_admitted {
             self.keep_doubtful_join(&invite, &keys);
         }
+        let advice = if waited {
+            "check that it is running and reachable, then run the same command again"
+        } else {
+            "check that it is running and reachable, then run the same command again, or add --wait (e.g. --wait 12h) to keep trying until it is"
+        };
         let _ = reply.send(error(format!(
-            "could not reach the facilitator's node ({failure}); check that it is running and reachable, then run the same command again"
+            "could not reach the facilitator's node ({failure}); {advice}"
         )));
+    }
+
+    /// Tries again the joins waiting for the facilitator's node whose pause is over;
+    /// forgets those whose asker has gone (Ctrl-C) and those whose invite has expired.
+    fn retry_waiting_joins(&mut self) {
+        let now = Instant::now();
+        let (due, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.joins_waiting)
+            .into_iter()
+            .partition(|(at, _, pending)| *at <= now || pending.reply.is_closed());
+        self.joins_waiting = later;
+        for (_, facilitator, pending) in due {
+            let expired = pending.invite.check_expiry(now_ms() / 1000);
+            if pending.reply.is_closed() || expired.is_err() {
+                if pending.perhaps_admitted {
+                    self.keep_doubtful_join(&pending.invite, &pending.keys);
+                }
+                if let Err(e) = expired {
+                    let _ = pending.reply.send(error(format!(
+                        "the facilitator's node could not be reached before the invite expired ({e})"
+                    )));
+                }
+                continue;
+            }
+            // A failed dial makes libp2p forget the addresses it tried: give them again.
+            for addr in self.usable_addresses(&pending.invite) {
+                self.swarm.add_peer_address(facilitator, addr);
+            }
+            self.send_join(facilitator, pending);
+        }
+    }
+
+    /// The invite's addresses for the facilitator's node that this node may dial (in
+    /// relay-only mode, relayed ones only).
+    fn usable_addresses(&self, invite: &Invite) -> Vec<Multiaddr> {
+        invite
+            .body
+            .addresses
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .filter(|a| self.reach.usable(a))
+            .collect()
     }
 
     /// The keys kept for a join with `invite` that may have been admitted
@@ -3331,6 +3402,7 @@ impl EventLoop {
             || self
                 .pending_joins
                 .values()
+                .chain(self.joins_waiting.iter().map(|(_, _, p)| p))
                 .any(|p| p.invite.body.facilitator_peer == bytes)
     }
 

@@ -163,6 +163,7 @@ impl TestNode {
                 node.node.request(Request::Join {
                     code,
                     display_name: Some((*name).into()),
+                    wait_secs: 0,
                 }),
             )
             .await;

@@ -51,6 +51,7 @@ async fn bad_invites_are_refused_with_one_sentence_and_change_nothing() {
     let join = |code: String| Request::Join {
         code,
         display_name: Some("Jo".into()),
+        wait_secs: 0,
     };
     let cases = [
         ("hello".to_string(), "not a valid invite code"),
@@ -127,6 +128,7 @@ async fn expired_invite_is_refused() {
         .err(Request::Join {
             code,
             display_name: Some("Late".into()),
+            wait_secs: 0,
         })
         .await;
     assert!(message.contains("expired"), "{message}");
@@ -150,6 +152,7 @@ async fn a_room_never_exceeds_eight_members() {
             node.node.request(Request::Join {
                 code,
                 display_name: Some(format!("M{i}")),
+                wait_secs: 0,
             }),
         )
         .await;
@@ -287,6 +290,7 @@ async fn a_joiner_who_asks_too_often_is_told_so_each_time() {
     let join = || Request::Join {
         code: code.clone(),
         display_name: Some("Member".into()),
+        wait_secs: 0,
     };
     for _ in 0..5 {
         let refused = jo.err(join()).await;

@@ -92,6 +92,7 @@ async fn a_relay_only_member_talks_through_the_relay_and_no_member_learns_its_ad
         bob.node.request(Request::Join {
             code,
             display_name: Some("Bob".into()),
+            wait_secs: 0,
         }),
     )
     .await;
@@ -174,6 +175,7 @@ async fn a_relay_only_member_refuses_an_invite_it_could_only_use_directly() {
         .err(Request::Join {
             code,
             display_name: Some("Bob".into()),
+            wait_secs: 0,
         })
         .await;
     assert!(message.contains("relay-only"), "{message}");

@@ -54,6 +54,7 @@ async fn three_members_discuss_and_store_nothing_in_clear() {
         bob.node.request(Request::Join {
             code: code.clone(),
             display_name: Some("Bob".into()),
+            wait_secs: 0,
         }),
     )
     .await;
@@ -63,6 +64,7 @@ async fn three_members_discuss_and_store_nothing_in_clear() {
         .err(Request::Join {
             code,
             display_name: Some("Carol".into()),
+            wait_secs: 0,
         })
         .await;
     assert!(again.contains("already been used"), "{again}");
@@ -72,6 +74,7 @@ async fn three_members_discuss_and_store_nothing_in_clear() {
         carol.node.request(Request::Join {
             code,
             display_name: Some("Carol".into()),
+            wait_secs: 0,
         }),
     )
     .await;

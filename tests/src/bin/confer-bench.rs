@@ -656,6 +656,7 @@ impl Bench {
                     Request::Join {
                         code,
                         display_name: Some(format!("member {i}")),
+                        wait_secs: 0,
                     },
                 )
                 .await
@@ -1152,6 +1153,7 @@ impl Bench {
             Request::Join {
                 code,
                 display_name: Some(format!("member {JOINER}")),
+                wait_secs: 0,
             },
         )
         .await?;
@@ -1466,6 +1468,7 @@ impl Bench {
                         Request::Join {
                             code,
                             display_name: Some(format!("member {i}")),
+                            wait_secs: 0,
                         },
                     )
                     .await?;

@@ -105,6 +105,7 @@ impl BareFacilitator {
         let request = Request::Join {
             code: code.into(),
             display_name: Some(name.into()),
+            wait_secs: 0,
         };
         let mut join = tokio::spawn(async move { node.request(request).await });
         let mut answered = 0;
