@@ -91,6 +91,10 @@ fn members_leave_are_removed_and_the_key_moves_on() {
         invite_ids(sam).is_empty(),
         "a redeemed invite is still listed"
     );
+    // The facilitator cannot remove themself, and is told what to do instead.
+    let itself = fails(&run(sam, &["remove", ROOM, "Sam"]));
+    assert!(itself.contains("`confer handover`"), "{itself}");
+    assert_eq!(members(sam).1, ["Sam", "Priya"]);
 
     // Two invites: one revoked by its code, the other by a prefix of its id.
     let by_code = invite(sam);

@@ -92,7 +92,7 @@ pub enum RoomError {
     #[error("{0}")]
     Name(#[from] crate::invite::NameError),
     /// Only the facilitator may do this.
-    #[error("only the room's facilitator can do that")]
+    #[error("only the room's facilitator can do that (`confer members` shows who it is)")]
     NotFacilitator,
     /// This profile is no longer in the room.
     #[error("you are no longer a member of this room")]
@@ -113,7 +113,9 @@ pub enum RoomError {
     )]
     AmbiguousMember,
     /// The facilitator cannot remove or hand over to themself.
-    #[error("you cannot do that to yourself")]
+    #[error(
+        "you cannot remove yourself or hand the room to yourself; to stop facilitating, hand the role to another member (`confer handover`), then leave"
+    )]
     NotYourself,
     /// The room is full.
     #[error("the room is full (at most 8 members)")]
