@@ -81,7 +81,7 @@ pub enum Command {
         output: Output,
     },
 
-    /// Create or list rooms.
+    /// Create or list rooms, or forget one you have left.
     #[command(subcommand)]
     Room(RoomCommand),
 
@@ -425,6 +425,18 @@ pub enum RoomCommand {
     /// other member has confirmed receiving yet, and whether you have left it (and if
     /// so, whether any other member has heard yet).
     List {
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Delete a room you have left from this computer: its whole history and keys.
+    ///
+    /// For when you no longer need your copy of a discussion. It cannot be undone; the
+    /// other members keep theirs. Only for rooms you have left or were removed from, and
+    /// only once another member has heard that you left. The deleted data is encrypted;
+    /// the database may keep unreadable traces of it until it reuses the space.
+    Forget {
+        /// The room: its name, or the first characters of its id.
+        room: String,
         #[command(flatten)]
         output: Output,
     },

@@ -115,6 +115,32 @@ pub async fn create_room(
     ))
 }
 
+/// `confer room forget`
+pub async fn forget_room(home: &Path, room: String, json: bool) -> Result<(), Error> {
+    let reply = ask(home, &Request::Forget { room }).await?;
+    let Reply::Forgotten {
+        room_id,
+        name,
+        messages,
+    } = &reply
+    else {
+        return Err(unexpected(&reply));
+    };
+    if json {
+        return output::json(&serde_json::json!({
+            "room_id": room_id,
+            "name": name,
+            "messages": messages,
+        }));
+    }
+    output::line(&format!(
+        "Deleted \"{}\" (id {}) from this computer: {messages} message{} and the room's keys. The other members keep their copies.",
+        safe_line(name),
+        safe_line(room_id),
+        if *messages == 1 { "" } else { "s" }
+    ))
+}
+
 /// `confer room list`
 pub async fn list_rooms(home: &Path, json: bool) -> Result<(), Error> {
     let rooms = match ask(home, &Request::ListRooms).await? {

@@ -88,6 +88,9 @@ fn run(cli: Cli) -> Result<(), Error> {
         Command::Room(RoomCommand::List { output }) => {
             client(commands::list_rooms(home, output.json))
         }
+        Command::Room(RoomCommand::Forget { room, output }) => {
+            client(commands::forget_room(home, room, output.json))
+        }
         Command::Invite {
             action: Some(InviteCommand::List { room, output }),
             ..

@@ -534,3 +534,55 @@ fn a_joiner_can_wait_for_the_facilitators_node() {
     );
     assert_eq!(members(sam).1, ["Sam", "Priya"]);
 }
+
+/// A room one has left can be deleted from one's computer: refused while a member
+/// (nothing changes), then its history and keys are gone, the store still opens, and
+/// being invited back starts afresh.
+#[test]
+fn a_room_one_has_left_can_be_forgotten() {
+    let (dirs, sam_node, priya_node) = common::sam_and_priya_in(ROOM);
+    let [sam, priya] = [dirs[0].path(), dirs[1].path()];
+    ok_json(priya, &["send", ROOM, "Before I step back."]);
+    eventually("Sam to confirm holding Priya's message", PATIENCE, || {
+        (ok_json(priya, &["read", ROOM])[0]["pending"] == false).then_some(())
+    });
+    let refused = fails(&run(priya, &["room", "forget", ROOM]));
+    assert!(refused.contains("leave it first"), "{refused}");
+    assert_eq!(ok_json(priya, &["read", ROOM]).as_array().unwrap().len(), 1);
+
+    // She leaves while Sam's node is off: her node must keep the room until it has told
+    // a member.
+    sam_node.terminate();
+    ok_json(priya, &["leave", ROOM]);
+    let unheard = fails(&run(priya, &["room", "forget", ROOM]));
+    assert!(unheard.contains("has heard that you left"), "{unheard}");
+    let _sam_node = NodeProcess::start_with(sam, &[]);
+    eventually("a member to hear Priya leave", PATIENCE, || {
+        (ok_json(priya, &["room", "list"])[0]["leave_unheard"] == false).then_some(())
+    });
+    let forgot = ok_json(priya, &["room", "forget", ROOM]);
+    assert_eq!(forgot["messages"], 1, "{forgot}");
+    assert_eq!(ok_json(priya, &["room", "list"]), serde_json::json!([]));
+    let gone = fails(&run(priya, &["read", ROOM]));
+    assert!(gone.contains("no room called"), "{gone}");
+
+    // Her store opens again without it.
+    priya_node.terminate();
+    let _priya_node = NodeProcess::start(priya);
+    assert_eq!(ok_json(priya, &["room", "list"]), serde_json::json!([]));
+    eventually("Sam to see Priya gone", PATIENCE, || {
+        (members(sam).1 == ["Sam"]).then_some(())
+    });
+    // Invited back, she starts afresh: nothing of before comes back.
+    ok_json(priya, &["join", &invite(sam)]);
+    ok_json(sam, &["send", ROOM, "Welcome back."]);
+    eventually("Priya to have Sam's welcome", PATIENCE, || {
+        let texts: Vec<Value> = ok_json(priya, &["read", ROOM])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["text"].clone())
+            .collect();
+        (texts == ["Welcome back."]).then_some(())
+    });
+}

@@ -123,6 +123,13 @@ pub enum Request {
         /// A room name or a unique prefix of its id.
         room: String,
     },
+    /// Delete a room this profile is no longer in from this computer: its history, keys
+    /// and every record of it. Refused while a member, and while a leave has not reached
+    /// any member yet (the node must keep telling them).
+    Forget {
+        /// A room name or a unique prefix of its id.
+        room: String,
+    },
 }
 
 /// The node's answer to a [`Request`].
@@ -195,6 +202,15 @@ pub enum Reply {
     },
     /// Answer to a membership change (leave, remove, rotate, handover, revoke).
     Changed(ChangeInfo),
+    /// Answer to [`Request::Forget`].
+    Forgotten {
+        /// The room id (hex).
+        room_id: String,
+        /// The room's name.
+        name: String,
+        /// How many messages were deleted.
+        messages: usize,
+    },
     /// Answer to [`Request::ListInvites`].
     Invites {
         /// Outstanding invites, soonest expiry first.

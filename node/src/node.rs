@@ -1574,6 +1574,10 @@ impl EventLoop {
             Request::ListRooms => Reply::Rooms {
                 rooms: self.summaries(),
             },
+            Request::Forget { room } => match self.resolve(&room) {
+                Ok(id) => self.forget(id),
+                Err(message) => error(message),
+            },
             Request::CreateRoom { name, display_name } => self.create_room(&name, display_name),
             Request::Invite {
                 room,
@@ -1662,6 +1666,52 @@ impl EventLoop {
             },
         };
         let _ = reply.send(answer);
+    }
+
+    /// Deletes a room this profile is no longer in: from the store (history, keys,
+    /// records) and from every table of the node.
+    fn forget(&mut self, id: RoomId) -> Reply {
+        let Some(room) = self.rooms.get(&id) else {
+            return error("no such room");
+        };
+        let name = room.name().to_owned();
+        if room.is_member() {
+            return error(format!(
+                "you are still a member of \"{name}\"; leave it first (`confer leave`), then forget it"
+            ));
+        }
+        if self.unheard_leaves.contains(&id) {
+            return error(
+                "no member's node has heard that you left yet, and yours must keep telling them; keep your node running until `confer node run` says a member has heard, then forget the room",
+            );
+        }
+        let messages = match self
+            .store
+            .delete_room(&id.0, &[OUTBOX, PEERS, LEAVE_UNHEARD, DOUBTFUL_JOIN])
+        {
+            Ok(messages) => messages,
+            Err(e) => return error(format!("could not delete the room from the store: {e}")),
+        };
+        self.rooms.remove(&id);
+        self.sync_topics(id);
+        self.room_topics.remove(&id);
+        self.confirm_soon.remove(&id);
+        self.followers.remove(&id);
+        self.outbox.remove(&id);
+        self.unknown_author.retain(|(room, _)| *room != id);
+        self.recent.remove(&id);
+        self.index.remove(&id);
+        self.unconfirmed.remove(&id);
+        self.shown_pending.remove(&id);
+        self.rotation_due.remove(&id);
+        self.events_told.remove(&id);
+        self.transfers.held.remove(&id);
+        self.manifest_dirty = true;
+        Reply::Forgotten {
+            room_id: id.to_hex(),
+            name,
+            messages,
+        }
     }
 
     fn create_room(&mut self, name: &str, display_name: Option<String>) -> Reply {

@@ -214,6 +214,11 @@ impl Store {
             self.message_count.load(Ordering::SeqCst),
         );
         self.flush()?;
+        self.write_counts(counts)
+    }
+
+    /// Writes the manifest file recording `counts` (rooms, messages).
+    fn write_counts(&self, counts: (u64, u64)) -> Result<()> {
         let mut plaintext = MANIFEST_MAGIC.to_vec();
         plaintext.extend_from_slice(&counts.0.to_be_bytes());
         plaintext.extend_from_slice(&counts.1.to_be_bytes());
@@ -406,6 +411,45 @@ impl Store {
             (Some(stored_id), Some(value)) if &stored_id == message_id => Ok(Some(value.to_vec())),
             _ => Err(self.corrupt("a message record does not match its key")),
         }
+    }
+
+    /// Deletes a room: its record, its messages and its named records (`states`).
+    /// Returns how many messages were deleted.
+    ///
+    /// The manifest is lowered first, so that a crash part-way leaves a store that opens
+    /// (holding more than the manifest says, never less); the deletion is then flushed.
+    /// sled is log-structured: the deleted values (sealed) may stay in its files until it
+    /// reuses the space.
+    pub fn delete_room(&self, room_id: &[u8; 32], states: &[&str]) -> Result<usize> {
+        let room_tag = self.keys.room_tag(room_id)?;
+        let mut keys = Vec::new();
+        for key in self.messages.scan_prefix(room_tag).keys() {
+            keys.push(key.map_err(|e| self.db_error(e))?);
+        }
+        let had_room = self
+            .rooms
+            .contains_key(room_tag)
+            .map_err(|e| self.db_error(e))?;
+        let count = keys.len() as u64;
+        self.message_count.fetch_sub(count, Ordering::SeqCst);
+        self.write_counts((
+            (self.rooms.len() as u64).saturating_sub(u64::from(had_room)),
+            self.message_count.load(Ordering::SeqCst),
+        ))?;
+        let mut batch = sled::Batch::default();
+        for key in keys {
+            batch.remove(key);
+        }
+        self.messages
+            .apply_batch(batch)
+            .map_err(|e| self.db_error(e))?;
+        for name in states {
+            let key = self.keys.tag(&[b"room-state", room_id, name.as_bytes()])?;
+            self.meta.remove(key).map_err(|e| self.db_error(e))?;
+        }
+        self.rooms.remove(room_tag).map_err(|e| self.db_error(e))?;
+        self.flush()?;
+        Ok(count as usize)
     }
 
     /// Stores (or replaces) a small named record belonging to a room (e.g. the node's
@@ -653,6 +697,37 @@ mod tests {
         crypto::fill_random(&mut id).unwrap();
         id[0] = n;
         id
+    }
+
+    /// Deleting a room takes its record, messages and named records, nothing of another
+    /// room's, and the store opens again afterwards (the manifest was lowered).
+    #[test]
+    fn a_deleted_room_leaves_nothing_and_the_store_reopens() {
+        let (_dir, profile) = setup();
+        let (gone, kept) = (id(1), id(2));
+        {
+            let store = Store::open(&profile).unwrap();
+            for room in [&gone, &kept] {
+                store.put_room(room, b"room").unwrap();
+                for n in 0..3 {
+                    store
+                        .insert_message(room, &id(n), u64::from(n), b"m")
+                        .unwrap();
+                }
+                store.put_room_state(room, "outbox", b"o").unwrap();
+            }
+            store.write_manifest().unwrap();
+            assert_eq!(store.delete_room(&gone, &["outbox"]).unwrap(), 3);
+            assert_eq!(store.room(&gone).unwrap(), None);
+            assert!(store.messages(&gone).unwrap().is_empty());
+            assert_eq!(store.room_state(&gone, "outbox").unwrap(), None);
+            assert_eq!(store.messages(&kept).unwrap().len(), 3);
+            assert_eq!(store.room_state(&kept, "outbox").unwrap().unwrap(), b"o");
+        }
+        let store = Store::open(&profile).unwrap();
+        assert_eq!(store.rooms().unwrap().len(), 1);
+        assert_eq!(store.messages(&kept).unwrap().len(), 3);
+        store.write_manifest().unwrap();
     }
 
     #[test]
