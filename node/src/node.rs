@@ -1318,7 +1318,6 @@ impl EventLoop {
         Ok(())
     }
 
-    /// Resolves a room by exact name or by a unique prefix of its hex id.
     /// The room `query` names: its exact name; else its name typed in another case or
     /// with other spacing (as member names are matched), if only one room has such a name;
     /// else the start of its id (at least four hex digits).
