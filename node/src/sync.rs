@@ -8,21 +8,22 @@
 //! Reconciliation is by day buckets: a member sends, per UTC day of `sent_at`, the count of
 //! messages it holds and a digest of their ids. The other answers with the days that differ
 //! and its ids in those days; the asker then asks (`want`) for the envelopes it lacks.
-//!
-//! The digest is the XOR of each id's SHA-256 under a salt the asker draws afresh for each
-//! reconciliation ([`SyncPush::salt`]). A plain XOR of ids would do against chance, but
-//! not against a member: message ids are hashes of envelopes its author makes, and with a
-//! few hundred messages of its own, sent to some members only, a member could search
-//! (Wagner's generalised birthday attack, about 2^40 hashes) for two sets whose XORs
-//! differ by exactly one honest member's message, so that two members' summaries agree
-//! while one lacks it, and catch-up never sends it (a day's agreement also confirms
-//! delivery). Under a salt nobody knows before the reconciliation, the search cannot
-//! start; equal digests then mean equal sets except with probability 2^-256.
 //! Nothing is sent unasked: both sides of a connection start a reconciliation, so each
 //! learns what it lacks from its own, and a member missing much asks one member for it
 //! rather than receiving it from all (see `EventLoop::receive_reply` in `node.rs`). A
 //! room's summary is small (44 bytes a day that has messages), and only differing days
 //! cost more.
+//!
+//! The digest is the XOR of each id's SHA-256 under a salt the asker draws afresh for each
+//! reconciliation ([`SyncPush::salt`]). A plain XOR of ids would do against chance, but
+//! not against a member: message ids are hashes of what their authors sign, and with a
+//! few hundred messages of its own, sent to some members only, a member could search
+//! (Wagner's generalised birthday attack: on the order of 2^40 hashes, fewer with more
+//! messages) for two sets whose XORs differ by exactly one honest member's message, so
+//! that two members' summaries agree while one lacks it, and catch-up never sends it (a
+//! day's agreement also confirms delivery). Under a salt nobody knows before the
+//! reconciliation, the search cannot start; equal digests then mean equal sets except
+//! with negligible probability.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
