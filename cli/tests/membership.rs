@@ -586,3 +586,31 @@ fn a_room_one_has_left_can_be_forgotten() {
         (texts == ["Welcome back."]).then_some(())
     });
 }
+
+/// Waiting ends when the invite expires, with a sentence saying so.
+#[test]
+fn waiting_for_a_facilitator_ends_when_the_invite_expires() {
+    let dirs: Vec<_> = (0..2).map(|_| tempfile::tempdir().unwrap()).collect();
+    let [sam, priya] = [dirs[0].path(), dirs[1].path()];
+    init(sam, "Sam");
+    init(priya, "Priya");
+    let sam_node = NodeProcess::start(sam);
+    let _priya_node = NodeProcess::start(priya);
+    ok(sam, &["room", "create", ROOM]);
+    let code = ok_json(sam, &["invite", ROOM, "--expires", "3s"])["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sam_node.terminate();
+    let started = std::time::Instant::now();
+    let out = run(priya, &["join", &code, "--wait", "10m"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("before the invite expired"), "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(ok_json(priya, &["room", "list"]), serde_json::json!([]));
+}

@@ -2059,10 +2059,10 @@ impl EventLoop {
                 if pending.perhaps_admitted {
                     self.keep_doubtful_join(&pending.invite, &pending.keys);
                 }
-                if let Err(e) = expired {
-                    let _ = pending.reply.send(error(format!(
-                        "the facilitator's node could not be reached before the invite expired ({e})"
-                    )));
+                if expired.is_err() {
+                    let _ = pending.reply.send(error(
+                        "the facilitator's node could not be reached before the invite expired; ask the facilitator for a new one",
+                    ));
                 }
                 continue;
             }
