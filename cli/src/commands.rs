@@ -85,6 +85,12 @@ pub async fn status(home: &Path, json: bool) -> Result<(), Error> {
         info.connections.len(),
         relayed
     ))?;
+    if info.joining > 0 {
+        output::line(&format!(
+            "Joining: {} (waiting for the facilitator's node)",
+            info.joining
+        ))?;
+    }
     print_rooms(&info.rooms)
 }
 

@@ -524,6 +524,30 @@ fn a_joiner_can_wait_for_the_facilitators_node() {
     )
     .unwrap();
     assert!(progress.contains("trying again until it can"), "{progress}");
+    assert_eq!(ok_json(priya, &["status"])["joining"], 1);
+    assert!(ok(priya, &["status"]).contains("Joining: 1"));
+
+    // Ctrl-C stops waiting: her node gives the join up.
+    let mut impatient = common::confer(priya)
+        .args(["join", &code, "--wait", "2m"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(impatient.stderr.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(ok_json(priya, &["status"])["joining"], 2);
+    impatient.kill().unwrap();
+    impatient.wait().unwrap();
+    eventually(
+        "Priya's node to give up the abandoned join",
+        PATIENCE,
+        || (ok_json(priya, &["status"])["joining"] == 1).then_some(()),
+    );
+
     let _sam_node = NodeProcess::start_with(sam, &[]);
     let joined = waiting.wait_with_output().unwrap();
     let stdout = String::from_utf8_lossy(&joined.stdout);

@@ -7,7 +7,9 @@
 //! [`Request::Read`] with `follow: true`, which gets the history and then one
 //! [`Reply::Message`] per new message (and a [`Reply::Delivered`] when another member
 //! confirms holding one of this member's messages shown as pending) until the client
-//! hangs up.
+//! hangs up. A client keeps its end open until the reply has come: closing it (even only
+//! for writing) abandons the request, so that work which waits for others (`join
+//! --wait`) stops when the person who asked has gone.
 //!
 //! Lines are limited to [`MAX_LINE`] bytes in both directions; a longer history is sent
 //! in [`Reply::HistoryPart`]s.
@@ -257,6 +259,10 @@ pub struct StatusInfo {
     /// since told a member of, since it started.
     #[serde(default)]
     pub leaves_heard: u64,
+    /// Joins in progress: asked of a facilitator's node, or waiting to ask again because
+    /// it could not be reached (`confer join --wait`; given up when the asker goes).
+    #[serde(default)]
+    pub joining: usize,
 }
 
 /// A relay and whether the node holds a reservation on it.

@@ -144,10 +144,24 @@ async fn connection(stream: UnixStream, node: Node) {
             follow(room, node, writer).await;
             return;
         }
-        let reply = node.request(request).await;
+        // A client that goes away (Ctrl-C) while the node works on its request drops the
+        // request's reply channel, so work that waits (`join --wait`) can stop.
+        let reply = tokio::select! {
+            reply = node.request(request) => reply,
+            () = closed(&mut reader) => return,
+        };
         if write_reply(&mut writer, reply).await.is_err() {
             return;
         }
+    }
+}
+
+/// Completes when the client has closed its end of the connection; never while it is
+/// open, even if it has sent more (that is its next request, left unread).
+async fn closed(reader: &mut BufReader<tokio::net::unix::OwnedReadHalf>) {
+    match reader.fill_buf().await {
+        Ok([]) | Err(_) => {}
+        Ok(_) => std::future::pending().await,
     }
 }
 

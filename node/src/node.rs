@@ -1569,6 +1569,7 @@ impl EventLoop {
                 connections: self.reach.connection_infos(),
                 caught_up: self.caught_up,
                 leaves_heard: self.leaves_heard,
+                joining: self.pending_joins.len() + self.joins_waiting.len(),
             }),
             Request::ListRooms => Reply::Rooms {
                 rooms: self.summaries(),
