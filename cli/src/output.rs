@@ -67,17 +67,24 @@ fn is_unsafe(c: char) -> bool {
 }
 
 /// One membership change, as a line among the messages:
-/// `[2026-01-02T03:04:05.678Z] — Priya joined`.
+/// `[2026-01-02T03:04:05.678Z] — Priya joined`, or `— You joined` and `— Sam removed you`
+/// when it is about the reader.
 pub fn event_line(event: &EventInfo) -> String {
-    let who = safe_line(&event.who);
-    let by = event.by.as_deref().map(safe_line).unwrap_or_default();
+    let (who, by) = (safe_line(&event.who), event.by.as_deref().map(safe_line));
+    let subject = if event.you { "You".into() } else { who.clone() };
+    let object = if event.you { "you".into() } else { who };
+    let by = if event.by_you {
+        "You".into()
+    } else {
+        by.unwrap_or_default()
+    };
     let what = match event.kind.as_str() {
-        "created" => format!("{who} created the room"),
-        "joined" => format!("{who} joined"),
-        "left" => format!("{who} left"),
-        "removed" => format!("{by} removed {who}"),
-        "handover" => format!("{by} made {who} the facilitator"),
-        other => format!("{who}: {}", safe_line(other)),
+        "created" => format!("{subject} created the room"),
+        "joined" => format!("{subject} joined"),
+        "left" => format!("{subject} left"),
+        "removed" => format!("{by} removed {object}"),
+        "handover" => format!("{by} made {object} the facilitator"),
+        other => format!("{subject}: {}", safe_line(other)),
     };
     format!("[{}] — {what}", safe_line(&event.at))
 }

@@ -485,7 +485,8 @@ fn read_follow_says_when_a_message_arrives_late_and_when_ones_own_is_received() 
     let joined = next_json();
     assert_eq!(joined["event"]["kind"], "joined", "{joined}");
     assert_eq!(joined["event"]["who"], "Priya", "{joined}");
-    assert!(next().ends_with("] — Priya joined"));
+    assert_eq!(joined["event"]["you"], true, "{joined}");
+    assert!(next().ends_with("] — You joined"));
     let mine_json = next_json();
     assert_eq!(mine_json["pending"], true, "{mine_json}");
     let mine = next();

@@ -379,6 +379,12 @@ pub struct EventInfo {
     /// handed the role to them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub by: Option<String>,
+    /// Whether `who` is this profile (under any identity it had in the room).
+    #[serde(default)]
+    pub you: bool,
+    /// Whether `by` is this profile.
+    #[serde(default)]
+    pub by_you: bool,
 }
 
 /// One member of a room.

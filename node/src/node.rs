@@ -748,6 +748,8 @@ fn event_info(change: MembershipChange) -> EventInfo {
         kind: kind.to_owned(),
         who,
         by,
+        you: change.about_me,
+        by_you: change.by_me,
     }
 }
 

@@ -300,6 +300,11 @@ pub struct MembershipChange {
     pub at: u64,
     /// What changed.
     pub kind: ChangeKind,
+    /// Whether it is about this profile (under any identity it had in the room): it
+    /// joined, left, was removed or was made facilitator, or created the room.
+    pub about_me: bool,
+    /// Whether this profile made it, about someone else (a removal or a handover).
+    pub by_me: bool,
 }
 
 /// What a [`MembershipChange`] was, with the display names involved.
@@ -595,6 +600,12 @@ impl Room {
                 .or_else(|| state.former_member(id))
                 .map_or_else(|| "someone".to_owned(), |m| m.display_name.clone())
         };
+        let mine = |id: &MemberId| {
+            state
+                .member(id)
+                .or_else(|| state.former_member(id))
+                .is_some_and(|m| m.peer == peer)
+        };
         let mut changes = Vec::new();
         let mut inside = false;
         for (hash, op) in self.log.in_order() {
@@ -603,27 +614,42 @@ impl Room {
                 continue;
             }
             inside = !ends.contains(hash);
-            let by = name(&op.op.author);
-            let kind = match &op.op.body {
-                OpBody::Create { .. } => ChangeKind::Created { by },
-                OpBody::Admit { member, .. } => ChangeKind::Joined {
-                    who: name(&member.id),
-                },
-                OpBody::Leave => ChangeKind::Left { who: by },
-                OpBody::Remove { member, .. } => ChangeKind::Removed {
-                    who: name(member),
-                    by,
-                },
-                OpBody::Handover { to } => ChangeKind::Handover {
-                    from: by,
-                    to: name(to),
-                },
+            let author = op.op.author;
+            let by = name(&author);
+            let (kind, subject) = match &op.op.body {
+                OpBody::Create { .. } => (ChangeKind::Created { by }, author),
+                OpBody::Admit { member, .. } => (
+                    ChangeKind::Joined {
+                        who: name(&member.id),
+                    },
+                    member.id,
+                ),
+                OpBody::Leave => (ChangeKind::Left { who: by }, author),
+                OpBody::Remove { member, .. } => (
+                    ChangeKind::Removed {
+                        who: name(member),
+                        by,
+                    },
+                    *member,
+                ),
+                OpBody::Handover { to } => (
+                    ChangeKind::Handover {
+                        from: by,
+                        to: name(to),
+                    },
+                    *to,
+                ),
                 OpBody::Rotate { .. } | OpBody::RevokeInvite { .. } => continue,
             };
+            let about_me = mine(&subject);
             changes.push(MembershipChange {
                 id: *hash,
                 at: op.op.created_at,
                 kind,
+                about_me,
+                by_me: !about_me
+                    && matches!(op.op.body, OpBody::Remove { .. } | OpBody::Handover { .. })
+                    && mine(&author),
             });
         }
         changes
@@ -1710,6 +1736,27 @@ mod tests {
             ],
             "nothing of Bob, who came and went before Carol"
         );
+        // Which are about Alice herself, and which she made about someone else.
+        let flags = |room: &Room| -> Vec<(bool, bool)> {
+            room.changes_while_member()
+                .into_iter()
+                .map(|c| (c.about_me, c.by_me))
+                .collect()
+        };
+        assert_eq!(
+            flags(&alice),
+            [
+                (true, false),
+                (false, false),
+                (false, true),
+                (false, false),
+                (false, true)
+            ]
+        );
+        assert_eq!(
+            flags(&carol),
+            [(true, false), (true, false), (false, false)]
+        );
         // Bob, whose node was told nothing more, has only his own arrival.
         assert_eq!(kinds(&bob), [ChangeKind::Joined { who: name("Bob") }]);
         // His messages are shown as a removed member's; one who leaves, as having left.
@@ -1733,6 +1780,11 @@ mod tests {
                 },
                 ChangeKind::Joined { who: name("Bob") },
             ]
+        );
+        assert_eq!(
+            flags(&bob_again),
+            [(true, false); 3],
+            "each identity is his"
         );
         // Eve's leave ends a membership too: Bob came back while she was away.
         let (eve_again, _) = join(&mut carol, "Eve", &mut r);
