@@ -475,7 +475,9 @@ fn members_says_who_is_connected_now() {
             })
             .collect()
     };
-    assert_eq!(presence(sam), [(true, true), (false, true)]);
+    eventually("the two nodes to be connected", PATIENCE, || {
+        (presence(sam) == [(true, true), (false, true)]).then_some(())
+    });
     assert_eq!(presence(priya), [(false, true), (true, true)]);
     let text = ok(sam, &["members", ROOM]);
     assert!(text.contains("Sam  (facilitator, you)"), "{text}");
