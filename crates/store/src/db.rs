@@ -198,6 +198,17 @@ impl Store {
     /// was opened (a person starting over while an old node still runs): the manifest
     /// would be sealed under the old profile's key and make the new one unopenable.
     pub fn write_manifest(&self) -> Result<()> {
+        let counts = (
+            self.rooms.len() as u64,
+            self.message_count.load(Ordering::SeqCst),
+        );
+        self.flush()?;
+        self.write_counts(counts)
+    }
+
+    /// Writes the manifest file recording `counts` (rooms, messages), unless the profile
+    /// directory was replaced since the store was opened (see [`Store::write_manifest`]).
+    fn write_counts(&self, counts: (u64, u64)) -> Result<()> {
         if file_digest(&self.home.join(crate::profile::PROFILE_FILE)).ok()
             != Some(self.profile_digest)
         {
@@ -209,16 +220,6 @@ impl Store {
                 ),
             });
         }
-        let counts = (
-            self.rooms.len() as u64,
-            self.message_count.load(Ordering::SeqCst),
-        );
-        self.flush()?;
-        self.write_counts(counts)
-    }
-
-    /// Writes the manifest file recording `counts` (rooms, messages).
-    fn write_counts(&self, counts: (u64, u64)) -> Result<()> {
         let mut plaintext = MANIFEST_MAGIC.to_vec();
         plaintext.extend_from_slice(&counts.0.to_be_bytes());
         plaintext.extend_from_slice(&counts.1.to_be_bytes());
