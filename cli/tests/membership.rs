@@ -493,6 +493,26 @@ fn members_says_who_is_connected_now() {
     );
 }
 
+/// Starts `confer join CODE --wait 2m` and returns once it says it is waiting: its
+/// progress line comes once the first try has had time to fail (a closed port on this
+/// machine refuses at once).
+fn wait_to_join(home: &Path, code: &str) -> std::process::Child {
+    let mut child = common::confer(home)
+        .args(["join", code, "--wait", "2m"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut progress = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stderr.take().unwrap()),
+        &mut progress,
+    )
+    .unwrap();
+    assert!(progress.contains("trying again until it can"), "{progress}");
+    child
+}
+
 /// Someone given an invite while the facilitator's computer is off can wait for it:
 /// without `--wait` the error says how; with it the join goes through once the
 /// facilitator's node is back.
@@ -514,36 +534,12 @@ fn a_joiner_can_wait_for_the_facilitators_node() {
         refused.contains("could not reach the facilitator's node") && refused.contains("--wait"),
         "{refused}"
     );
-    let mut waiting = common::confer(priya)
-        .args(["join", &code, "--wait", "2m"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Its progress line comes once the first try has had time to fail (a closed port on
-    // this machine refuses at once).
-    let mut progress = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(waiting.stderr.take().unwrap()),
-        &mut progress,
-    )
-    .unwrap();
-    assert!(progress.contains("trying again until it can"), "{progress}");
+    let waiting = wait_to_join(priya, &code);
     assert_eq!(ok_json(priya, &["status"])["joining"], 1);
     assert!(ok(priya, &["status"]).contains("Joining: 1"));
 
     // Ctrl-C stops waiting: her node gives the join up.
-    let mut impatient = common::confer(priya)
-        .args(["join", &code, "--wait", "2m"])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(impatient.stderr.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let mut impatient = wait_to_join(priya, &code);
     assert_eq!(ok_json(priya, &["status"])["joining"], 2);
     impatient.kill().unwrap();
     impatient.wait().unwrap();
