@@ -55,6 +55,7 @@ pub struct StoredMessage {
     /// The verified message.
     pub record: MessageRecord,
     /// The sealed envelope.
+    #[serde(with = "serde_bytes")]
     pub envelope: Vec<u8>,
 }
 
@@ -89,6 +90,7 @@ pub struct SyncPush {
     /// Membership operations (self-authenticating).
     pub ops: Vec<SignedOp>,
     /// Room envelopes (messages or operations).
+    #[serde(with = "byte_strings")]
     pub envelopes: Vec<Vec<u8>>,
     /// The sender's message summary, asking for reconciliation.
     pub summary: Option<Vec<Bucket>>,
@@ -106,6 +108,25 @@ impl SyncPush {
     /// Decodes a push from another node, at most [`crate::net::MAX_REQUEST`] bytes.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
         confer_room::wire::decode(bytes, crate::net::MAX_REQUEST).ok()
+    }
+}
+
+/// `Vec<Vec<u8>>` encoded as a sequence of byte strings (see [`StoredMessage::envelope`]
+/// and `confer_room::crypto::Sealed`): the same bytes on the wire, each decoded with one
+/// copy instead of one call per byte.
+mod byte_strings {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub fn serialize<S: Serializer>(items: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(items.iter().map(|item| Bytes::new(item)))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<Vec<u8>>, D::Error> {
+        let items = Vec::<ByteBuf>::deserialize(deserializer)?;
+        Ok(items.into_iter().map(ByteBuf::into_vec).collect())
     }
 }
 
@@ -257,6 +278,42 @@ mod tests {
             let _ = SyncReply::from_bytes(&bytes);
             let _ = StoredMessage::from_bytes(&bytes);
         }
+    }
+
+    /// Envelopes encoded as byte strings are the same bytes as the plain `Vec<u8>`s
+    /// nodes of earlier versions sent and stored, and read the same.
+    #[test]
+    fn byte_strings_are_the_bytes_vecs_were() {
+        #[derive(Serialize, Deserialize)]
+        struct PlainPush {
+            room: [u8; 16],
+            ops: Vec<SignedOp>,
+            envelopes: Vec<Vec<u8>>,
+            summary: Option<Vec<Bucket>>,
+            salt: Salt,
+            want: Vec<Id>,
+            addresses: Vec<(Vec<u8>, Vec<String>)>,
+        }
+        let envelopes = vec![vec![1, 2, 3], Vec::new(), vec![200; 300]];
+        let plain = PlainPush {
+            room: [4; 16],
+            ops: Vec::new(),
+            envelopes: envelopes.clone(),
+            summary: None,
+            salt: [5; 16],
+            want: vec![[6; 32]],
+            addresses: Vec::new(),
+        };
+        let push = SyncPush {
+            room: [4; 16],
+            envelopes: envelopes.clone(),
+            salt: [5; 16],
+            want: vec![[6; 32]],
+            ..SyncPush::default()
+        };
+        let bytes = confer_room::wire::encode(&plain).unwrap();
+        assert_eq!(confer_room::wire::encode(&push).unwrap(), bytes);
+        assert_eq!(SyncPush::from_bytes(&bytes).unwrap().envelopes, envelopes);
     }
 
     /// A length that claims more than the limit is refused before anything is allocated
