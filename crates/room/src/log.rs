@@ -299,6 +299,11 @@ impl State {
         self.former.get(id)
     }
 
+    /// A current member, or else a former one.
+    pub fn member_or_former(&self, id: &MemberId) -> Option<&Member> {
+        self.member(id).or_else(|| self.former_member(id))
+    }
+
     /// Every former member, in no particular order.
     pub fn former_members(&self) -> impl Iterator<Item = &Member> {
         self.former.values()

@@ -569,11 +569,17 @@ impl Room {
     pub fn changes_while_member(&self) -> Vec<MembershipChange> {
         let state = self.log.state();
         let Some(peer) = state
-            .member(&self.me.id())
-            .or_else(|| state.former_member(&self.me.id()))
+            .member_or_former(&self.me.id())
             .map(|m| m.peer.as_slice())
         else {
             return Vec::new();
+        };
+        // Whether a member id (current or former) was one of this node's profile's.
+        let mine = |id: &MemberId| state.member_or_former(id).is_some_and(|m| m.peer == peer);
+        let name = |id: &MemberId| {
+            state
+                .member_or_former(id)
+                .map_or_else(|| "someone".to_owned(), |m| m.display_name.clone())
         };
         // Each membership this node's profile had: from the operation that admitted it
         // (or created the room) to the leave or removal that ended it, if any.
@@ -587,25 +593,9 @@ impl Room {
         let ends: BTreeSet<OpHash> = state
             .departures()
             .iter()
-            .filter(|d| {
-                self.departed_by(d)
-                    .and_then(|who| state.former_member(&who))
-                    .is_some_and(|m| m.peer == peer)
-            })
+            .filter(|d| self.departed_by(d).is_some_and(|who| mine(&who)))
             .copied()
             .collect();
-        let name = |id: &MemberId| {
-            state
-                .member(id)
-                .or_else(|| state.former_member(id))
-                .map_or_else(|| "someone".to_owned(), |m| m.display_name.clone())
-        };
-        let mine = |id: &MemberId| {
-            state
-                .member(id)
-                .or_else(|| state.former_member(id))
-                .is_some_and(|m| m.peer == peer)
-        };
         let mut changes = Vec::new();
         let mut inside = false;
         for (hash, op) in self.log.in_order() {
