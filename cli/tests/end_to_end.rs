@@ -380,6 +380,11 @@ fn a_second_room_of_the_same_name_is_refused_and_nothing_changes() {
     assert_eq!(texts, ["Still one room.", "Typed loosely."]);
     let unknown = fails(&run(home, &["read", "Peer groups"]));
     assert!(unknown.contains("no room called"), "{unknown}");
+    // Part of a name is not enough (a message sent to the wrong room cannot be taken
+    // back), but the refusal says which room was probably meant, and nothing is sent.
+    let part = fails(&run(home, &["send", "peer", "Sent by half a name."]));
+    assert!(part.contains("did you mean \"Peer group\"?"), "{part}");
+    assert_eq!(read(home, "Peer group").len(), 2, "nothing was sent");
 }
 
 /// A room joined can have the name of one's own in another case: the exact name still

@@ -1355,12 +1355,49 @@ impl EventLoop {
         };
         match by_id.len() {
             1 => Ok(by_id[0]),
-            0 => Err(format!(
-                "no room called or with an id starting \"{query}\"; `confer room list` shows your rooms"
-            )),
+            0 => Err(self.no_such_room(query)),
             _ => Err(format!(
                 "\"{query}\" matches more than one room id; give more of the id"
             )),
+        }
+    }
+
+    /// The refusal for a room name or id that matches nothing: names the rooms whose names
+    /// contain what was typed (in any case and spacing), so "thursday" finds "Thursday
+    /// group" for the user to type in full. It never picks one itself: a message sent to
+    /// the wrong room cannot be taken back.
+    fn no_such_room(&self, query: &str) -> String {
+        let loose = confer_room::invite::loose_name;
+        let typed = loose(query);
+        let mut like: Vec<&str> = if typed.is_empty() {
+            Vec::new()
+        } else {
+            self.rooms
+                .values()
+                .map(Room::name)
+                .filter(|name| loose(name).contains(&typed))
+                .collect()
+        };
+        like.sort_unstable();
+        let list = |names: &[&str]| {
+            names
+                .iter()
+                .map(|name| format!("\"{name}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        match like.len() {
+            0 => format!(
+                "no room called or with an id starting \"{query}\"; `confer room list` shows your rooms"
+            ),
+            1 => format!(
+                "no room is called \"{query}\"; did you mean {}? Give its whole name (in any case)",
+                list(&like)
+            ),
+            _ => format!(
+                "no room is called \"{query}\"; rooms whose names contain it: {}. Give one's whole name (in any case)",
+                list(&like)
+            ),
         }
     }
 

@@ -303,13 +303,15 @@ fn is_invisible(c: char) -> bool {
 /// trailing and repeated spaces are ignored, and regardless of case. A room admits no
 /// one under a name a current member already uses.
 pub fn same_name(a: &str, b: &str) -> bool {
-    let norm = |s: &str| {
-        s.split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-            .to_lowercase()
-    };
-    norm(a) == norm(b)
+    loose_name(a) == loose_name(b)
+}
+
+/// A name as [`same_name`] compares it: words separated by single spaces, lower case.
+pub fn loose_name(name: &str) -> String {
+    name.split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+        .to_lowercase()
 }
 
 /// Checks a display name or room name.
