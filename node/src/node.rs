@@ -7,6 +7,7 @@
 //! swarm event (a pending join is parked until its response comes back).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use confer_room::invite::{InviteId, JoinBody, JoinRequest, JoinResponse};
@@ -111,7 +112,9 @@ const DOUBTFUL_JOIN: &str = "doubtful-join";
 /// was stored: only they may be sent it again.
 struct Recent {
     envelope: Vec<u8>,
-    audience: Vec<Vec<u8>>,
+    /// The peers of the members when it was accepted; shared by consecutive envelopes
+    /// while the members stay the same.
+    audience: Arc<[Vec<u8>]>,
 }
 
 /// Sync requests to one peer: at most [`PUSH_WINDOW`] in flight, the next sent when one is
@@ -201,11 +204,15 @@ impl Default for Transfers {
 }
 
 /// How many threads [`EventLoop::take_in_parallel`] uses: one per core, at most
-/// [`OPEN_THREADS`].
+/// [`OPEN_THREADS`]. Asked once: the standard library reads the cgroup's files each time
+/// (a measurable share of a catch-up when it was asked for every pushed batch).
 fn open_threads() -> usize {
-    std::thread::available_parallelism()
-        .map_or(1, std::num::NonZeroUsize::get)
-        .min(OPEN_THREADS)
+    static THREADS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *THREADS.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, std::num::NonZeroUsize::get)
+            .min(OPEN_THREADS)
+    })
 }
 
 /// Maps `f` over `items` on up to `threads` scoped threads, each taking one contiguous
@@ -2692,8 +2699,17 @@ impl EventLoop {
         let Some(room) = self.rooms.get(&id) else {
             return;
         };
-        let audience = room.members().iter().map(|m| m.peer.clone()).collect();
+        let members = room.members();
         let recent = self.recent.entry(id).or_default();
+        let audience = match recent.back() {
+            Some(last)
+                if last.audience.len() == members.len()
+                    && last.audience.iter().zip(&members).all(|(a, m)| *a == m.peer) =>
+            {
+                Arc::clone(&last.audience)
+            }
+            _ => members.iter().map(|m| m.peer.clone()).collect(),
+        };
         if recent.len() >= RECENT_LIMIT {
             recent.pop_front();
         }
