@@ -1548,12 +1548,16 @@ impl EventLoop {
     /// Tells the room's followers of a message just stored; `pending` as in
     /// [`FollowUpdate::Message`].
     fn notify(&mut self, id: &RoomId, record: &MessageRecord, pending: bool) {
+        // Nothing to build for nobody (most nodes, most of the time).
+        if self.followers.get(id).is_none_or(Vec::is_empty) {
+            return;
+        }
         let Some(room) = self.rooms.get(id) else {
             return;
         };
         let mut info = Self::message_info(room, record);
         info.pending = pending;
-        if pending && self.followers.contains_key(id) {
+        if pending {
             self.shown_pending.entry(*id).or_default().insert(record.id);
         }
         self.tell_followers(id, &FollowUpdate::Message(info));
@@ -2704,7 +2708,11 @@ impl EventLoop {
         let audience = match recent.back() {
             Some(last)
                 if last.audience.len() == members.len()
-                    && last.audience.iter().zip(&members).all(|(a, m)| *a == m.peer) =>
+                    && last
+                        .audience
+                        .iter()
+                        .zip(&members)
+                        .all(|(a, m)| *a == m.peer) =>
             {
                 Arc::clone(&last.audience)
             }
