@@ -3046,15 +3046,19 @@ impl EventLoop {
     }
 
     /// Carries out the waiting leaves whose rooms hold nothing of ours unconfirmed any
-    /// more, and refuses those that waited too long (or whose asker went away).
+    /// more, and refuses those that waited too long. A leave whose asker went away
+    /// (Ctrl-C) is given up, not carried out: the person chose to stay.
     fn settle_waiting_leaves(&mut self) {
         let now = Instant::now();
         for leave in std::mem::take(&mut self.leaves_waiting) {
             let waiting = self.unconfirmed.get(&leave.room).map_or(0, BTreeSet::len);
+            if leave.reply.is_closed() {
+                continue;
+            }
             if waiting == 0 {
                 let reply = self.leave_now(leave.room);
                 let _ = leave.reply.send(reply);
-            } else if now.duration_since(leave.since) >= LEAVE_WAIT || leave.reply.is_closed() {
+            } else if now.duration_since(leave.since) >= LEAVE_WAIT {
                 let _ = leave.reply.send(error(undelivered(waiting)));
             } else {
                 self.leaves_waiting.push(leave);

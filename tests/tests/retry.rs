@@ -167,3 +167,32 @@ async fn a_message_a_member_holds_but_never_confirmed_is_confirmed_by_its_summar
         "Sam's summary covers Jo's message, yet it is still unconfirmed"
     );
 }
+
+/// `leave` waits for a member to hold the leaver's last message. Someone who gives up
+/// waiting (Ctrl-C, which drops the request) has chosen to stay: the leave must not be
+/// carried out when the message is held a moment later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leave_given_up_while_it_waits_is_not_carried_out_later() {
+    let (mut sam, jo) = BareFacilitator::with_member(ROOM, "Jo").await;
+    let id = jo.send(ROOM, "Jo: one more thing before I go").await;
+    sam.fetch(&jo, &id).await;
+    let leave = jo.node.request(Request::Leave {
+        room: ROOM.into(),
+        anyway: false,
+    });
+    // Sam's node is not answering now (the test is not running it), so the leave waits;
+    // Jo gives up.
+    let gave_up = tokio::time::timeout(Duration::from_millis(300), leave).await;
+    assert!(gave_up.is_err(), "the leave waits: {gave_up:?}");
+
+    let rotation = sam.rotate();
+    sam.push_to(&jo, vec![rotation], |_| true).await;
+    assert!(
+        !pending(&jo, &id).await,
+        "Sam's summary confirms Jo's message"
+    );
+    assert!(
+        jo.status().await.rooms[0].member,
+        "Jo gave up leaving, and left all the same once the message was held"
+    );
+}
