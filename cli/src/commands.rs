@@ -479,27 +479,57 @@ pub async fn read(
 /// have reached the others without knowing it.
 const GONE_UNCONFIRMED: &str = "not known to have reached anyone else";
 
-/// Prints a room's messages with its membership changes among them, in time order (RFC
-/// 3339 times of one width sort as text; a change goes before a message of the same
-/// time); with `json`, one JSON object per line.
+/// Prints a room's messages with its membership changes among them (see [`in_order`]);
+/// with `json`, one JSON object per line.
 fn print_history(
     messages: &[MessageInfo],
     events: &[EventInfo],
     member: bool,
     json: bool,
 ) -> Result<(), Error> {
-    let mut events = events.iter().peekable();
-    for message in messages {
-        while let Some(event) = events.next_if(|e| e.at <= message.sent_at) {
-            print_event(event, json)?;
-        }
-        if json {
-            output::json(message)?;
-        } else {
-            print_message(message, member)?;
+    for entry in in_order(messages, events, std::time::SystemTime::now()) {
+        match entry {
+            Entry::Event(event) => print_event(event, json)?,
+            Entry::Message(message) if json => output::json(message)?,
+            Entry::Message(message) => print_message(message, member)?,
         }
     }
-    events.try_for_each(|event| print_event(event, json))
+    Ok(())
+}
+
+/// One line of a history.
+#[derive(Debug, PartialEq)]
+enum Entry<'a> {
+    Message(&'a MessageInfo),
+    Event(&'a EventInfo),
+}
+
+/// A room's messages, in the node's order, with its membership changes among them by
+/// time (RFC 3339 times of one width sort as text; a change goes before a message of
+/// the same time). The node orders messages by their authors' times, except one dated
+/// more than [`CLOCK_AHEAD`] after its clock when it arrived, which it places where it
+/// arrived: such a message, still ahead of `now`, is placed among the changes as if it
+/// had the time of the message before it.
+fn in_order<'a>(
+    messages: &'a [MessageInfo],
+    events: &'a [EventInfo],
+    now: std::time::SystemTime,
+) -> Vec<Entry<'a>> {
+    let horizon = horizon(now);
+    let mut events = events.iter().peekable();
+    let mut out = Vec::with_capacity(messages.len() + events.len());
+    let mut latest = "";
+    for message in messages {
+        if message.sent_at.as_str() <= horizon.as_str() {
+            latest = &message.sent_at;
+        }
+        while let Some(event) = events.next_if(|e| e.at.as_str() <= latest) {
+            out.push(Entry::Event(event));
+        }
+        out.push(Entry::Message(message));
+    }
+    out.extend(events.map(Entry::Event));
+    out
 }
 
 /// Prints one membership change: a line for people, or `{"event": {...}}`.
@@ -518,6 +548,9 @@ fn print_message(message: &MessageInfo, member: bool) -> Result<(), Error> {
 
 fn print_line(message: &MessageInfo, member: bool, note: &str) -> Result<(), Error> {
     let mut line = output::message_line(&message.sent_at, &message.author, &message.text);
+    if is_ahead(&message.sent_at, std::time::SystemTime::now()) {
+        line.push_str("  (dated ahead of this computer's clock)");
+    }
     match (message.pending, member && !message.gone) {
         (false, _) => {}
         (true, true) => line.push_str("  (not yet received by anyone else)"),
@@ -542,11 +575,20 @@ fn arrived_late_at(latest: &mut String, sent_at: &str, now: std::time::SystemTim
     if sent_at < latest.as_str() {
         return true;
     }
-    let horizon = humantime::format_rfc3339_millis(now + CLOCK_AHEAD).to_string();
-    if sent_at <= horizon.as_str() {
+    if !is_ahead(sent_at, now) {
         sent_at.clone_into(latest);
     }
     false
+}
+
+/// Whether a message's time (RFC 3339) is more than [`CLOCK_AHEAD`] after `now`.
+fn is_ahead(sent_at: &str, now: std::time::SystemTime) -> bool {
+    sent_at > horizon(now).as_str()
+}
+
+/// The latest time (RFC 3339) a message may have and not be ahead of `now`.
+fn horizon(now: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_millis(now + CLOCK_AHEAD).to_string()
 }
 
 /// `confer members`
@@ -810,6 +852,60 @@ mod tests {
         assert!(
             !arrived_late(&mut latest, "2026-11-22T18:05:00.000Z"),
             "same moment"
+        );
+    }
+
+    fn message(sent_at: &str, text: &str) -> MessageInfo {
+        MessageInfo {
+            message_id: text.into(),
+            author: "Jo".into(),
+            text: text.into(),
+            sent_at: sent_at.into(),
+            pending: false,
+            gone: false,
+        }
+    }
+
+    fn event(at: &str, who: &str) -> EventInfo {
+        EventInfo {
+            at: at.into(),
+            kind: "joined".into(),
+            who: who.into(),
+            by: None,
+            you: false,
+            by_you: false,
+        }
+    }
+
+    /// Membership changes go among the messages by time; a message dated far ahead,
+    /// which the node placed where it arrived, does not pull the changes after it in
+    /// front of it.
+    #[test]
+    fn changes_go_among_messages_by_time_and_a_message_dated_ahead_stays_where_it_arrived() {
+        let now = humantime::parse_rfc3339("2026-11-22T18:05:00Z").unwrap();
+        let messages = [
+            message("2026-11-22T18:00:00.000Z", "first"),
+            message("2027-06-01T00:00:00.000Z", "ahead"),
+            message("2026-11-22T18:02:00.000Z", "second"),
+        ];
+        let events = [
+            event("2026-11-22T17:59:00.000Z", "Ann"),
+            event("2026-11-22T18:00:00.000Z", "Bo"),
+            event("2026-11-22T18:01:00.000Z", "Cy"),
+            event("2026-11-22T18:03:00.000Z", "Di"),
+        ];
+        let order: Vec<&str> = in_order(&messages, &events, now)
+            .into_iter()
+            .map(|entry| match entry {
+                Entry::Message(m) => m.text.as_str(),
+                Entry::Event(e) => e.who.as_str(),
+            })
+            .collect();
+        assert_eq!(order, ["Ann", "Bo", "first", "ahead", "Cy", "second", "Di"]);
+        assert!(is_ahead("2027-06-01T00:00:00.000Z", now));
+        assert!(
+            !is_ahead("2026-11-22T18:09:00.000Z", now),
+            "within five minutes"
         );
     }
 

@@ -84,6 +84,9 @@ const WANT_BACKOFF_MAX: Duration = Duration::from_secs(3600);
 const OPEN_THREADS: usize = 4;
 /// Batches with fewer new envelopes than this are opened on the event loop alone.
 const PARALLEL_OPEN_MIN: usize = 8;
+/// How far ahead of this node's clock a message's time may be and still place it in the
+/// history (see [`insert_opened`]); the CLI allows the same when it shows one.
+const CLOCK_AHEAD_MS: u64 = 5 * 60 * 1000;
 /// The longest a received message (that nobody waits for) stays unflushed.
 const RECEIVED_FLUSH_DELAY: Duration = Duration::from_millis(100);
 /// Most message ids remembered as asked for.
@@ -247,6 +250,12 @@ type Taken = (MessageRecord, Result<bool, confer_store::StoreError>);
 
 /// Stores a message opened and verified from `envelope`, with the envelope; whether it
 /// was new. Runs on the event loop or on the threads of [`EventLoop::take_in_parallel`].
+///
+/// Histories are in the order of the times authors gave their messages, except that a
+/// message dated more than [`CLOCK_AHEAD_MS`] after this node's clock when it arrives
+/// takes its place as if sent at that moment: its author's clock is wrong, or set ahead
+/// on purpose, and it would otherwise stay at the end of every history for good. (It
+/// keeps the time its author gave it, which is signed.)
 fn insert_opened(
     store: &Store,
     id: RoomId,
@@ -258,7 +267,13 @@ fn insert_opened(
         envelope: envelope.to_vec(),
     }
     .to_bytes();
-    store.insert_message(&id.0, &record.id, record.sent_at, &value)
+    let now = now_ms();
+    let place = if record.sent_at > now.saturating_add(CLOCK_AHEAD_MS) {
+        now
+    } else {
+        record.sent_at
+    };
+    store.insert_message(&id.0, &record.id, place, &value)
 }
 
 /// The SHA-256 of an envelope (also its gossipsub message id).

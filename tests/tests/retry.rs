@@ -196,3 +196,40 @@ async fn a_leave_given_up_while_it_waits_is_not_carried_out_later() {
         "Jo gave up leaving, and left all the same once the message was held"
     );
 }
+
+/// A member whose clock is a year ahead (or who sets it so) must not pin its message to
+/// the end of everyone's history: the message takes its place when it arrives, keeping
+/// the time its author gave it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_dated_far_ahead_takes_its_place_when_it_arrives() {
+    let (mut sam, jo) = BareFacilitator::with_member(ROOM, "Jo").await;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64
+    };
+    let ahead = sam.seal_at(
+        "Sam: read this last, always",
+        now_ms() + 365 * 24 * 3600 * 1000,
+    );
+    let answer = sam.push_to(&jo, vec![ahead], |_| true).await;
+    assert_eq!(answer.stored.len(), 1, "Jo's node took it");
+    // Jo's message is dated at least a millisecond after Sam's arrived.
+    let arrived = now_ms();
+    while now_ms() <= arrived {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    jo.send(ROOM, "Jo: said after it").await;
+
+    let history = jo.history(ROOM).await;
+    let texts: Vec<&str> = history.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["Sam: read this last, always", "Jo: said after it"]);
+    // RFC 3339 times of one width sort as text.
+    assert!(
+        history[0].sent_at > history[1].sent_at,
+        "it keeps its author's time: {} and {}",
+        history[0].sent_at,
+        history[1].sent_at
+    );
+}

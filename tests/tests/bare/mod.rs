@@ -171,6 +171,15 @@ impl BareFacilitator {
         envelope
     }
 
+    /// A message from Sam dated `at` (Unix milliseconds) by Sam's clock.
+    pub fn seal_at(&mut self, text: &str, at: u64) -> Vec<u8> {
+        let (envelope, _) = self
+            .room
+            .seal_message(text, at, &mut self.rng)
+            .expect("sealed");
+        envelope
+    }
+
     /// Tells the swarm where `node` listens; returns its peer id.
     async fn know(&mut self, node: &TestNode) -> PeerId {
         let status = node.status().await;
