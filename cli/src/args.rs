@@ -292,7 +292,9 @@ pub enum NodeCommand {
         relay: Vec<String>,
         /// Print JSON lines: first the readiness line {"peer_id": ..., "listen": [...],
         /// "relays": [...]}, then catch-up progress {"event": "catching_up" or
-        /// "caught_up", "received": N}.
+        /// "caught_up", "received": N}, leaves {"event": "leave_unheard", "rooms": N} and
+        /// {"event": "leave_heard"}, and {"event": "other_copy"} if the profile seems to
+        /// be running on another computer too.
         #[arg(long)]
         json: bool,
     },

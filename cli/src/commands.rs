@@ -91,8 +91,14 @@ pub async fn status(home: &Path, json: bool) -> Result<(), Error> {
             info.joining
         ))?;
     }
+    if info.other_copy > 0 {
+        output::line(OTHER_COPY)?;
+    }
     print_rooms(&info.rooms)
 }
+
+/// What `status` and `node run` say when the profile seems to run on two computers.
+pub const OTHER_COPY: &str = "Warning: messages in your name that this node did not send have reached it, sent while it was running: your profile seems to be running on another computer as well. Stop all but one; each copy holds only part of the discussion.";
 
 /// `confer room create`
 pub async fn create_room(

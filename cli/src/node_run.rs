@@ -39,6 +39,7 @@ async fn serve(profile: Profile, config: NodeConfig, json: bool) -> Result<(), E
     // Likewise when a leave nobody had heard reaches a member.
     let mut progress = CatchUp::default();
     let mut leaves = Leaves::default();
+    let mut warned_of_other_copy = false;
     let mut poll = tokio::time::interval(PROGRESS_EVERY);
     loop {
         tokio::select! {
@@ -55,6 +56,15 @@ async fn serve(profile: Profile, config: NodeConfig, json: bool) -> Result<(), E
                     }
                     if let Some(event) = leaves.update(unheard, heard) {
                         let _ = show_leave(event, json);
+                    }
+                    // Said once (`confer status` goes on saying it).
+                    if status.other_copy > 0 && !warned_of_other_copy {
+                        warned_of_other_copy = true;
+                        let _ = if json {
+                            output::json(&serde_json::json!({"event": "other_copy"}))
+                        } else {
+                            output::line(crate::commands::OTHER_COPY)
+                        };
                     }
                 }
             }

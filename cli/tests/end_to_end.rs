@@ -583,6 +583,10 @@ fn a_profile_copied_while_stopped_carries_on_and_catches_up() {
         (texts == ["Said after the copy.", "Said while Sam was away."]).then_some(())
     });
     assert_eq!(ok_json(&copy, &["members", ROOM])[0]["epoch"], 1);
+    // Its own message from after the copy, caught up on, is no sign of a second copy
+    // running.
+    assert_eq!(ok_json(&copy, &["status"])["other_copy"], 0);
+    assert!(!ok(&copy, &["status"]).contains("another computer"));
     send_and_wait(&copy, ROOM, "From the copy.", &[priya]);
 
     // Still the facilitator: an invite made after the copy is refused, a new one admits.

@@ -263,6 +263,12 @@ pub struct StatusInfo {
     /// it could not be reached (`confer join --wait`; given up when the asker goes).
     #[serde(default)]
     pub joining: usize,
+    /// Messages in this profile's name, sent while this node was running, that reached it
+    /// from other members and that it did not send: the profile is running on another
+    /// computer as well (a copy, or a backup started while this one runs). Each copy then
+    /// holds only part of the discussion.
+    #[serde(default)]
+    pub other_copy: u64,
 }
 
 /// A relay and whether the node holds a reservation on it.

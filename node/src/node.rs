@@ -409,6 +409,7 @@ impl Node {
             dropped: 0,
             caught_up: 0,
             leaves_heard: 0,
+            other_copy: 0,
             started_ms: now_ms(),
             reach,
             settings,
@@ -606,6 +607,8 @@ struct EventLoop {
     caught_up: u64,
     /// See `StatusInfo::leaves_heard`.
     leaves_heard: u64,
+    /// See `StatusInfo::other_copy`.
+    other_copy: u64,
     /// When this node started (Unix milliseconds).
     started_ms: u64,
     /// Relays, relay-only mode, NAT status, open connections.
@@ -1101,6 +1104,7 @@ impl EventLoop {
                 connections: self.reach.connection_infos(),
                 caught_up: self.caught_up,
                 leaves_heard: self.leaves_heard,
+                other_copy: self.other_copy,
                 joining: self.pending_joins.len() + self.joins_waiting.len(),
             }),
             Request::ListRooms => Reply::Rooms {
@@ -1630,6 +1634,7 @@ impl EventLoop {
         let message_id = record.id;
         match stored {
             Ok(true) => {
+                self.notice_other_copy(id, &record);
                 self.stored_unflushed(id, &record, &data);
                 self.notify(&id, &record, false);
                 self.remember(id, &data);
@@ -1644,6 +1649,27 @@ impl EventLoop {
             }
         }
         (MessageAcceptance::Accept, Some(message_id))
+    }
+
+    /// Counts a message new to this node, in this profile's name in the room, dated while
+    /// this node has been running (and not ahead of its clock): this node did not send
+    /// it (what it sends is stored before anything else can bring it), so another copy
+    /// of the profile is running elsewhere. One from before this node started is what a
+    /// profile moved from another computer, or started from a backup, catches up on.
+    fn notice_other_copy(&mut self, id: RoomId, record: &MessageRecord) {
+        let mine = self
+            .rooms
+            .get(&id)
+            .is_some_and(|room| room.is_member() && record.author == room.me());
+        let now = now_ms();
+        if mine && record.sent_at >= self.started_ms && record.sent_at <= now + CLOCK_AHEAD_MS {
+            if self.other_copy == 0 {
+                tracing::warn!(
+                    "a message in this profile's name that this node did not send arrived; the profile seems to be running on another computer too"
+                );
+            }
+            self.other_copy += 1;
+        }
     }
 
     fn retry_unknown_authors(&mut self, id: RoomId) {

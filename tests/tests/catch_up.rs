@@ -151,3 +151,81 @@ async fn members_who_both_restart_find_each_other_again() {
     alice.node = start_choosing_port(alice.home()).await;
     assert_eq!(port_of(&alice.node), moved);
 }
+
+/// Starts a node on loopback for the profile in `home`, reconciling every 200 ms.
+async fn start_reconciling_often(home: &std::path::Path) -> confer_node::Node {
+    let profile = confer_store::Profile::unlock(home, confer_tests::PASSPHRASE).expect("unlock");
+    let config = confer_node::NodeConfig {
+        net: confer_node::net::NetConfig {
+            sync_interval: Duration::from_millis(200),
+            ..confer_node::net::NetConfig::for_tests()
+        },
+        ..confer_node::NodeConfig::new(vec!["/ip4/127.0.0.1/tcp/0".into()], Vec::new())
+    };
+    confer_node::Node::start(profile, config)
+        .await
+        .expect("start node")
+}
+
+async fn other_copy(node: &confer_node::Node) -> u64 {
+    match node.request(confer_node::api::Request::Status).await {
+        confer_node::api::Reply::Status(status) => status.other_copy,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Sends `text` to the room from `node`; returns the message id.
+async fn say(node: &confer_node::Node, text: &str) -> String {
+    let request = confer_node::api::Request::Send {
+        room: ROOM.into(),
+        text: text.into(),
+    };
+    match node.request(request).await {
+        confer_node::api::Reply::Sent { message_id, .. } => message_id,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A profile copied to another computer and run there while the original runs too
+/// splits the discussion between the two, since the others' nodes take them for one.
+/// The original's node notices a message in its person's name, sent while it was
+/// running, that it did not send, and says so; catching up on its person's messages
+/// from before it started (as a profile moved to a new computer, or started from a
+/// backup, does) is no such sign.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_profile_running_on_two_computers_at_once_is_noticed() {
+    let alice = TestNode::start("Alice").await;
+    let mut bob = TestNode::start("Bob").await;
+    alice.form_room(ROOM, "Alice", &[(&bob, "Bob")]).await;
+    bob.node.clone().shutdown().await;
+    let copy = tempfile::tempdir().expect("temporary directory");
+    let copied = std::process::Command::new("cp")
+        .args(["-a", "--"])
+        .arg(format!("{}/.", bob.home().display()))
+        .arg(copy.path())
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let holds = |id: &str| {
+        let id = id.to_owned();
+        move |h: &[confer_node::api::MessageInfo]| h.iter().any(|m| m.message_id == id)
+    };
+
+    // The copy runs while the original is off, and says something.
+    let elsewhere = start_reconciling_often(copy.path()).await;
+    let before = say(&elsewhere, "Bob, on the new computer").await;
+    until(&alice, "Alice to hold the first", holds(&before)).await;
+    elsewhere.shutdown().await;
+    // The original starts again and catches up on it: nothing to say.
+    bob.node = start_reconciling_often(bob.home()).await;
+    until(&bob, "Bob's node to catch up", holds(&before)).await;
+    assert_eq!(other_copy(&bob.node).await, 0);
+
+    // The copy runs again while the original runs.
+    let elsewhere = start_reconciling_often(copy.path()).await;
+    let during = say(&elsewhere, "Bob, on the new computer again").await;
+    until(&alice, "Alice to hold the second", holds(&during)).await;
+    elsewhere.shutdown().await;
+    until(&bob, "Bob's node to take it", holds(&during)).await;
+    assert_eq!(other_copy(&bob.node).await, 1);
+}
