@@ -47,7 +47,9 @@ fn main() -> ExitCode {
         // Whoever was reading our output has gone (e.g. `confer read ROOM | head`).
         Err(Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::FAILURE,
         Err(e) => {
-            eprintln!("error: {e}");
+            // Refusals echo what was typed and names other members chose: nothing in
+            // them may move the cursor or recolour the terminal.
+            eprintln!("error: {}", output::safe(&e.to_string()));
             ExitCode::FAILURE
         }
     }

@@ -380,6 +380,12 @@ fn a_second_room_of_the_same_name_is_refused_and_nothing_changes() {
     assert_eq!(texts, ["Still one room.", "Typed loosely."]);
     let unknown = fails(&run(home, &["read", "Peer groups"]));
     assert!(unknown.contains("no room called"), "{unknown}");
+    // What was typed comes back in the refusal, but not as terminal control.
+    let escaped = fails(&run(home, &["read", "Peer\u{1b}[2Jgroup"]));
+    assert!(
+        escaped.contains("Peer\\u{1b}[2Jgroup") && !escaped.contains('\u{1b}'),
+        "{escaped}"
+    );
     // Part of a name is not enough (a message sent to the wrong room cannot be taken
     // back), but the refusal says which room was probably meant, and nothing is sent.
     let part = fails(&run(home, &["send", "peer", "Sent by half a name."]));
