@@ -292,6 +292,12 @@ pub struct NetConfig {
     /// its message summary, and its messages no other member has confirmed yet), besides
     /// when a member connects or subscribes. Tests shorten it to watch several rounds.
     pub sync_interval: Duration,
+    /// How recently accepted a room envelope must be to be handed to a member whose
+    /// subscription the node has just seen: gossip did not route it to that member, which
+    /// may have subscribed a moment after it was published. Anything older it gets by
+    /// reconciliation, asking only for what it lacks, rather than every member sending a
+    /// reconnecting member the room's latest envelopes whether it holds them or not.
+    pub recent_window: Duration,
 }
 
 impl Default for NetConfig {
@@ -302,6 +308,7 @@ impl Default for NetConfig {
             autonat_delay: Duration::from_secs(15),
             autonat_global_only: true,
             sync_interval: Duration::from_secs(15),
+            recent_window: Duration::from_secs(10),
         }
     }
 }

@@ -403,6 +403,7 @@ impl Node {
             rotation_due: HashMap::new(),
             ticks: 0,
             sync_interval: config.net.sync_interval,
+            recent_window: config.net.recent_window,
             told_departed: HashMap::new(),
             joins_refused_for_rate: HashMap::new(),
             events_told: HashMap::new(),
@@ -593,6 +594,8 @@ struct EventLoop {
     ticks: u64,
     /// How often [`Self::on_sync_round`] runs.
     sync_interval: Duration,
+    /// See [`NetConfig::recent_window`].
+    recent_window: Duration,
     /// Former members told of their departure, by peer and departure (the hash of the
     /// operation that ended the membership), and when (see [`Self::receive_push`]); only peers of former
     /// members, so bounded by the rooms' logs.

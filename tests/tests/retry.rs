@@ -233,3 +233,56 @@ async fn a_message_dated_far_ahead_takes_its_place_when_it_arrives() {
         history[1].sent_at
     );
 }
+
+/// A member's node hands a member whose subscription it has just seen the envelopes it
+/// accepted in the last moments (gossip did not route them to that member), and no older
+/// ones: a member reconnecting later catches up by reconciliation, asking for what it
+/// lacks, instead of every member sending it the room's latest envelopes whether it
+/// holds them or not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_envelopes_from_the_last_moments_are_handed_to_a_member_who_subscribes() {
+    let window = Duration::from_secs(3);
+    let net = NetConfig {
+        recent_window: window,
+        ..quick_rounds()
+    };
+    let (mut sam, jo) = BareFacilitator::with_member_using(ROOM, "Jo", net).await;
+    // Sam says something (Jo's node holds it and does not push it back: it is Sam's).
+    let said = sam.seal("Sam: the room is set up; see you Thursday.");
+    sam.publish_to(&jo, said).await;
+    until_history(&jo, "Jo's node to take Sam's message", |h| h.len() == 1).await;
+    let id: confer_node::sync::Id = hex::decode(&jo.history(ROOM).await[0].message_id)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let reconnect = |sam: &mut BareFacilitator| {
+        sam.go_offline();
+        sam.held.clear();
+        sam.summaries = 0;
+    };
+
+    // Sam's node comes back at once: Jo's node hands the message over unasked.
+    reconnect(&mut sam);
+    jo.until_alone().await;
+    sam.subscribe_to(&jo).await;
+    sam.until("Jo's node to hand over the message", |sam| {
+        sam.held.contains_key(&id)
+    })
+    .await;
+
+    // Sam's node comes back once the message is older than the window: Jo's node
+    // reconciles with it and hands over nothing unasked (Sam's node never asks).
+    reconnect(&mut sam);
+    jo.until_alone().await;
+    tokio::time::sleep(window).await;
+    sam.subscribe_to(&jo).await;
+    // On connecting, on the subscription, and a sync round after.
+    sam.until("three reconciliations from Jo's node", |sam| {
+        sam.summaries >= 3
+    })
+    .await;
+    assert!(
+        sam.held.is_empty(),
+        "Jo's node pushed an old envelope unasked"
+    );
+}

@@ -43,6 +43,8 @@ enum Item {
 /// was stored: only they may be sent it again.
 pub(super) struct Recent {
     envelope: Vec<u8>,
+    /// When it was accepted (see [`NetConfig::recent_window`]).
+    at: Instant,
     /// The peers of the members when it was accepted; shared by consecutive envelopes
     /// while the members stay the same.
     audience: Arc<[Vec<u8>]>,
@@ -295,14 +297,15 @@ impl EventLoop {
         }
         recent.push_back(Recent {
             envelope: envelope.to_vec(),
+            at: Instant::now(),
             audience,
         });
     }
 
     /// When a member subscribes to one of the room's topics: reconcile with it (our log,
     /// our message summary, the addresses we know), and, if it is the current topic, hand
-    /// it the recent envelopes it was entitled to (gossip does not route to a peer until
-    /// its subscription has been seen).
+    /// it the envelopes accepted in the last [`NetConfig::recent_window`] that it was
+    /// entitled to (gossip does not route to a peer until its subscription has been seen).
     pub(super) fn push_recent(&mut self, id: RoomId, peer: PeerId, topic: &str) {
         let Some(room) = self.rooms.get(&id) else {
             return;
@@ -317,6 +320,7 @@ impl EventLoop {
                 .map(|recent| {
                     recent
                         .iter()
+                        .filter(|r| r.at.elapsed() <= self.recent_window)
                         .filter(|r| r.audience.contains(&peer_bytes))
                         .map(|r| r.envelope.clone())
                         .collect()

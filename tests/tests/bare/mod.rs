@@ -33,6 +33,9 @@ pub struct BareFacilitator {
     pub lost: Vec<request_response::ResponseChannel<Vec<u8>>>,
     /// The messages Sam's node holds: id → sent at. Sam never confirms one.
     pub held: BTreeMap<Id, u64>,
+    /// Pushes with a summary taken in (a node reconciling: on connecting, on a
+    /// subscription, every sync round).
+    pub summaries: usize,
 }
 
 fn swarm(keypair: &identity::Keypair) -> Swarm<net::Behaviour> {
@@ -84,13 +87,23 @@ impl BareFacilitator {
             now,
             lost: Vec::new(),
             held: BTreeMap::new(),
+            summaries: 0,
         };
         (facilitator, invite.to_code())
     }
 
     /// Creates room `room` and admits a real node, started for the purpose, as `name`.
     pub async fn with_member(room: &str, name: &str) -> (BareFacilitator, TestNode) {
-        let member = TestNode::start(name).await;
+        Self::with_member_using(room, name, NetConfig::for_tests()).await
+    }
+
+    /// [`Self::with_member`], the member's node tuned by `net`.
+    pub async fn with_member_using(
+        room: &str,
+        name: &str,
+        net: NetConfig,
+    ) -> (BareFacilitator, TestNode) {
+        let member = TestNode::start_with(name, net).await;
         let (mut facilitator, code) = Self::start(room).await;
         let joined = facilitator.serve(&member, &code, name, 0).await;
         assert!(matches!(joined, Reply::Room(_)), "{joined:?}");
@@ -192,12 +205,31 @@ impl BareFacilitator {
     /// Publishes `envelope` on the topic of the key Sam's room holds now, as a member's
     /// node does, once `node` is connected and has told Sam's node it listens there.
     pub async fn publish_to(&mut self, node: &TestNode, envelope: Vec<u8>) {
+        let topic = self.subscribe_to(node).await;
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(topic, envelope)
+            .expect("published");
+    }
+
+    /// Connects to `node` and listens on the topic of the key Sam's room holds now, until
+    /// `node` has told Sam's node it listens there too; returns the topic.
+    pub async fn subscribe_to(&mut self, node: &TestNode) -> IdentTopic {
         let peer = self.know(node).await;
         let topic = IdentTopic::new(self.room.sending_topic().expect("a key"));
         let gossip = &mut self.swarm.behaviour_mut().gossipsub;
         gossip.gate().set_topic(topic.hash(), HashSet::from([peer]));
         gossip.subscribe(&topic).expect("subscribed");
-        self.swarm.dial(peer).expect("dial");
+        let heard = gossip
+            .all_peers()
+            .any(|(p, topics)| *p == peer && topics.contains(&&topic.hash()));
+        if heard {
+            return topic;
+        }
+        if !self.swarm.is_connected(&peer) {
+            self.swarm.dial(peer).expect("dial");
+        }
         within("the node to listen on the room's topic", async {
             loop {
                 let event = self.swarm.select_next_some().await;
@@ -213,11 +245,18 @@ impl BareFacilitator {
             }
         })
         .await;
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(topic, envelope)
-            .expect("published");
+        topic
+    }
+
+    /// Runs Sam's node, taking in what is pushed to it, until `done` holds.
+    pub async fn until(&mut self, what: &str, done: impl Fn(&Self) -> bool) {
+        within(what, async {
+            while !done(self) {
+                let event = self.swarm.select_next_some().await;
+                self.take(event);
+            }
+        })
+        .await;
     }
 
     /// A new key, as the facilitator's node makes when someone leaves: the operation to
@@ -311,6 +350,7 @@ impl BareFacilitator {
                 let push: SyncPush =
                     confer_room::wire::decode(&request, net::MAX_REQUEST).expect("a valid push");
                 self.now += 1;
+                self.summaries += usize::from(push.summary.is_some());
                 self.room.merge_ops(push.ops, self.now);
                 for envelope in push.envelopes {
                     if let Ok(Incoming::Message(m)) = self.room.open(&envelope, self.now) {
