@@ -18,7 +18,7 @@
 //!   ephemeral *and the recipient's* public key, so the copies' keys are independent; the
 //!   saving is one scalar multiplication per extra recipient. Used for the epoch secret in
 //!   a rotation, sealed to every member. Each copy opens with [`open_from`].
-//! - [`derive`]: HKDF-SHA256 with a distinct `info` label per purpose, so one secret
+//! - [`derive()`]: HKDF-SHA256 with a distinct `info` label per purpose, so one secret
 //!   never serves two purposes (message key vs. gossip topic name).
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};

@@ -244,7 +244,8 @@ impl JoinRequest {
 /// The facilitator's answer to a [`JoinRequest`].
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum JoinResponse {
-    /// Admitted: a [`crate::room::Welcome`] sealed to the joiner's X25519 key.
+    /// Admitted: a welcome (`room::Welcome`: the room name, the membership log and the
+    /// epoch secrets) sealed to the joiner's X25519 key.
     Welcome(SealedBox),
     /// Refused, with the reason.
     Refused(InviteError),

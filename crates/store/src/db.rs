@@ -141,7 +141,7 @@ impl Store {
     /// Opens (creating if needed) the database of `profile` at `<home>/db`.
     ///
     /// [`StoreError::InUse`] if another process or another open `Store` holds
-    /// it (after waiting up to a second for it to be released, see [`LOCK_WAIT`]);
+    /// it (after waiting up to a second for it to be released, see `LOCK_WAIT`);
     /// [`StoreError::Corrupt`] if it is damaged, from an incompatible
     /// version, or was written under another profile's keys.
     pub fn open(profile: &Profile) -> Result<Store> {
