@@ -810,8 +810,9 @@ impl EventLoop {
     /// A sync round ([`NetConfig::sync_interval`]): reconciles with every connected member
     /// of each room.
     fn on_sync_round(&mut self) {
-        // Anti-entropy: hand each connected member our whole log now and then, so a
-        // member that missed an operation (and so perhaps a key) catches up.
+        // Anti-entropy: hand each connected member our log when it has grown, and whole
+        // now and then, so a member that missed an operation (and so perhaps a key)
+        // catches up.
         let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
         for id in ids {
             if !self.rooms[&id].is_member() {
@@ -823,7 +824,7 @@ impl EventLoop {
             // never open it, and it was pushed to them every round).
             let envelopes = self.current_envelopes(&id, &self.unconfirmed_ids(&id));
             for peer in self.connected_members(&id) {
-                self.reconcile(id, peer, envelopes.clone());
+                self.reconcile_round(id, peer, envelopes.clone());
             }
             self.save_addresses(&id);
         }
@@ -1244,7 +1245,7 @@ impl EventLoop {
         self.shown_pending.remove(&id);
         self.rotation_due.remove(&id);
         self.events_told.remove(&id);
-        self.transfers.held.remove(&id);
+        self.transfers.forget_room(&id);
         self.manifest_dirty = true;
         Reply::Forgotten {
             room_id: id.to_hex(),

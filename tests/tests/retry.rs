@@ -286,3 +286,34 @@ async fn only_envelopes_from_the_last_moments_are_handed_to_a_member_who_subscri
         "Jo's node pushed an old envelope unasked"
     );
 }
+
+/// Every sync round a node reconciles with each connected member; it hands over its
+/// whole log (every admission and rotation, with their sealed secrets) only when the log
+/// has grown since it last did (and now and then in case that push was lost), not every
+/// round: in a room that has run for years that was most of its idle traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_that_has_not_changed_is_not_handed_over_every_round() {
+    let (mut sam, jo) = BareFacilitator::with_member_using(ROOM, "Jo", quick_rounds()).await;
+    sam.subscribe_to(&jo).await;
+    // Jo's node has handed Sam's the log on connecting and on the subscription; the
+    // rounds after that carry none.
+    sam.until("a round of Jo's node", |sam| sam.summaries >= 2)
+        .await;
+    sam.summaries = 0;
+    sam.logs = 0;
+    sam.until("six rounds of Jo's node", |sam| sam.summaries >= 6)
+        .await;
+    assert!(
+        sam.logs <= 1,
+        "{} of {} rounds carried the unchanged log",
+        sam.logs,
+        sam.summaries
+    );
+
+    // The log grows (Sam's node rotates the key): the next round carries it.
+    let rotation = sam.rotate();
+    sam.push_to(&jo, vec![rotation], |_| true).await;
+    sam.logs = 0;
+    sam.until("Jo's node to hand over its grown log", |sam| sam.logs >= 1)
+        .await;
+}

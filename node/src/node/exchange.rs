@@ -76,6 +76,9 @@ pub(super) struct Transfers {
     /// recognised after decrypting and verifying it (about 80 µs); with it, a duplicate
     /// (several members pushing the same envelope) costs one hash.
     pub(super) held: HashMap<RoomId, HashMap<[u8; 32], Id>>,
+    /// Per room and member: how many operations our log held when we last handed that
+    /// member the whole log, and when (see [`EventLoop::reconcile_round`]).
+    log_sent: HashMap<(RoomId, PeerId), (usize, Instant)>,
 }
 
 impl Default for Transfers {
@@ -84,9 +87,22 @@ impl Default for Transfers {
             outgoing: HashMap::new(),
             wanted: sync::Wants::new(WANTED_LIMIT, WANT_TIMEOUT, WANT_BACKOFF_MAX),
             held: HashMap::new(),
+            log_sent: HashMap::new(),
         }
     }
 }
+
+impl Transfers {
+    /// Forgets what was sent for a room this profile no longer has.
+    pub(super) fn forget_room(&mut self, id: &RoomId) {
+        self.held.remove(id);
+        self.log_sent.retain(|(room, _), _| room != id);
+    }
+}
+
+/// How often a sync round hands a connected member the whole log even if the log has not
+/// changed since it was last handed over: in case that push was lost.
+const FULL_LOG_EVERY: Duration = Duration::from_secs(5 * 60);
 
 /// How many threads [`EventLoop::take_in_parallel`] uses: one per core, at most
 /// [`OPEN_THREADS`]. Asked once: the standard library reads the cgroup's files each time
@@ -335,10 +351,38 @@ impl EventLoop {
     /// Starts reconciliation with a member: our whole log, our message summary and the
     /// member addresses we know, plus any `envelopes` to hand over.
     pub(super) fn reconcile(&mut self, id: RoomId, peer: PeerId, envelopes: Vec<Vec<u8>>) {
+        self.reconcile_with(id, peer, envelopes, true);
+    }
+
+    /// Reconciliation in a sync round: as [`Self::reconcile`], but the whole log only if
+    /// it has grown since this member was last handed it, or that was
+    /// [`FULL_LOG_EVERY`] ago. The member got the whole log when it connected or
+    /// subscribed, and operations travel by gossip too; handing a long-lived room's
+    /// whole log (every admission and rotation, with their sealed secrets) to every
+    /// member every round was most of an idle room's traffic.
+    pub(super) fn reconcile_round(&mut self, id: RoomId, peer: PeerId, envelopes: Vec<Vec<u8>>) {
+        self.reconcile_with(id, peer, envelopes, false);
+    }
+
+    fn reconcile_with(&mut self, id: RoomId, peer: PeerId, envelopes: Vec<Vec<u8>>, full: bool) {
         let Some(room) = self.rooms.get(&id) else {
             return;
         };
-        let ops = room.log().ops();
+        let len = room.log().len();
+        let due = full
+            || self
+                .transfers
+                .log_sent
+                .get(&(id, peer))
+                .is_none_or(|(sent, at)| *sent != len || at.elapsed() >= FULL_LOG_EVERY);
+        let ops = if due {
+            self.transfers
+                .log_sent
+                .insert((id, peer), (len, Instant::now()));
+            room.log().ops()
+        } else {
+            Vec::new()
+        };
         let addresses = self.member_addresses(&id);
         let mut salt = sync::Salt::default();
         rand::rand_core::Rng::fill_bytes(&mut rng(), &mut salt);

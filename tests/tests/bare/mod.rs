@@ -36,6 +36,8 @@ pub struct BareFacilitator {
     /// Pushes with a summary taken in (a node reconciling: on connecting, on a
     /// subscription, every sync round).
     pub summaries: usize,
+    /// Of those, the pushes that carried operations (a node's log).
+    pub logs: usize,
 }
 
 fn swarm(keypair: &identity::Keypair) -> Swarm<net::Behaviour> {
@@ -88,6 +90,7 @@ impl BareFacilitator {
             lost: Vec::new(),
             held: BTreeMap::new(),
             summaries: 0,
+            logs: 0,
         };
         (facilitator, invite.to_code())
     }
@@ -351,6 +354,7 @@ impl BareFacilitator {
                     confer_room::wire::decode(&request, net::MAX_REQUEST).expect("a valid push");
                 self.now += 1;
                 self.summaries += usize::from(push.summary.is_some());
+                self.logs += usize::from(push.summary.is_some() && !push.ops.is_empty());
                 self.room.merge_ops(push.ops, self.now);
                 for envelope in push.envelopes {
                     if let Ok(Incoming::Message(m)) = self.room.open(&envelope, self.now) {
