@@ -130,6 +130,10 @@ async fn a_join_that_failed_after_being_admitted_succeeds_when_run_again() {
         panic!("unexpected {reply:?}")
     };
     assert!(message.contains("run the same command again"), "{message}");
+    assert!(
+        message.contains("answer never came") && !message.contains("could not reach"),
+        "the node was reached: {message}"
+    );
     assert_eq!(facilitator.lost.len(), 3, "every attempt lost");
 
     joiner.restart().await;

@@ -189,14 +189,23 @@ impl EventLoop {
         if perhaps_admitted {
             self.keep_doubtful_join(&invite, &keys);
         }
-        let advice = if waited {
-            "check that it is running and reachable, then run the same command again"
+        let message = if matches!(failure, OutboundFailure::UnsupportedProtocols) {
+            "the facilitator's node does not speak this version's join protocol; make sure you both run the same version of Confer".to_owned()
+        } else if unreachable {
+            let advice = if waited {
+                "check that it is running and reachable, then run the same command again"
+            } else {
+                "check that it is running and reachable, then run the same command again, or add --wait (e.g. --wait 12h) to keep trying until it is"
+            };
+            format!("could not reach the facilitator's node ({failure}); {advice}")
         } else {
-            "check that it is running and reachable, then run the same command again, or add --wait (e.g. --wait 12h) to keep trying until it is"
+            // Reached, but no answer: the connection was cut, the node stopped meanwhile,
+            // or it declines to answer this computer for a while after many requests.
+            format!(
+                "the facilitator's node was reached but its answer never came ({failure}); run the same command again in a minute (if it admitted you, you are let in then)"
+            )
         };
-        let _ = reply.send(error(format!(
-            "could not reach the facilitator's node ({failure}); {advice}"
-        )));
+        let _ = reply.send(error(message));
     }
 
     /// Tries again the joins waiting for the facilitator's node whose pause is over;
