@@ -581,6 +581,8 @@ impl EventLoop {
             },
             request_response::Event::OutboundFailure { peer, error, .. } => {
                 tracing::debug!("a sync push failed: {error}");
+                // It may have carried the log: the next round hands it over again.
+                self.transfers.log_sent.retain(|(_, to), _| *to != peer);
                 self.request_done(peer);
             }
             request_response::Event::InboundFailure { .. } => self.dropped += 1,
