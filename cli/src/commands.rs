@@ -10,8 +10,8 @@ use std::io::Read as _;
 use std::path::Path;
 
 use confer_node::api::{
-    ChangeInfo, EventInfo, InviteInfo, InviteSummary, MemberInfo, MessageInfo, Reply, Request,
-    RoomInfo, RoomSummary, StatusInfo,
+    CLOCK_AHEAD, ChangeInfo, EventInfo, InviteInfo, InviteSummary, MemberInfo, MessageInfo, Reply,
+    Request, RoomInfo, RoomSummary, StatusInfo,
 };
 use confer_node::client::Client;
 
@@ -573,9 +573,6 @@ fn print_line(message: &MessageInfo, member: bool, note: &str) -> Result<(), Err
 fn arrived_late(latest: &mut String, sent_at: &str) -> bool {
     arrived_late_at(latest, sent_at, std::time::SystemTime::now())
 }
-
-/// How far ahead of this computer's clock a message's time may be and still count.
-const CLOCK_AHEAD: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 fn arrived_late_at(latest: &mut String, sent_at: &str, now: std::time::SystemTime) -> bool {
     if sent_at < latest.as_str() {

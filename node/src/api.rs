@@ -371,6 +371,11 @@ pub struct MessageInfo {
 /// Most membership changes a history carries (the latest ones).
 pub const MAX_EVENTS: usize = 1000;
 
+/// How far ahead of the reader's clock a message's time may be and still be taken at its
+/// word: a node places a message dated later than this where it arrived, and the CLI
+/// marks it and does not let it make the messages after it look late.
+pub const CLOCK_AHEAD: std::time::Duration = std::time::Duration::from_secs(5 * 60);
+
 /// A change of membership shown among a room's messages.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EventInfo {

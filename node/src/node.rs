@@ -77,9 +77,8 @@ const PRUNE_EVERY_TICKS: u64 = 60;
 const MAX_INVITE_SECS: u64 = 365 * 24 * 3600;
 /// How long `Node::start` waits for the relays to accept reservations.
 const RESERVATION_WAIT: Duration = Duration::from_secs(10);
-/// How far ahead of this node's clock a message's time may be and still place it in the
-/// history (see [`insert_opened`]); the CLI allows the same when it shows one.
-const CLOCK_AHEAD_MS: u64 = 5 * 60 * 1000;
+/// [`crate::api::CLOCK_AHEAD`] in milliseconds (see [`insert_opened`]).
+const CLOCK_AHEAD_MS: u64 = crate::api::CLOCK_AHEAD.as_millis() as u64;
 
 /// The store record name of a room's outbox (ids of messages not yet confirmed).
 const OUTBOX: &str = "outbox";

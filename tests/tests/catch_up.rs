@@ -167,13 +167,6 @@ async fn start_reconciling_often(home: &std::path::Path) -> confer_node::Node {
         .expect("start node")
 }
 
-async fn other_copy(node: &confer_node::Node) -> u64 {
-    match node.request(confer_node::api::Request::Status).await {
-        confer_node::api::Reply::Status(status) => status.other_copy,
-        other => panic!("unexpected {other:?}"),
-    }
-}
-
 /// Sends `text` to the room from `node`; returns the message id.
 async fn say(node: &confer_node::Node, text: &str) -> String {
     let request = confer_node::api::Request::Send {
@@ -219,7 +212,7 @@ async fn a_profile_running_on_two_computers_at_once_is_noticed() {
     // The original starts again and catches up on it: nothing to say.
     bob.node = start_reconciling_often(bob.home()).await;
     until(&bob, "Bob's node to catch up", holds(&before)).await;
-    assert_eq!(other_copy(&bob.node).await, 0);
+    assert_eq!(bob.status().await.other_copy, 0);
 
     // The copy runs again while the original runs.
     let elsewhere = start_reconciling_often(copy.path()).await;
@@ -227,5 +220,5 @@ async fn a_profile_running_on_two_computers_at_once_is_noticed() {
     until(&alice, "Alice to hold the second", holds(&during)).await;
     elsewhere.shutdown().await;
     until(&bob, "Bob's node to take it", holds(&during)).await;
-    assert_eq!(other_copy(&bob.node).await, 1);
+    assert_eq!(bob.status().await.other_copy, 1);
 }
