@@ -172,9 +172,9 @@ pub enum Command {
         /// handover; `who`, and `by` for the last two); that a message marked
         /// `"pending": true` has been received is a line `{"delivered": "<message id>"}`;
         /// one not known to have reached anyone also has `"gone": true`. If messages
-        /// arrive much faster than
-        /// they can be shown (more than 4,096 behind, as after a long absence), it stops
-        /// with an error; run it again to see them all.
+        /// arrive much faster than they can be shown (thousands at once, as after a long
+        /// absence), those the node could not hold for this reader are then taken from
+        /// the stored history: each is still shown once.
         #[arg(long, short)]
         follow: bool,
         /// Show only the last N messages of the history (with --follow, then every new

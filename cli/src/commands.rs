@@ -13,7 +13,7 @@ use confer_node::api::{
     CLOCK_AHEAD, ChangeInfo, EventInfo, InviteInfo, InviteSummary, MemberInfo, MessageInfo, Reply,
     Request, RoomInfo, RoomSummary, StatusInfo,
 };
-use confer_node::client::Client;
+use confer_node::client::{Client, Follower};
 
 use crate::error::Error;
 use serde::Serialize;
@@ -390,12 +390,14 @@ pub async fn read(
     last: Option<u64>,
     json: bool,
 ) -> Result<(), Error> {
-    let mut client = Client::connect(home).await?;
-    client.send(&Request::Read { room, follow }).await?;
-    let first = client
-        .next()
-        .await?
-        .ok_or_else(|| Error::usage("the node closed the connection without answering"))?;
+    let (first, follower) = if follow {
+        Follower::start(home, &room).await?
+    } else {
+        (
+            Client::call(home, &Request::Read { room, follow }).await?,
+            None,
+        )
+    };
     let (mut history, member, mut events) = match refused(first)? {
         Reply::History {
             messages,
@@ -414,7 +416,7 @@ pub async fn read(
             .unwrap_or_default();
         events.retain(|e| e.at >= from);
     }
-    if !follow {
+    let Some(mut follower) = follower else {
         if json {
             return output::json(&history);
         }
@@ -423,7 +425,7 @@ pub async fn read(
             return output::line("No messages yet.");
         }
         return Ok(());
-    }
+    };
 
     // Following: one JSON object per line (JSON Lines), or one text line per message.
     // New messages are shown as they arrive; one sent before something already shown (a
@@ -444,7 +446,7 @@ pub async fn read(
         arrived_late(&mut latest, &message.sent_at);
     }
     loop {
-        match client.next().await? {
+        match follower.next().await? {
             Some(Reply::Message(message)) => {
                 if json {
                     output::json(&message)?

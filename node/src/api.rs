@@ -195,6 +195,14 @@ pub enum Reply {
         /// The message id (hex).
         message_id: String,
     },
+    /// Streamed when following, last: more than `queue` new messages arrived before this
+    /// reader took them, so the node stopped sending them to it rather than hold them or
+    /// slow down. Everything is stored: following again shows the history with them;
+    /// [`crate::client::Follower`] does so by itself and shows each message once.
+    FellBehind {
+        /// How many messages a reader may lag behind ([`crate::NodeConfig::follow_queue`]).
+        queue: usize,
+    },
     /// Answer to [`Request::Members`].
     Members {
         /// The current key epoch.
@@ -377,7 +385,7 @@ pub const MAX_EVENTS: usize = 1000;
 pub const CLOCK_AHEAD: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 /// A change of membership shown among a room's messages.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct EventInfo {
     /// When, by the clock of whoever made the change, RFC 3339 UTC.
     pub at: String,

@@ -1,12 +1,13 @@
 //! The client side of the control socket, used by the `confer` binary and by tests.
 
+use std::collections::{HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
-use crate::api::{MAX_LINE, Reply, Request, SOCKET_NAME};
+use crate::api::{EventInfo, MAX_LINE, MessageInfo, Reply, Request, SOCKET_NAME};
 
 /// Why the node could not be asked.
 #[derive(Debug, Error)]
@@ -123,6 +124,150 @@ impl Client {
         let mut client = Self::connect(home).await?;
         client.send(request).await?;
         client.next().await?.ok_or(ClientError::Closed)
+    }
+}
+
+/// Following a room over the control socket (`confer read --follow`), through any number
+/// of falls behind.
+///
+/// The node stops streaming to a reader that lags more than its follow queue behind (as
+/// after a long absence, when thousands of missed messages arrive at once), rather than
+/// hold them or slow down ([`Reply::FellBehind`]). A `Follower` then follows again and
+/// takes, from the new history, what the stream did not carry: each message not shown yet
+/// (in the history's order), each membership change not shown yet, and a
+/// [`Reply::Delivered`] for each message shown as pending that no longer is. So its reader
+/// sees every message exactly once, whatever the rate.
+#[derive(Debug)]
+pub struct Follower {
+    home: PathBuf,
+    room: String,
+    client: Client,
+    /// Ids of the messages shown, and of those shown as pending and not since delivered.
+    shown: HashSet<String>,
+    pending: HashSet<String>,
+    /// Membership changes shown.
+    events: HashSet<EventInfo>,
+    /// Updates taken from a history after a fall behind, to hand out before reading on.
+    queue: VecDeque<Reply>,
+    resumed: u64,
+}
+
+impl Follower {
+    /// Starts following `room` (a name or the start of an id) on the node of the profile
+    /// in `home`. Returns the node's first answer ([`Reply::History`], or
+    /// [`Reply::Error`] if it refused) and, if it gave a history, the follower.
+    pub async fn start(home: &Path, room: &str) -> Result<(Reply, Option<Self>), ClientError> {
+        let mut client = Client::connect(home).await?;
+        client
+            .send(&Request::Read {
+                room: room.to_owned(),
+                follow: true,
+            })
+            .await?;
+        let first = client.next().await?.ok_or(ClientError::Closed)?;
+        let Reply::History {
+            messages, events, ..
+        } = &first
+        else {
+            return Ok((first, None));
+        };
+        let mut follower = Follower {
+            home: home.to_path_buf(),
+            room: room.to_owned(),
+            client,
+            shown: HashSet::new(),
+            pending: HashSet::new(),
+            events: events.iter().cloned().collect(),
+            queue: VecDeque::new(),
+            resumed: 0,
+        };
+        for message in messages {
+            follower.showing(message);
+        }
+        Ok((first, Some(follower)))
+    }
+
+    /// How many times it has fallen behind and followed again.
+    pub fn resumed(&self) -> u64 {
+        self.resumed
+    }
+
+    /// The next update: [`Reply::Message`], [`Reply::Event`], [`Reply::Delivered`], or a
+    /// last [`Reply::Error`] (this profile is no longer in the room); `None` once the node
+    /// has stopped.
+    pub async fn next(&mut self) -> Result<Option<Reply>, ClientError> {
+        loop {
+            if let Some(update) = self.queue.pop_front() {
+                return Ok(Some(update));
+            }
+            let update = self.client.next().await?;
+            match &update {
+                // Shown already: only if the stream and a history overlapped.
+                Some(Reply::Message(message)) if self.shown.contains(&message.message_id) => {
+                    continue;
+                }
+                Some(Reply::Message(message)) => self.showing(message),
+                Some(Reply::Event(event)) if !self.events.insert(event.clone()) => continue,
+                // Said delivered already, after a history.
+                Some(Reply::Delivered { message_id }) if !self.pending.remove(message_id) => {
+                    continue;
+                }
+                Some(Reply::FellBehind { .. }) => {
+                    if !self.resume().await? {
+                        return Ok(None);
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            return Ok(update);
+        }
+    }
+
+    fn showing(&mut self, message: &MessageInfo) {
+        self.shown.insert(message.message_id.clone());
+        if message.pending {
+            self.pending.insert(message.message_id.clone());
+        }
+    }
+
+    /// Follows again after falling behind and queues what the stream missed. False if
+    /// the node has stopped meanwhile.
+    async fn resume(&mut self) -> Result<bool, ClientError> {
+        let (first, follower) = match Self::start(&self.home, &self.room).await {
+            Ok(started) => started,
+            Err(ClientError::NotRunning(_)) => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        self.resumed += 1;
+        let Some(follower) = follower else {
+            // Refused: this profile is no longer in the room, say.
+            self.queue.push_back(first);
+            return Ok(true);
+        };
+        self.client = follower.client;
+        let Reply::History {
+            messages, events, ..
+        } = first
+        else {
+            return Ok(true);
+        };
+        for event in events {
+            if self.events.insert(event.clone()) {
+                self.queue.push_back(Reply::Event(event));
+            }
+        }
+        for message in messages {
+            if !self.shown.contains(&message.message_id) {
+                self.showing(&message);
+                self.queue.push_back(Reply::Message(message));
+            } else if !message.pending && self.pending.remove(&message.message_id) {
+                self.queue.push_back(Reply::Delivered {
+                    message_id: message.message_id,
+                });
+            }
+        }
+        Ok(true)
     }
 }
 

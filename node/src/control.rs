@@ -197,20 +197,20 @@ async fn follow(room: String, node: Node, mut writer: tokio::net::unix::OwnedWri
             // The stream ended with the node still running: this profile is out of the
             // room, or this reader fell behind.
             if node.is_running() {
-                let message = if node.is_member_of(&room_id).await {
-                    format!(
-                        "stopped following: more than {} new messages arrived before this \
-                         reader could take them; run `confer read` again to see them all",
-                        node.follow_queue()
-                    )
+                let reply = if node.is_member_of(&room_id).await {
+                    Reply::FellBehind {
+                        queue: node.follow_queue(),
+                    }
                 } else if !node.is_running() {
                     return;
                 } else {
-                    "you are no longer a member of this room: nothing new will arrive (what was \
-                     said before stays readable with `confer read`)"
-                        .to_owned()
+                    Reply::Error {
+                        message: "you are no longer a member of this room: nothing new will \
+                                  arrive (what was said before stays readable with `confer read`)"
+                            .to_owned(),
+                    }
                 };
-                let _ = write(&mut writer, &Reply::Error { message }).await;
+                let _ = write(&mut writer, &reply).await;
             }
         }
     }
