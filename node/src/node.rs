@@ -748,6 +748,32 @@ impl EventLoop {
             let _ = self.swarm.disconnect_peer_id(peer);
             self.redial.remove(&peer);
         }
+
+        // Members already on a topic just taken up: gossipsub told of their subscription
+        // when the topic was not ours yet (a joiner hears the facilitator's on the
+        // connection it asks to join on; after a rotation, whoever moved first) and will
+        // not tell of it again. Reconcile with them now, as with a member that has just
+        // subscribed: a joiner would otherwise wait a whole sync round for what was said
+        // before it came.
+        if !self.rooms.get(&id).is_some_and(Room::is_member) {
+            return;
+        }
+        let already: Vec<(PeerId, gossipsub::TopicHash)> = self
+            .swarm
+            .behaviour()
+            .gossipsub
+            .all_peers()
+            .flat_map(|(peer, topics)| {
+                topics
+                    .into_iter()
+                    .filter(|t| fresh.contains(t) && gate.allows(peer, t))
+                    .map(|t| (*peer, t.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for (peer, topic) in already {
+            self.push_recent(id, peer, topic.as_str());
+        }
     }
 
     /// Once a second: rotate where a departure is waiting for a new key (the facilitator

@@ -222,3 +222,42 @@ async fn a_profile_running_on_two_computers_at_once_is_noticed() {
     until(&bob, "Bob's node to take it", holds(&during)).await;
     assert_eq!(bob.status().await.other_copy, 1);
 }
+
+/// Network tuning under which only the reconciliation a node starts when it takes up a
+/// room's topic can hand a joiner what was said before: no sync round in the test's time,
+/// and nothing handed over as recent.
+fn without_rounds() -> confer_node::net::NetConfig {
+    confer_node::net::NetConfig {
+        sync_interval: Duration::from_secs(3600),
+        recent_window: Duration::ZERO,
+        ..confer_node::net::NetConfig::for_tests()
+    }
+}
+
+/// A newcomer has what was said in the room (in the current epoch) as soon as it has
+/// joined, not at the next sync round. Its node connected to the facilitator's to ask to
+/// join, so it heard the facilitator's subscription to the room's topic before the topic
+/// was its own, and is never told of it again: it must start the reconciliation itself
+/// when it takes the topic up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_has_what_was_said_before_it_joined_at_once() {
+    let alice = TestNode::start_with("Alice", without_rounds()).await;
+    let bob = TestNode::start_with("Bob", without_rounds()).await;
+    let priya = TestNode::start_with("Priya", without_rounds()).await;
+    alice.form_room(ROOM, "Alice", &[(&bob, "Bob")]).await;
+    let rules = alice
+        .send(ROOM, "Ground rules: what is said here stays here.")
+        .await;
+    // Held by Bob, so it is no longer Alice's to push; then Bob goes, so only Alice has it.
+    until(&alice, "Bob holding the ground rules", |h| {
+        h.iter().any(|m| m.message_id == rules && !m.pending)
+    })
+    .await;
+    bob.node.clone().shutdown().await;
+
+    alice.form_more(ROOM, &[(&priya, "Priya")]).await;
+    until(&priya, "the ground rules at Priya's", |h| {
+        h.iter().any(|m| m.message_id == rules)
+    })
+    .await;
+}

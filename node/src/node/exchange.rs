@@ -630,8 +630,9 @@ impl EventLoop {
     /// The other side's answer to our push: confirmations, and where our histories differ.
     ///
     /// Each side asks for what it lacks (`want`) and sends nothing unasked: both sides of
-    /// a connection start a reconciliation (on connecting, on seeing a subscription, every
-    /// sync round, [`NetConfig::sync_interval`]), so each learns what it lacks from its own. A
+    /// a connection start a reconciliation (on connecting, on seeing a subscription or
+    /// taking up a topic members are already on, every sync round,
+    /// [`NetConfig::sync_interval`]), so each learns what it lacks from its own. A
     /// member returning to a room hears from every online member what it lacks at about
     /// the same moment; if each pushed the whole gap it would receive it once per member.
     /// So it asks the first member that answers, and asks nobody else for those ids for
