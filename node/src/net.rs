@@ -219,7 +219,7 @@ pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/join/1");
 /// The protocol on which members exchange operations, reconciliation summaries, wants and
 /// envelopes directly (a `SyncPush` request, a `SyncReply` response; see `crate::sync`),
 /// framed by [`FrameCodec`] like [`JOIN_PROTOCOL`].
-pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/sync/2");
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/sync/3");
 
 /// Protocol version announced by identify.
 pub const IDENTIFY_PROTOCOL_VERSION: &str = "/confer/0.1.0";

@@ -6,13 +6,18 @@
 //! message relayed by any member is as trustworthy as one from its author.
 //!
 //! Reconciliation is by day buckets: a member sends, per UTC day of `sent_at`, the count of
-//! messages it holds and a digest of their ids. The other answers with the days that differ
-//! and its ids in those days; the asker then asks (`want`) for the envelopes it lacks.
-//! Nothing is sent unasked: both sides of a connection start a reconciliation, so each
-//! learns what it lacks from its own, and a member missing much asks one member for it
-//! rather than receiving it from all (see `EventLoop::receive_reply` in `node.rs`). A
-//! room's summary is small (44 bytes a day that has messages), and only differing days
-//! cost more.
+//! messages it holds and a digest of their ids. The other answers with its ids on the
+//! days that differ; the asker then asks (`want`) for the envelopes it lacks. Nothing is
+//! sent unasked: both sides of a connection start a reconciliation, so each learns what
+//! it lacks from its own, and a member missing much asks one member for it rather than
+//! receiving it from all (see `EventLoop::receive_reply` in `node/exchange.rs`).
+//!
+//! A summary costs 44 bytes for each day that has messages: a room that has talked every
+//! day for two years has one of 32 KB, and every member sends one to every other each
+//! sync round. So only a reconciliation that has reason to expect a difference (on
+//! connecting, on a subscription) sends the summary; routine rounds send its digest, 32
+//! bytes ([`summary_digest`]), and the summary follows only if the other member's
+//! differs ([`SyncReply::differs`]).
 //!
 //! The digest is the XOR of each id's SHA-256 under a salt the asker draws afresh for each
 //! reconciliation ([`SyncPush::salt`]). A plain XOR of ids would do against chance, but
@@ -102,6 +107,18 @@ pub struct SyncPush {
     /// Addresses at which the sender has reached members of this room:
     /// (libp2p peer id bytes, multiaddresses).
     pub addresses: Vec<(Vec<u8>, Vec<String>)>,
+    /// In routine rounds, instead of `summary`: the digest of the sender's summary under
+    /// `salt` ([`summary_digest`]), 32 bytes however long the room's history. A receiver
+    /// whose own differs says so ([`SyncReply::differs`]), and the sender then pushes
+    /// the summary itself.
+    pub digest: Option<Id>,
+}
+
+impl SyncPush {
+    /// Whether the sender asks to reconcile (a summary, or its digest).
+    pub fn reconciles(&self) -> bool {
+        self.summary.is_some() || self.digest.is_some()
+    }
 }
 
 impl SyncPush {
@@ -135,11 +152,11 @@ mod byte_strings {
 pub struct SyncReply {
     /// Ids of the pushed messages the receiver now holds (confirms delivery).
     pub stored: Vec<Id>,
-    /// Days on which the two summaries differ (the asker now goes by `ids` alone; kept
-    /// in the format so that nodes of either version understand each other).
-    pub days: Vec<u64>,
-    /// The receiver's message ids on those days.
+    /// The receiver's message ids on the days where the two summaries differ.
     pub ids: Vec<Id>,
+    /// The push carried a digest ([`SyncPush::digest`]) that differs from the
+    /// receiver's: the room's sync tag, for the sender to push its whole summary.
+    pub differs: Option<[u8; 16]>,
 }
 
 impl SyncReply {
@@ -184,6 +201,22 @@ pub fn summary_of(
         }
     }
     days.into_values().collect()
+}
+
+/// The label of a summary's digest.
+const SUMMARY_LABEL: &[u8] = b"confer/v1/sync-summary";
+
+/// The digest of a whole summary ([`SyncPush::digest`]): SHA-256 over its buckets in
+/// order. Each bucket's digest is already under the reconciliation's salt, so equal
+/// digests mean equal summaries, and so (see the module docs) the same messages.
+pub fn summary_digest(summary: &[Bucket]) -> Id {
+    let mut hash = Sha256::new_with_prefix(SUMMARY_LABEL);
+    for bucket in summary {
+        hash.update(bucket.day.to_le_bytes());
+        hash.update(bucket.count.to_le_bytes());
+        hash.update(bucket.digest);
+    }
+    hash.finalize().into()
 }
 
 /// The days on which two summaries differ (present in one only, or with other contents).
@@ -293,6 +326,7 @@ mod tests {
             salt: Salt,
             want: Vec<Id>,
             addresses: Vec<(Vec<u8>, Vec<String>)>,
+            digest: Option<Id>,
         }
         let envelopes = vec![vec![1, 2, 3], Vec::new(), vec![200; 300]];
         let plain = PlainPush {
@@ -303,6 +337,7 @@ mod tests {
             salt: [5; 16],
             want: vec![[6; 32]],
             addresses: Vec::new(),
+            digest: None,
         };
         let push = SyncPush {
             room: [4; 16],
@@ -422,6 +457,24 @@ mod tests {
         let (a, b): (BTreeMap<Id, u64>, _) = (same_day([x1, x2, x3]), same_day([y1, y2, y3]));
         assert_eq!(differing_days(&summary(&a), &summary(&b)), vec![0]);
         assert_ne!(summary(&a), super::summary(&a, &[6; 16]));
+    }
+
+    /// A summary's digest is equal for equal histories and differs when any message or
+    /// day differs, or under another salt.
+    #[test]
+    fn a_summary_digest_tells_histories_apart() {
+        let a = index(&[(1, 0), (2, BUCKET_MS), (3, BUCKET_MS + 5)]);
+        let digest = |i: &BTreeMap<Id, u64>| summary_digest(&summary(i));
+        assert_eq!(digest(&a), digest(&a.clone()));
+        // One message fewer, one more, one moved to another day.
+        let fewer = index(&[(1, 0), (2, BUCKET_MS)]);
+        let more = index(&[(1, 0), (2, BUCKET_MS), (3, BUCKET_MS + 5), (4, 9)]);
+        let moved = index(&[(1, 0), (2, BUCKET_MS), (3, 2 * BUCKET_MS)]);
+        for other in [&fewer, &more, &moved] {
+            assert_ne!(digest(&a), digest(other));
+        }
+        assert_ne!(digest(&a), summary_digest(&super::summary(&a, &[6; 16])));
+        assert_ne!(summary_digest(&[]), digest(&a));
     }
 
     #[test]

@@ -351,7 +351,7 @@ impl EventLoop {
     /// Starts reconciliation with a member: our whole log, our message summary and the
     /// member addresses we know, plus any `envelopes` to hand over.
     pub(super) fn reconcile(&mut self, id: RoomId, peer: PeerId, envelopes: Vec<Vec<u8>>) {
-        self.reconcile_with(id, peer, envelopes, true);
+        self.reconcile_with(id, peer, envelopes, true, true);
     }
 
     /// Reconciliation in a sync round: as [`Self::reconcile`], but the whole log only if
@@ -361,10 +361,27 @@ impl EventLoop {
     /// whole log (every admission and rotation, with their sealed secrets) to every
     /// member every round was most of an idle room's traffic.
     pub(super) fn reconcile_round(&mut self, id: RoomId, peer: PeerId, envelopes: Vec<Vec<u8>>) {
-        self.reconcile_with(id, peer, envelopes, false);
+        self.reconcile_with(id, peer, envelopes, false, false);
     }
 
-    fn reconcile_with(&mut self, id: RoomId, peer: PeerId, envelopes: Vec<Vec<u8>>, full: bool) {
+    /// Starts reconciliation with a member as [`Self::reconcile`] does, and with the
+    /// log only if a round would hand it over: the member's digest differed from ours
+    /// ([`SyncReply::differs`]).
+    fn reconcile_summary(&mut self, id: RoomId, peer: PeerId) {
+        self.reconcile_with(id, peer, Vec::new(), false, true);
+    }
+
+    /// Pushes our summary (`whole`) or its digest under a fresh salt, with `envelopes`,
+    /// the addresses we know, and our whole log if `full` or if a round is due to hand
+    /// it over.
+    fn reconcile_with(
+        &mut self,
+        id: RoomId,
+        peer: PeerId,
+        envelopes: Vec<Vec<u8>>,
+        full: bool,
+        whole: bool,
+    ) {
         let Some(room) = self.rooms.get(&id) else {
             return;
         };
@@ -386,7 +403,12 @@ impl EventLoop {
         let addresses = self.member_addresses(&id);
         let mut salt = sync::Salt::default();
         rand::rand_core::Rng::fill_bytes(&mut rng(), &mut salt);
-        let summary = Some(self.durable_summary(&id, &salt));
+        let summary = self.durable_summary(&id, &salt);
+        let (summary, digest) = if whole {
+            (Some(summary), None)
+        } else {
+            (None, Some(sync::summary_digest(&summary)))
+        };
         self.push(
             id,
             &[peer],
@@ -396,6 +418,7 @@ impl EventLoop {
                 summary,
                 salt,
                 addresses,
+                digest,
                 ..SyncPush::default()
             },
         );
@@ -441,12 +464,13 @@ impl EventLoop {
             salt,
             want,
             addresses,
+            digest,
             ..
         } = template;
         // A long want list is split over several requests (ids are 32 bytes, plus framing).
         let mut wants = want.chunks((budget / 40).max(1)).map(<[Id]>::to_vec);
         let first_want = wants.next().unwrap_or_default();
-        let fixed = confer_room::wire::encode(&(&summary, &salt, &first_want, &addresses))
+        let fixed = confer_room::wire::encode(&(&summary, &salt, &first_want, &addresses, &digest))
             .map(|b| b.len())
             .unwrap_or(budget);
         let mut batches = vec![SyncPush {
@@ -455,6 +479,7 @@ impl EventLoop {
             salt,
             want: first_want,
             addresses,
+            digest,
             ..SyncPush::default()
         }];
         batches.extend(wants.map(|want| SyncPush {
@@ -492,7 +517,7 @@ impl EventLoop {
         for batch in batches {
             let empty = batch.ops.is_empty()
                 && batch.envelopes.is_empty()
-                && batch.summary.is_none()
+                && !batch.reconciles()
                 && batch.want.is_empty()
                 && batch.addresses.is_empty();
             if empty {
@@ -648,6 +673,17 @@ impl EventLoop {
             return;
         }
         let from_bytes = from.to_bytes();
+        if let Some(tag) = reply.differs {
+            // Our digest was not the member's: now the summary itself.
+            let room = self.rooms.values().find(|r| {
+                r.sync_tag() == tag
+                    && r.is_member()
+                    && r.members().iter().any(|m| m.peer == from_bytes)
+            });
+            if let Some(id) = room.map(Room::id) {
+                self.reconcile_summary(id, from);
+            }
+        }
         // Which room: the one whose members include the peer and which holds these ids.
         let candidates: Vec<RoomId> = self
             .rooms
@@ -759,6 +795,7 @@ impl EventLoop {
             self.dropped += 1;
             return None;
         }
+        let reconciles = push.reconciles();
         if !push.ops.is_empty() {
             let changed = self
                 .rooms
@@ -775,7 +812,7 @@ impl EventLoop {
             // A former member reconciling as if it were still in: it was away when it was
             // removed. Tell it (its departure and what led to it, nothing later), or it
             // would go on writing into a room nobody hears it in.
-            if push.summary.is_some() {
+            if reconciles {
                 self.tell_departure(id, from, &from_bytes);
             }
             return Some(SyncReply::default());
@@ -784,7 +821,7 @@ impl EventLoop {
             // This profile left (or was removed), and a member reconciles with it as if
             // it were still in: nobody was online to hear it leave. Tell it, or the room
             // would count it as a member for ever and never change its key; take nothing.
-            if push.summary.is_some() {
+            if reconciles {
                 let me = self.swarm.local_peer_id().to_bytes();
                 if self.tell_departure(id, from, &me) {
                     self.leave_heard(id);
@@ -862,9 +899,26 @@ impl EventLoop {
                 .collect();
             let mut ids = sync::ids_on(index, &days);
             ids.truncate(sync::MAX_REPLY_IDS);
-            reply.days = days;
             reply.ids = ids;
             self.confirm(&id, agreed);
+        } else if let Some(theirs) = push.digest {
+            let empty = BTreeMap::new();
+            let index = self.index.get(&id).unwrap_or(&empty);
+            if sync::summary_digest(&sync::summary(index, &push.salt)) == theirs {
+                // The member holds on disk every message held here (as on a day both
+                // summaries agree on, above).
+                let agreed: Vec<Id> = self
+                    .unconfirmed
+                    .get(&id)
+                    .into_iter()
+                    .flatten()
+                    .filter(|m| index.contains_key(*m))
+                    .copied()
+                    .collect();
+                self.confirm(&id, agreed);
+            } else {
+                reply.differs = Some(push.room);
+            }
         }
         Some(reply)
     }

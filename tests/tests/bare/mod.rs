@@ -33,10 +33,12 @@ pub struct BareFacilitator {
     pub lost: Vec<request_response::ResponseChannel<Vec<u8>>>,
     /// The messages Sam's node holds: id → sent at. Sam never confirms one.
     pub held: BTreeMap<Id, u64>,
-    /// Pushes with a summary taken in (a node reconciling: on connecting, on a
-    /// subscription, every sync round).
+    /// Pushes with a summary taken in (a node reconciling on connecting, on a
+    /// subscription, or after its digest differed from Sam's).
     pub summaries: usize,
-    /// Of those, the pushes that carried operations (a node's log).
+    /// Pushes with a summary's digest taken in (a node's sync rounds).
+    pub digests: usize,
+    /// Of the pushes with either, those that carried operations (a node's log).
     pub logs: usize,
 }
 
@@ -90,6 +92,7 @@ impl BareFacilitator {
             lost: Vec::new(),
             held: BTreeMap::new(),
             summaries: 0,
+            digests: 0,
             logs: 0,
         };
         (facilitator, invite.to_code())
@@ -185,6 +188,17 @@ impl BareFacilitator {
             .seal_message(text, self.now, &mut self.rng)
             .expect("sealed");
         envelope
+    }
+
+    /// A message from Sam that Sam's node holds and has sent nobody; returns its id.
+    pub fn hold(&mut self, text: &str) -> Id {
+        self.now += 1;
+        let (_, record) = self
+            .room
+            .seal_message(text, self.now, &mut self.rng)
+            .expect("sealed");
+        self.held.insert(record.id, record.sent_at);
+        record.id
     }
 
     /// A message from Sam dated `at` (Unix milliseconds) by Sam's clock.
@@ -333,8 +347,9 @@ impl BareFacilitator {
     }
 
     /// Takes in what a node pushes (operations, which Sam's room merges, and messages,
-    /// which Sam's node holds) and answers it, confirming nothing; returns the answer to
-    /// one of Sam's own pushes.
+    /// which Sam's node holds) and answers it, confirming nothing and listing no ids, but
+    /// saying whether a digest differs from Sam's; returns the answer to one of Sam's
+    /// own pushes.
     fn take(&mut self, event: SwarmEvent<net::BehaviourEvent>) -> Option<SyncReply> {
         let SwarmEvent::Behaviour(net::BehaviourEvent::Sync(request_response::Event::Message {
             message,
@@ -354,14 +369,20 @@ impl BareFacilitator {
                     confer_room::wire::decode(&request, net::MAX_REQUEST).expect("a valid push");
                 self.now += 1;
                 self.summaries += usize::from(push.summary.is_some());
-                self.logs += usize::from(push.summary.is_some() && !push.ops.is_empty());
+                self.digests += usize::from(push.digest.is_some());
+                self.logs += usize::from(push.reconciles() && !push.ops.is_empty());
                 self.room.merge_ops(push.ops, self.now);
                 for envelope in push.envelopes {
                     if let Ok(Incoming::Message(m)) = self.room.open(&envelope, self.now) {
                         self.held.insert(m.id, m.sent_at);
                     }
                 }
-                let reply = confer_room::wire::encode(&SyncReply::default()).expect("encoded");
+                let mine = sync::summary_digest(&sync::summary(&self.held, &push.salt));
+                let answer = SyncReply {
+                    differs: push.digest.filter(|d| *d != mine).map(|_| push.room),
+                    ..SyncReply::default()
+                };
+                let reply = confer_room::wire::encode(&answer).expect("encoded");
                 let _ = self
                     .swarm
                     .behaviour_mut()
