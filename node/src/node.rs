@@ -772,7 +772,7 @@ impl EventLoop {
             })
             .collect();
         for (peer, topic) in already {
-            self.push_recent(id, peer, topic.as_str());
+            self.push_recent(id, peer, topic.as_str(), false);
         }
     }
 
@@ -1588,7 +1588,7 @@ impl EventLoop {
             gossipsub::Event::Subscribed { peer_id, topic, .. } => {
                 if let Some(id) = self.topics.get(&topic).copied() {
                     self.flush_outbox(id);
-                    self.push_recent(id, peer_id, topic.as_str());
+                    self.push_recent(id, peer_id, topic.as_str(), true);
                 }
             }
             _ => {}
