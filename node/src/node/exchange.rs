@@ -319,9 +319,10 @@ impl EventLoop {
     }
 
     /// When a member subscribes to one of the room's topics, or is on one we take up:
-    /// reconcile with it (our message summary, the addresses we know), and, if it is the current topic, hand
-    /// it the envelopes accepted in the last [`NetConfig::recent_window`] that it was
-    /// entitled to (gossip does not route to a peer until its subscription has been seen).
+    /// reconcile with it (our message summary, the addresses we know), and, if it is the
+    /// current topic, hand it the envelopes accepted in the last
+    /// [`NetConfig::recent_window`] that it was entitled to (gossip does not route to a
+    /// peer until its subscription has been seen).
     ///
     /// `log`: hand over our whole log too (a member subscribing may have been away);
     /// otherwise only if a round would (we took up a topic the member was already on,
