@@ -1716,12 +1716,12 @@ impl EventLoop {
     fn load_index(&mut self, id: RoomId) -> Result<(), NodeError> {
         let mut index = BTreeMap::new();
         let mut held = HashMap::new();
-        for bytes in self.store.messages(&id.0)? {
-            if let Some(stored) = StoredMessage::from_bytes(&bytes) {
+        self.store.for_each_message(&id.0, |bytes| {
+            if let Some(stored) = StoredMessage::from_bytes(bytes) {
                 index.insert(stored.record.id, stored.record.sent_at);
                 held.insert(envelope_digest(&stored.envelope), stored.record.id);
             }
-        }
+        })?;
         self.index.insert(id, index);
         self.transfers.held.insert(id, held);
         let unconfirmed: BTreeSet<Id> = match self.store.room_state(&id.0, OUTBOX)? {

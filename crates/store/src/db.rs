@@ -365,8 +365,30 @@ impl Store {
 
     /// A room's message values, ordered by (sort key, message id).
     pub fn messages(&self, room_id: &[u8; 32]) -> Result<Vec<Vec<u8>>> {
-        let room_tag = self.keys.room_tag(room_id)?;
         let mut found: Vec<(u64, Id, Vec<u8>)> = Vec::new();
+        self.visit_messages(room_id, |sort_key, message_id, value| {
+            found.push((sort_key, message_id, value.to_vec()));
+        })?;
+        found.sort_unstable_by_key(|entry| (entry.0, entry.1));
+        Ok(found.into_iter().map(|(_, _, value)| value).collect())
+    }
+
+    /// Calls `visit` with each message of the room, in no particular order, one at a
+    /// time: what a caller that needs no order (a node building its index at start)
+    /// uses, so a long history is never all in memory at once. Stops at the first
+    /// damaged record ([`StoreError::Corrupt`]).
+    pub fn for_each_message(&self, room_id: &[u8; 32], mut visit: impl FnMut(&[u8])) -> Result<()> {
+        self.visit_messages(room_id, |_, _, value| visit(value))
+    }
+
+    /// Opens and checks each message record of the room: `visit(sort key, message id,
+    /// value)`.
+    fn visit_messages(
+        &self,
+        room_id: &[u8; 32],
+        mut visit: impl FnMut(u64, Id, &[u8]),
+    ) -> Result<()> {
+        let room_tag = self.keys.room_tag(room_id)?;
         for entry in self.messages.scan_prefix(room_tag) {
             let (key, sealed) = entry.map_err(|e| self.db_error(e))?;
             let plaintext = self.open_value(TREE_MESSAGES, &key, &sealed)?;
@@ -381,10 +403,9 @@ impl Store {
             {
                 return Err(self.corrupt("a message record is stored under the wrong key"));
             }
-            found.push((u64::from_be_bytes(sort_key), message_id, value.to_vec()));
+            visit(u64::from_be_bytes(sort_key), message_id, value);
         }
-        found.sort_unstable_by_key(|entry| (entry.0, entry.1));
-        Ok(found.into_iter().map(|(_, _, value)| value).collect())
+        Ok(())
     }
 
     /// Whether a message with this id is stored for the room.
@@ -868,6 +889,16 @@ mod tests {
         }
         expected.sort();
         assert_eq!(store.messages(&room).unwrap(), expected);
+        // Visited one at a time: the same messages, in no particular order.
+        let mut visited = Vec::new();
+        store
+            .for_each_message(&room, |value| visited.push(value.to_vec()))
+            .unwrap();
+        visited.sort();
+        assert_eq!(visited, expected);
+        store
+            .for_each_message(&id(2), |_| panic!("another room's message"))
+            .unwrap();
     }
 
     #[test]
