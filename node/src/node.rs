@@ -1716,7 +1716,7 @@ impl EventLoop {
     fn load_index(&mut self, id: RoomId) -> Result<(), NodeError> {
         let mut index = BTreeMap::new();
         let mut held = HashMap::new();
-        self.store.for_each_message(&id.0, |bytes| {
+        self.store.for_each_message(&id.0, |_, _, bytes| {
             if let Some(stored) = StoredMessage::from_bytes(bytes) {
                 index.insert(stored.record.id, stored.record.sent_at);
                 held.insert(envelope_digest(&stored.envelope), stored.record.id);

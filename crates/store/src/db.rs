@@ -366,24 +366,20 @@ impl Store {
     /// A room's message values, ordered by (sort key, message id).
     pub fn messages(&self, room_id: &[u8; 32]) -> Result<Vec<Vec<u8>>> {
         let mut found: Vec<(u64, Id, Vec<u8>)> = Vec::new();
-        self.visit_messages(room_id, |sort_key, message_id, value| {
+        self.for_each_message(room_id, |sort_key, message_id, value| {
             found.push((sort_key, message_id, value.to_vec()));
         })?;
         found.sort_unstable_by_key(|entry| (entry.0, entry.1));
         Ok(found.into_iter().map(|(_, _, value)| value).collect())
     }
 
-    /// Calls `visit` with each message of the room, in no particular order, one at a
-    /// time: what a caller that needs no order (a node building its index at start)
-    /// uses, so a long history is never all in memory at once. Stops at the first
-    /// damaged record ([`StoreError::Corrupt`]).
-    pub fn for_each_message(&self, room_id: &[u8; 32], mut visit: impl FnMut(&[u8])) -> Result<()> {
-        self.visit_messages(room_id, |_, _, value| visit(value))
-    }
-
-    /// Opens and checks each message record of the room: `visit(sort key, message id,
-    /// value)`.
-    fn visit_messages(
+    /// Calls `visit(sort key, message id, value)` with each message of the room, in no
+    /// particular order, one at a time: a caller that needs no order (a node building
+    /// its index at start), or keeps less than the values (a history for `read`), never
+    /// holds a long history's values all at once. [`Store::messages`]' order is that of
+    /// (sort key, message id). Stops at the first damaged record
+    /// ([`StoreError::Corrupt`]).
+    pub fn for_each_message(
         &self,
         room_id: &[u8; 32],
         mut visit: impl FnMut(u64, Id, &[u8]),
@@ -892,12 +888,12 @@ mod tests {
         // Visited one at a time: the same messages, in no particular order.
         let mut visited = Vec::new();
         store
-            .for_each_message(&room, |value| visited.push(value.to_vec()))
+            .for_each_message(&room, |_, _, value| visited.push(value.to_vec()))
             .unwrap();
         visited.sort();
         assert_eq!(visited, expected);
         store
-            .for_each_message(&id(2), |_| panic!("another room's message"))
+            .for_each_message(&id(2), |_, _, _| panic!("another room's message"))
             .unwrap();
     }
 
