@@ -302,6 +302,135 @@ mod tests {
         error
     }
 
+    fn message(id: &str, pending: bool) -> MessageInfo {
+        MessageInfo {
+            message_id: id.into(),
+            author: "Sam".into(),
+            text: format!("text of {id}"),
+            sent_at: "2026-11-23T08:00:00.000Z".into(),
+            pending,
+            gone: false,
+        }
+    }
+
+    fn joined(who: &str) -> Reply {
+        Reply::Event(EventInfo {
+            at: "2026-11-23T08:00:00.000Z".into(),
+            kind: "joined".into(),
+            who: who.into(),
+            by: None,
+            you: false,
+            by_you: false,
+        })
+    }
+
+    fn history(messages: Vec<MessageInfo>, events: Vec<Reply>) -> Reply {
+        let events = events
+            .into_iter()
+            .filter_map(|e| match e {
+                Reply::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect();
+        Reply::History {
+            messages,
+            member: true,
+            events,
+        }
+    }
+
+    /// A node played by the test: answers each `Read` with the next of `scripts`, one
+    /// reply per line, then closes that connection.
+    fn scripted_node(home: &Path, scripts: Vec<Vec<Reply>>) -> tokio::task::JoinHandle<()> {
+        let listener = UnixListener::bind(home.join(SOCKET_NAME)).unwrap();
+        tokio::spawn(async move {
+            for script in scripts {
+                let (stream, _) = listener.accept().await.unwrap();
+                let (reader, mut writer) = stream.into_split();
+                let mut request = String::new();
+                BufReader::new(reader)
+                    .read_line(&mut request)
+                    .await
+                    .unwrap();
+                let request: Request = serde_json::from_str(&request).unwrap();
+                assert!(matches!(request, Request::Read { follow: true, .. }));
+                for reply in script {
+                    let mut line = serde_json::to_vec(&reply).unwrap();
+                    line.push(b'\n');
+                    writer.write_all(&line).await.unwrap();
+                }
+            }
+        })
+    }
+
+    /// After falling behind, a follower shows what the stream could not carry, taken
+    /// from the new history: changes and messages not shown yet, and the delivery of a
+    /// message it showed as pending that no longer is; and it passes on nothing twice
+    /// where the new stream and the history overlap.
+    #[tokio::test]
+    async fn a_follower_shows_what_it_missed_once() {
+        let home = tempfile::tempdir().unwrap();
+        let node = scripted_node(
+            home.path(),
+            vec![
+                vec![
+                    history(vec![message("m1", true)], vec![joined("Sam")]),
+                    Reply::Message(message("m2", true)),
+                    joined("Priya"),
+                    Reply::FellBehind { queue: 1 },
+                ],
+                vec![
+                    history(
+                        vec![
+                            message("m1", false),
+                            message("m2", true),
+                            message("m3", false),
+                            message("m4", false),
+                        ],
+                        vec![joined("Sam"), joined("Priya"), joined("Jo")],
+                    ),
+                    Reply::Delivered {
+                        message_id: "m2".into(),
+                    },
+                    Reply::Delivered {
+                        message_id: "m1".into(),
+                    },
+                    Reply::Message(message("m4", false)),
+                    Reply::Message(message("m5", false)),
+                ],
+            ],
+        );
+        let (first, follower) = Follower::start(home.path(), "Room").await.unwrap();
+        assert!(matches!(first, Reply::History { .. }));
+        let mut follower = follower.unwrap();
+        let mut seen = Vec::new();
+        while let Some(update) = follower.next().await.unwrap() {
+            seen.push(match update {
+                Reply::Message(m) => format!("message {}", m.message_id),
+                Reply::Event(e) => format!("{} {}", e.kind, e.who),
+                Reply::Delivered { message_id } => format!("delivered {message_id}"),
+                other => panic!("unexpected {other:?}"),
+            });
+        }
+        assert_eq!(
+            seen,
+            [
+                "message m2",
+                "joined Priya",
+                // Taken from the second history:
+                "joined Jo",
+                "delivered m1",
+                "message m3",
+                "message m4",
+                // The second stream, less what the history already gave:
+                "delivered m2",
+                "message m5",
+            ]
+        );
+        assert_eq!(follower.resumed(), 1);
+        node.await.unwrap();
+    }
+
     /// A node that stops while it works on a request is not taken for a node of another
     /// version: the user is told it stopped, and that what it did is not known.
     #[tokio::test]

@@ -61,15 +61,7 @@ const SENT: usize = 400;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_falls_behind_is_told_so() {
-    let home = tempfile::tempdir().expect("temporary directory");
-    let profile = Profile::create(home.path(), PASSPHRASE, "Sam").expect("create profile");
-    let config = NodeConfig {
-        net: NetConfig::for_tests(),
-        follow_queue: QUEUE,
-        ..NodeConfig::new(vec!["/ip4/127.0.0.1/tcp/0".into()], Vec::new())
-    };
-    let node = Node::start(profile, config).await.expect("start node");
-    let sam = TestNode { node, home };
+    let sam = start_with_short_queue("Sam").await;
     sam.ok(Request::CreateRoom {
         name: ROOM.into(),
         display_name: None,
@@ -121,35 +113,26 @@ async fn start_with_short_queue(name: &str) -> TestNode {
 }
 
 /// Following through [`Follower`], as `confer read --follow` does, a reader that falls
-/// behind is still shown every message exactly once, and every change: the follower
-/// follows again and takes from the history what the stream could not carry. One of its
-/// own messages shown as waiting, whose delivery the stream could not carry either, is
-/// said delivered; and the new stream goes on showing new messages.
+/// behind is still shown every message exactly once: the follower follows again and
+/// takes from the history what the stream could not carry, and the new stream goes on.
+/// (Which changes and deliveries it then reports is tested against a scripted node in
+/// `confer_node::client`.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_follower_that_falls_behind_is_shown_every_message_once() {
     let sam = start_with_short_queue("Sam").await;
-    let priya = TestNode::start("Priya").await;
     sam.ok(Request::CreateRoom {
         name: ROOM.into(),
-        display_name: Some("Sam".into()),
+        display_name: None,
     })
     .await;
-    // Alone in the room: every message waits for a member to hold it.
-    let first = sam.send(ROOM, "Anyone here?").await;
+    let first = sam.send(ROOM, "Before the reader starts.").await;
     let (history, follower) = Follower::start(sam.home(), ROOM).await.expect("follow");
     let mut follower = follower.expect("a history, so a follower");
-    match history {
-        Reply::History { messages, .. } => {
-            assert_eq!(messages.len(), 1);
-            assert!(messages[0].pending, "{:?}", messages[0]);
-        }
-        other => panic!("unexpected {other:?}"),
-    }
+    assert!(matches!(history, Reply::History { ref messages, .. } if messages.len() == 1));
 
-    // The reader takes nothing while many messages are stored, and Priya joins and
-    // takes them all (so none waits any longer).
+    // The reader takes nothing while many messages are stored.
     let filler = "x".repeat(4000);
-    let mut sent = vec![first];
+    let mut sent = vec![first.clone()];
     // All at once: each send waits for the disk, and the node flushes them together.
     let mut sends = tokio::task::JoinSet::new();
     for i in 0..SENT {
@@ -162,37 +145,16 @@ async fn a_follower_that_falls_behind_is_shown_every_message_once() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    sam.form_more(ROOM, &[(&priya, "Priya")]).await;
-    within("Priya holding every message", async {
-        while sam.history(ROOM).await.iter().any(|m| m.pending) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    })
-    .await;
-    let last = sam.send(ROOM, "All caught up.").await;
-    sent.push(last.clone());
 
-    // Then it reads everything: each message once, Priya's arrival once, and every
-    // message it was shown as waiting said delivered once.
-    let mut shown = vec![sent[0].clone()];
-    let mut waiting = std::collections::BTreeSet::from([sent[0].clone()]);
-    let mut delivered = std::collections::BTreeSet::new();
-    let mut joined = 0;
+    // Then it reads everything, each message once.
+    let sent: std::collections::BTreeSet<String> = sent.into_iter().collect();
+    let mut shown = std::collections::BTreeSet::from([first]);
     within("every message", async {
-        while shown.last() != Some(&last) {
+        while shown.len() < sent.len() {
             match follower.next().await.expect("read") {
                 Some(Reply::Message(m)) => {
-                    if m.pending {
-                        waiting.insert(m.message_id.clone());
-                    }
-                    shown.push(m.message_id);
-                }
-                Some(Reply::Delivered { message_id }) => {
-                    assert!(delivered.insert(message_id), "said delivered twice");
-                }
-                Some(Reply::Event(e)) => {
-                    assert_eq!((e.kind.as_str(), e.who.as_str()), ("joined", "Priya"));
-                    joined += 1;
+                    assert!(sent.contains(&m.message_id), "{m:?} was not sent");
+                    assert!(shown.insert(m.message_id), "shown twice");
                 }
                 other => panic!("unexpected {other:?}"),
             }
@@ -200,32 +162,6 @@ async fn a_follower_that_falls_behind_is_shown_every_message_once() {
     })
     .await;
     assert!(follower.resumed() >= 1, "the reader never fell behind");
-    assert_eq!(shown.len(), sent.len(), "every message once");
-    let shown: std::collections::BTreeSet<_> = shown.into_iter().collect();
-    let sent: std::collections::BTreeSet<_> = sent.into_iter().collect();
-    assert_eq!(shown, sent, "every message once");
-    assert_eq!(joined, 1, "Priya's arrival once");
-    assert!(
-        waiting.len() > 1,
-        "only the first message was shown waiting"
-    );
-    // The last may have been sent before Sam's node saw Priya's subscription, and be
-    // confirmed later, in the new stream.
-    within("the last delivery", async {
-        while delivered.len() < waiting.len() {
-            match follower.next().await.expect("read") {
-                Some(Reply::Delivered { message_id }) => {
-                    assert!(delivered.insert(message_id), "said delivered twice");
-                }
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-    })
-    .await;
-    assert_eq!(
-        delivered, waiting,
-        "each message shown waiting, said delivered"
-    );
 
     // And it follows on.
     let after = sam.send(ROOM, "One more.").await;
