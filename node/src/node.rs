@@ -847,9 +847,16 @@ impl EventLoop {
             // key: an older message could be read only by members of its epoch, who ask
             // for it themselves when they reconnect (members who joined later could
             // never open it, and it was pushed to them every round).
+            // Not to a member still taking our last pushes: on a slow link a round's
+            // retries could outlast the round, and pile up behind each other.
             let envelopes = self.current_envelopes(&id, &self.unconfirmed_ids(&id));
             for peer in self.connected_members(&id) {
-                self.reconcile_round(id, peer, envelopes.clone());
+                let retries = if self.pushing_to(&peer) {
+                    Vec::new()
+                } else {
+                    envelopes.clone()
+                };
+                self.reconcile_round(id, peer, retries);
             }
             self.save_addresses(&id);
         }

@@ -349,3 +349,31 @@ async fn rounds_send_a_digest_and_the_summary_only_when_histories_differ() {
     })
     .await;
 }
+
+/// A member still taking a node's last pushes is not handed the same unconfirmed
+/// messages again every round on top of them: on a slow link a round's retries could
+/// outlast the round and pile up (up to 64 MiB queued for each member).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unconfirmed_messages_are_not_pushed_again_while_the_last_push_is_unanswered() {
+    let (mut sam, jo) = BareFacilitator::with_member_using(ROOM, "Jo", quick_rounds()).await;
+    sam.subscribe_to(&jo).await;
+    // Sam's node takes everything and answers nothing, so confirms nothing.
+    sam.withhold = true;
+    jo.send(ROOM, "Sam's node never confirms this.").await;
+    sam.until("Jo's node to push it", |sam| sam.envelopes >= 1)
+        .await;
+    // Pushed at most twice to begin with: at the tick after the send (within a second,
+    // whatever the rounds), and by a round that came before it.
+    sam.digests = 0;
+    sam.until("a second of Jo's node's rounds", |sam| sam.digests >= 7)
+        .await;
+    let pushed = sam.envelopes;
+    assert!(pushed <= 2, "{pushed}");
+    sam.digests = 0;
+    sam.until("ten rounds of Jo's node", |sam| sam.digests >= 10)
+        .await;
+    assert_eq!(
+        sam.envelopes, pushed,
+        "pushed again while the last push was unanswered"
+    );
+}

@@ -620,6 +620,11 @@ impl EventLoop {
         }
     }
 
+    /// Whether sync requests to `peer` are queued or unanswered.
+    pub(super) fn pushing_to(&self, peer: &PeerId) -> bool {
+        self.transfers.outgoing.contains_key(peer)
+    }
+
     /// Queues a sync request for `peer` (see [`Outgoing`]).
     pub(super) fn enqueue(&mut self, peer: PeerId, bytes: Vec<u8>) {
         let out = self.transfers.outgoing.entry(peer).or_default();

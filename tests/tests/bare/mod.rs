@@ -40,6 +40,10 @@ pub struct BareFacilitator {
     pub digests: usize,
     /// Of the pushes with either, those that carried operations (a node's log).
     pub logs: usize,
+    /// Envelopes taken in pushes, counting repeats.
+    pub envelopes: usize,
+    /// Take pushes but answer none (a link too slow for any answer to come back yet).
+    pub withhold: bool,
 }
 
 fn swarm(keypair: &identity::Keypair) -> Swarm<net::Behaviour> {
@@ -94,6 +98,8 @@ impl BareFacilitator {
             summaries: 0,
             digests: 0,
             logs: 0,
+            envelopes: 0,
+            withhold: false,
         };
         (facilitator, invite.to_code())
     }
@@ -372,6 +378,7 @@ impl BareFacilitator {
                 self.digests += usize::from(push.digest.is_some());
                 self.logs += usize::from(push.reconciles() && !push.ops.is_empty());
                 self.room.merge_ops(push.ops, self.now);
+                self.envelopes += push.envelopes.len();
                 for envelope in push.envelopes {
                     if let Ok(Incoming::Message(m)) = self.room.open(&envelope, self.now) {
                         self.held.insert(m.id, m.sent_at);
@@ -382,6 +389,10 @@ impl BareFacilitator {
                     differs: push.digest.filter(|d| *d != mine).map(|_| push.room),
                     ..SyncReply::default()
                 };
+                if self.withhold {
+                    self.lost.push(channel);
+                    return None;
+                }
                 let reply = confer_room::wire::encode(&answer).expect("encoded");
                 let _ = self
                     .swarm
