@@ -280,19 +280,26 @@ mod tests {
 
     use super::*;
 
+    /// Accepts the next connection and reads its request line; returns the line and the
+    /// half to answer on.
+    async fn next_request(listener: &UnixListener) -> (String, tokio::net::unix::OwnedWriteHalf) {
+        let (stream, _) = listener.accept().await.unwrap();
+        let (reader, writer) = stream.into_split();
+        let mut request = String::new();
+        BufReader::new(reader)
+            .read_line(&mut request)
+            .await
+            .unwrap();
+        (request, writer)
+    }
+
     /// A node that takes the request and then stops, after writing `answer` (perhaps
     /// nothing, perhaps part of a line).
     async fn stops_after(answer: &'static [u8]) -> ClientError {
         let home = tempfile::tempdir().unwrap();
         let listener = UnixListener::bind(home.path().join(SOCKET_NAME)).unwrap();
         let node = tokio::spawn(async move {
-            let (stream, _) = listener.accept().await.unwrap();
-            let (reader, mut writer) = stream.into_split();
-            let mut request = String::new();
-            BufReader::new(reader)
-                .read_line(&mut request)
-                .await
-                .unwrap();
+            let (_, mut writer) = next_request(&listener).await;
             writer.write_all(answer).await.unwrap();
         });
         let error = Client::call(home.path(), &Request::Status)
@@ -345,13 +352,7 @@ mod tests {
         let listener = UnixListener::bind(home.join(SOCKET_NAME)).unwrap();
         tokio::spawn(async move {
             for script in scripts {
-                let (stream, _) = listener.accept().await.unwrap();
-                let (reader, mut writer) = stream.into_split();
-                let mut request = String::new();
-                BufReader::new(reader)
-                    .read_line(&mut request)
-                    .await
-                    .unwrap();
+                let (request, mut writer) = next_request(&listener).await;
                 let request: Request = serde_json::from_str(&request).unwrap();
                 assert!(matches!(request, Request::Read { follow: true, .. }));
                 for reply in script {
