@@ -772,7 +772,7 @@ impl EventLoop {
             })
             .collect();
         for (peer, topic) in already {
-            self.push_recent(id, peer, topic.as_str(), false);
+            self.push_recent(id, peer, topic.as_str());
         }
     }
 
@@ -1595,7 +1595,7 @@ impl EventLoop {
             gossipsub::Event::Subscribed { peer_id, topic, .. } => {
                 if let Some(id) = self.topics.get(&topic).copied() {
                     self.flush_outbox(id);
-                    self.push_recent(id, peer_id, topic.as_str(), true);
+                    self.push_recent(id, peer_id, topic.as_str());
                 }
             }
             _ => {}

@@ -319,15 +319,11 @@ impl EventLoop {
     }
 
     /// When a member subscribes to one of the room's topics, or is on one we take up:
-    /// reconcile with it (our message summary, the addresses we know), and, if it is the
-    /// current topic, hand it the envelopes accepted in the last
+    /// reconcile with it (our log, our message summary, the addresses we know), and, if
+    /// it is the current topic, hand it the envelopes accepted in the last
     /// [`NetConfig::recent_window`] that it was entitled to (gossip does not route to a
     /// peer until its subscription has been seen).
-    ///
-    /// `log`: hand over our whole log too (a member subscribing may have been away);
-    /// otherwise only if a round would (we took up a topic the member was already on,
-    /// so it has moved on at least as far as we have).
-    pub(super) fn push_recent(&mut self, id: RoomId, peer: PeerId, topic: &str, log: bool) {
+    pub(super) fn push_recent(&mut self, id: RoomId, peer: PeerId, topic: &str) {
         let Some(room) = self.rooms.get(&id) else {
             return;
         };
@@ -350,7 +346,7 @@ impl EventLoop {
         } else {
             Vec::new()
         };
-        self.reconcile_with(id, peer, envelopes, log, true);
+        self.reconcile(id, peer, envelopes);
     }
 
     /// Starts reconciliation with a member: our whole log, our message summary and the
