@@ -775,6 +775,14 @@ fn gossipsub_config(config: &NetConfig) -> Result<gossipsub::Config, NetError> {
 /// Concurrent sync streams allowed per connection.
 pub const MAX_SYNC_STREAMS: usize = 200;
 
+/// How long a sync push may take, sent and answered. A node has up to 32 pushes of up to
+/// [`MAX_REQUEST`] (2 MiB together) in flight to a member, sharing the link: over a slow
+/// one (a busy relay, a poor mobile connection) the last is answered long after it was
+/// sent. With libp2p's default of 10 s, a catch-up over a link slower than about 200 KB/s
+/// had its answers dropped and was sent again and again. At 120 s, about 17 KB/s carries
+/// a full window in time; a connection that dies ends its pushes at once regardless.
+pub const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The score an application gives a peer that is not a member of any of its rooms: far
 /// below gossipsub's graylist threshold (-80), so the node ignores everything the peer
 /// sends on gossip and neither publishes nor forwards anything to it.
@@ -824,7 +832,9 @@ pub fn build_swarm(
     // yamux's own stream limit (256); pacing the pushes is the real fix (issue 4).
     let sync = request_response::Behaviour::new(
         [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
-        request_response::Config::default().with_max_concurrent_streams(MAX_SYNC_STREAMS),
+        request_response::Config::default()
+            .with_max_concurrent_streams(MAX_SYNC_STREAMS)
+            .with_request_timeout(SYNC_TIMEOUT),
     );
     let identify = identify::Behaviour::new(identify::Config::new(
         IDENTIFY_PROTOCOL_VERSION.to_owned(),

@@ -377,3 +377,35 @@ async fn unconfirmed_messages_are_not_pushed_again_while_the_last_push_is_unansw
         "pushed again while the last push was unanswered"
     );
 }
+
+/// A push answered late (here after 12 s; on a slow link, 32 pushes of up to 64 KiB
+/// share the bandwidth, so the last is answered long after it was sent) still counts:
+/// libp2p's default of 10 s per request dropped the answer, and a catch-up over such a
+/// link was sent again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_answered_late_still_confirms() {
+    let (mut sam, jo) = BareFacilitator::with_member_using(ROOM, "Jo", quick_rounds()).await;
+    sam.subscribe_to(&jo).await;
+    sam.withhold = true;
+    let id = jo.send(ROOM, "Confirmed only after a long wait.").await;
+    sam.until("Jo's node to push it", |sam| sam.envelopes >= 1)
+        .await;
+    // Sam's node holds it (the push carried it) and answers that push 12 s later (and
+    // the later ones with nothing). Meanwhile Jo's node goes on pushing until it has 32
+    // pushes unanswered.
+    let waiting = tokio::time::timeout(
+        Duration::from_secs(12),
+        sam.until("nothing: twelve seconds", |_| false),
+    );
+    assert!(waiting.await.is_err());
+    sam.answer_withheld();
+    sam.until("a few more rounds", |sam| sam.digests >= 5).await;
+    let pending = jo
+        .history(ROOM)
+        .await
+        .into_iter()
+        .find(|m| m.message_id == id)
+        .expect("Jo's message")
+        .pending;
+    assert!(!pending, "the late answer was not taken");
+}

@@ -44,6 +44,8 @@ pub struct BareFacilitator {
     pub envelopes: usize,
     /// Take pushes but answer none (a link too slow for any answer to come back yet).
     pub withhold: bool,
+    /// The answers withheld, to give later ([`Self::answer_withheld`]).
+    withheld: Vec<request_response::ResponseChannel<Vec<u8>>>,
 }
 
 fn swarm(keypair: &identity::Keypair) -> Swarm<net::Behaviour> {
@@ -100,6 +102,7 @@ impl BareFacilitator {
             logs: 0,
             envelopes: 0,
             withhold: false,
+            withheld: Vec::new(),
         };
         (facilitator, invite.to_code())
     }
@@ -282,6 +285,26 @@ impl BareFacilitator {
         .await;
     }
 
+    /// Gives every answer withheld so far, late: the oldest names every message Sam's
+    /// node holds as held (so confirming them), the others nothing. Answers on time
+    /// from now on.
+    pub fn answer_withheld(&mut self) {
+        self.withhold = false;
+        let confirming = SyncReply {
+            stored: self.held.keys().copied().collect(),
+            ..SyncReply::default()
+        };
+        let mut answer = confer_room::wire::encode(&confirming).expect("encoded");
+        for channel in std::mem::take(&mut self.withheld) {
+            let _ = self
+                .swarm
+                .behaviour_mut()
+                .sync
+                .send_response(channel, answer);
+            answer = confer_room::wire::encode(&SyncReply::default()).expect("encoded");
+        }
+    }
+
     /// A new key, as the facilitator's node makes when someone leaves: the operation to
     /// send the others.
     pub fn rotate(&mut self) -> Vec<u8> {
@@ -390,7 +413,7 @@ impl BareFacilitator {
                     ..SyncReply::default()
                 };
                 if self.withhold {
-                    self.lost.push(channel);
+                    self.withheld.push(channel);
                     return None;
                 }
                 let reply = confer_room::wire::encode(&answer).expect("encoded");
