@@ -390,15 +390,16 @@ async fn a_push_answered_late_still_confirms() {
     let id = jo.send(ROOM, "Confirmed only after a long wait.").await;
     sam.until("Jo's node to push it", |sam| sam.envelopes >= 1)
         .await;
-    // Sam's node holds it (the push carried it) and answers that push 12 s later (and
-    // the later ones with nothing). Meanwhile Jo's node goes on pushing until it has 32
-    // pushes unanswered.
+    // Sam's node holds it (the push carried it) and answers 12 s later, confirming it
+    // only in the answers to pushes older than 11 s (libp2p's old limit was 10 s).
+    // Meanwhile Jo's node goes on pushing until it has 32 pushes unanswered.
     let waiting = tokio::time::timeout(
         Duration::from_secs(12),
         sam.until("nothing: twelve seconds", |_| false),
     );
     assert!(waiting.await.is_err());
-    sam.answer_withheld();
+    sam.answer_withheld(Duration::from_secs(11));
+    sam.digests = 0;
     sam.until("a few more rounds", |sam| sam.digests >= 5).await;
     let pending = jo
         .history(ROOM)

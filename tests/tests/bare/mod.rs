@@ -44,8 +44,11 @@ pub struct BareFacilitator {
     pub envelopes: usize,
     /// Take pushes but answer none (a link too slow for any answer to come back yet).
     pub withhold: bool,
-    /// The answers withheld, to give later ([`Self::answer_withheld`]).
-    withheld: Vec<request_response::ResponseChannel<Vec<u8>>>,
+    /// The answers withheld, with when, to give later ([`Self::answer_withheld`]).
+    withheld: Vec<(
+        std::time::Instant,
+        request_response::ResponseChannel<Vec<u8>>,
+    )>,
 }
 
 fn swarm(keypair: &identity::Keypair) -> Swarm<net::Behaviour> {
@@ -285,23 +288,28 @@ impl BareFacilitator {
         .await;
     }
 
-    /// Gives every answer withheld so far, late: the oldest names every message Sam's
-    /// node holds as held (so confirming them), the others nothing. Answers on time
-    /// from now on.
-    pub fn answer_withheld(&mut self) {
+    /// Gives every answer withheld so far: those withheld for at least `late` name every
+    /// message Sam's node holds as held (so confirming them), the others nothing.
+    /// Answers on time from now on.
+    pub fn answer_withheld(&mut self, late: std::time::Duration) {
         self.withhold = false;
         let confirming = SyncReply {
             stored: self.held.keys().copied().collect(),
             ..SyncReply::default()
         };
-        let mut answer = confer_room::wire::encode(&confirming).expect("encoded");
-        for channel in std::mem::take(&mut self.withheld) {
+        let confirming = confer_room::wire::encode(&confirming).expect("encoded");
+        let nothing = confer_room::wire::encode(&SyncReply::default()).expect("encoded");
+        for (at, channel) in std::mem::take(&mut self.withheld) {
+            let answer = if at.elapsed() >= late {
+                confirming.clone()
+            } else {
+                nothing.clone()
+            };
             let _ = self
                 .swarm
                 .behaviour_mut()
                 .sync
                 .send_response(channel, answer);
-            answer = confer_room::wire::encode(&SyncReply::default()).expect("encoded");
         }
     }
 
@@ -413,7 +421,7 @@ impl BareFacilitator {
                     ..SyncReply::default()
                 };
                 if self.withhold {
-                    self.withheld.push(channel);
+                    self.withheld.push((std::time::Instant::now(), channel));
                     return None;
                 }
                 let reply = confer_room::wire::encode(&answer).expect("encoded");
