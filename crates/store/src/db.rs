@@ -363,21 +363,34 @@ impl Store {
         Ok(swapped.is_ok())
     }
 
-    /// A room's message values, ordered by (sort key, message id).
-    pub fn messages(&self, room_id: &[u8; 32]) -> Result<Vec<Vec<u8>>> {
-        let mut found: Vec<(u64, Id, Vec<u8>)> = Vec::new();
+    /// A room's messages in order of (sort key, message id), each value turned by `map`
+    /// into what the caller keeps as it is read (those it maps to `None` are left out),
+    /// so a long history's values are never all in memory at once.
+    pub fn messages_mapped<T>(
+        &self,
+        room_id: &[u8; 32],
+        mut map: impl FnMut(&[u8]) -> Option<T>,
+    ) -> Result<Vec<T>> {
+        let mut found: Vec<(u64, Id, T)> = Vec::new();
         self.for_each_message(room_id, |sort_key, message_id, value| {
-            found.push((sort_key, message_id, value.to_vec()));
+            if let Some(kept) = map(value) {
+                found.push((sort_key, message_id, kept));
+            }
         })?;
         found.sort_unstable_by_key(|entry| (entry.0, entry.1));
-        Ok(found.into_iter().map(|(_, _, value)| value).collect())
+        Ok(found.into_iter().map(|(_, _, kept)| kept).collect())
+    }
+
+    /// A room's message values, in order (see [`Store::messages_mapped`]).
+    #[cfg(test)]
+    fn messages(&self, room_id: &[u8; 32]) -> Result<Vec<Vec<u8>>> {
+        self.messages_mapped(room_id, |value| Some(value.to_vec()))
     }
 
     /// Calls `visit(sort key, message id, value)` with each message of the room, in no
     /// particular order, one at a time: a caller that needs no order (a node building
-    /// its index at start), or keeps less than the values (a history for `read`), never
-    /// holds a long history's values all at once. [`Store::messages`]' order is that of
-    /// (sort key, message id). Stops at the first damaged record
+    /// its index at start) never holds a long history's values all at once; for them in
+    /// order, see [`Store::messages_mapped`]. Stops at the first damaged record
     /// ([`StoreError::Corrupt`]).
     pub fn for_each_message(
         &self,
@@ -885,6 +898,17 @@ mod tests {
         }
         expected.sort();
         assert_eq!(store.messages(&room).unwrap(), expected);
+        // Mapped as read, in the same order, leaving out what the map drops.
+        let sevens = store
+            .messages_mapped(&room, |value| value.ends_with(b"7").then(|| value.to_vec()))
+            .unwrap();
+        let expected_sevens: Vec<Vec<u8>> = expected
+            .iter()
+            .filter(|v| v.ends_with(b"7"))
+            .cloned()
+            .collect();
+        assert_eq!(sevens, expected_sevens);
+        assert_eq!(sevens.len(), 20);
         // Visited one at a time: the same messages, in no particular order.
         let mut visited = Vec::new();
         store

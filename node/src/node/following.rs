@@ -46,24 +46,18 @@ impl EventLoop {
         let me = room.is_member().then(|| room.me());
         // Each stored message becomes what is shown as it is read, so a long history's
         // stored values (their envelopes too) are never all in memory at once.
-        let mut out = Vec::new();
         self.store
-            .for_each_message(
-                &id.0,
-                |sort_key, message_id, bytes| match StoredMessage::from_bytes(bytes) {
-                    Some(stored) => {
-                        let mut info = Self::message_info(room, &stored.record);
-                        info.pending = unconfirmed.is_some_and(|u| u.contains(&stored.record.id));
-                        info.gone = info.pending && me != Some(stored.record.author);
-                        out.push((sort_key, message_id, info));
-                    }
-                    None => tracing::warn!("skipping a damaged stored message"),
-                },
-            )
-            .map_err(|e| e.to_string())?;
-        // The store's order (`Store::messages`).
-        out.sort_unstable_by_key(|(sort_key, message_id, _)| (*sort_key, *message_id));
-        Ok(out.into_iter().map(|(_, _, info)| info).collect())
+            .messages_mapped(&id.0, |bytes| {
+                let Some(stored) = StoredMessage::from_bytes(bytes) else {
+                    tracing::warn!("skipping a damaged stored message");
+                    return None;
+                };
+                let mut info = Self::message_info(room, &stored.record);
+                info.pending = unconfirmed.is_some_and(|u| u.contains(&stored.record.id));
+                info.gone = info.pending && me != Some(stored.record.author);
+                Some(info)
+            })
+            .map_err(|e| e.to_string())
     }
 
     /// The room's membership changes while this profile was in the room, for its history.
