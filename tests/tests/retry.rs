@@ -291,14 +291,21 @@ async fn only_envelopes_from_the_last_moments_are_handed_to_a_member_who_subscri
     );
 }
 
+/// Sam's node played by the test, and Jo's (real, reconciling every [`ROUND`]) admitted
+/// to the room, both on its topic.
+async fn sam_and_jo_in_quick_rounds() -> (BareFacilitator, TestNode) {
+    let (mut sam, jo) = BareFacilitator::with_member_using(ROOM, "Jo", quick_rounds()).await;
+    sam.subscribe_to(&jo).await;
+    (sam, jo)
+}
+
 /// Every sync round a node reconciles with each connected member; it hands over its
 /// whole log (every admission and rotation, with their sealed secrets) only when the log
 /// has grown since it last did (and now and then in case that push was lost), not every
 /// round: in a room that has run for years that was most of its idle traffic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_that_has_not_changed_is_not_handed_over_every_round() {
-    let (mut sam, jo) = BareFacilitator::with_member_using(ROOM, "Jo", quick_rounds()).await;
-    sam.subscribe_to(&jo).await;
+    let (mut sam, jo) = sam_and_jo_in_quick_rounds().await;
     // Jo's node has handed Sam's the log on connecting and on the subscription; the
     // rounds after that carry none.
     sam.until("a round of Jo's node", |sam| sam.digests >= 1)
@@ -327,8 +334,7 @@ async fn a_log_that_has_not_changed_is_not_handed_over_every_round() {
 /// follows only when the other member's digest differs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rounds_send_a_digest_and_the_summary_only_when_histories_differ() {
-    let (mut sam, jo) = BareFacilitator::with_member_using(ROOM, "Jo", quick_rounds()).await;
-    sam.subscribe_to(&jo).await;
+    let (mut sam, _jo) = sam_and_jo_in_quick_rounds().await;
     sam.until("a round of Jo's node", |sam| sam.digests >= 1)
         .await;
     // The same history (none): rounds, and no summary.
@@ -355,8 +361,7 @@ async fn rounds_send_a_digest_and_the_summary_only_when_histories_differ() {
 /// outlast the round and pile up (up to 64 MiB queued for each member).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unconfirmed_messages_are_not_pushed_again_while_the_last_push_is_unanswered() {
-    let (mut sam, jo) = BareFacilitator::with_member_using(ROOM, "Jo", quick_rounds()).await;
-    sam.subscribe_to(&jo).await;
+    let (mut sam, jo) = sam_and_jo_in_quick_rounds().await;
     // Sam's node takes everything and answers nothing, so confirms nothing.
     sam.withhold = true;
     jo.send(ROOM, "Sam's node never confirms this.").await;
@@ -384,8 +389,7 @@ async fn unconfirmed_messages_are_not_pushed_again_while_the_last_push_is_unansw
 /// link was sent again and again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_answered_late_still_confirms() {
-    let (mut sam, jo) = BareFacilitator::with_member_using(ROOM, "Jo", quick_rounds()).await;
-    sam.subscribe_to(&jo).await;
+    let (mut sam, jo) = sam_and_jo_in_quick_rounds().await;
     sam.withhold = true;
     let id = jo.send(ROOM, "Confirmed only after a long wait.").await;
     sam.until("Jo's node to push it", |sam| sam.envelopes >= 1)
