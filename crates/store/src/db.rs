@@ -12,7 +12,7 @@
 //! The associated data is `"confer-store v1"` ‖ tree name length (u8) ‖ tree
 //! name ‖ sled key. Tags and keys are described in the crate docs.
 //!
-//! Message sort keys and ids are sealed too, so [`Store::messages`] decrypts a
+//! Message sort keys and ids are sealed too, so [`Store::messages_mapped`] decrypts a
 //! room's messages and sorts them in memory. Rooms are small; this is cheap.
 
 use std::fmt;
@@ -332,7 +332,7 @@ impl Store {
     /// stored for that room. Returns `true` if it was stored, `false` (having
     /// written nothing) if it was a duplicate.
     ///
-    /// [`Store::messages`] lists a room's messages by (`sort_key`,
+    /// [`Store::messages_mapped`] lists a room's messages by (`sort_key`,
     /// `message_id`).
     pub fn insert_message(
         &self,
