@@ -884,13 +884,23 @@ impl Room {
             payload,
             signature,
         };
-        let plaintext = wire::encode(&inner).unwrap_or_default();
+        // A message is padded inside the encryption (see `wire::pad`): the envelope's
+        // length shows the message's only to within its bucket. An operation is not: its
+        // size says little a padding could hide (docs/SECURITY.md), and unpadded it is
+        // still read by nodes from before the padding, so a room whose members update at
+        // different times keeps agreeing on who is in it and on its keys.
+        let mut plaintext = wire::encode(&inner).unwrap_or_default();
+        let encoded = plaintext.len();
+        if matches!(inner.payload, Payload::Message(_)) {
+            wire::pad(&mut plaintext);
+        }
         let sealed = crypto::seal(
             &epoch.message_key(&self.id()),
             &self.aad(epoch),
             &plaintext,
             rng,
         );
+        plaintext.truncate(encoded);
         let header_plain = wire::encode(&epoch.frontier).unwrap_or_default();
         let header = crypto::seal(&header_key(&self.id()), ENVELOPE_LABEL, &header_plain, rng);
         let envelope = Envelope { header, sealed };
@@ -952,8 +962,9 @@ impl Room {
             &envelope.sealed,
         )
         .map_err(|_| OpenError::Crypto)?;
-        let inner: SignedPayload =
-            wire::decode(&plaintext, MAX_ENVELOPE).map_err(|_| OpenError::Malformed)?;
+        let (inner, encoded): (SignedPayload, usize) =
+            wire::decode_padded(&plaintext, MAX_ENVELOPE).map_err(|_| OpenError::Malformed)?;
+        let plaintext = plaintext.get(..encoded).ok_or(OpenError::Malformed)?;
         // A message is authenticated by the payload signature. An operation carries its
         // author's own signature, which the log checks, so the wrapper's is not checked
         // again (whoever re-wraps an operation cannot change it).
@@ -972,7 +983,7 @@ impl Room {
                 let epoch_frontier = epoch.frontier.clone();
                 self.check_message(&inner.author, &body, &epoch_frontier)?;
                 Ok(Incoming::Message(MessageRecord {
-                    id: crypto::hash(b"confer/v1/message-id", &[&plaintext]),
+                    id: crypto::hash(b"confer/v1/message-id", &[plaintext]),
                     author: inner.author,
                     sent_at: body.sent_at,
                     text: body.text,
@@ -1647,6 +1658,64 @@ mod tests {
         // The envelope carries neither the text nor the author's key.
         assert!(!env.windows(5).any(|w| w == b"hello"));
         assert!(!env.windows(32).any(|w| w == rec.author.0));
+    }
+
+    /// Someone who sees only envelopes (a network observer, a relay) learns a message's
+    /// length only to within its padding bucket: every short message seals to one length,
+    /// and longer ones to a few. Each still opens to the record its author holds, whose
+    /// id is that of the unpadded plaintext. Membership operations stay unpadded, as nodes
+    /// from before the padding read them.
+    #[test]
+    fn an_envelope_shows_a_message_length_only_to_within_its_bucket() {
+        let mut r = rng(7);
+        let mut alice = facilitator(&mut r);
+        let (bob, _) = join(&mut alice, "Bob", &mut r);
+        let mut short = std::collections::BTreeSet::new();
+        let mut overheads = std::collections::BTreeSet::new();
+        let mut lengths = std::collections::BTreeSet::new();
+        for len in (1..=4_000).step_by(7) {
+            let text = "x".repeat(len);
+            let (env, rec) = bob.seal_message(&text, NOW + 1, &mut r).unwrap();
+            assert_eq!(
+                alice.open(&env, NOW).unwrap(),
+                Incoming::Message(rec.clone())
+            );
+            // The same payload's plaintext (only the salt differs, which has a fixed size).
+            let body = MessageBody {
+                sent_at: NOW + 1,
+                salt: [0; 16],
+                context: bob.log.heads(),
+                text,
+            };
+            let (_, plaintext) =
+                bob.seal_payload(bob.current().unwrap(), Payload::Message(body), &mut r);
+            // The envelope's length is the padded length plus a constant: nothing more
+            // of the message's length shows.
+            overheads.insert(env.len() as i64 - wire::padded_len(plaintext.len()) as i64);
+            lengths.insert(env.len());
+            if len <= 300 {
+                short.insert(env.len());
+            }
+        }
+        assert_eq!(overheads.len(), 1, "{overheads:?}");
+        assert_eq!(short.len(), 1, "1 to 300 characters: {short:?}");
+        // 572 lengths up to 4,000 characters, 50 envelope lengths: one up to 512 bytes of
+        // plaintext, then 16 each in buckets of 32 bytes to 1 KiB, 64 to 2 KiB and 128 to
+        // 4 KiB, and one beyond.
+        assert_eq!(lengths.len(), 50);
+        // A membership operation is not padded: a node from before the padding, whose
+        // decoder takes no trailing bytes, still reads it.
+        let (bob_id, epoch) = (bob.id(), bob.current().unwrap().clone());
+        let rotation = alice.rotate(NOW + 2, &mut r).unwrap();
+        let (envelope, _) = bob.unwrap_header(&rotation).unwrap();
+        let plaintext = crypto::open(
+            &epoch.message_key(&bob_id),
+            &bob.aad(&epoch),
+            &envelope.sealed,
+        )
+        .unwrap();
+        let op: SignedPayload = wire::decode(&plaintext, MAX_ENVELOPE).unwrap();
+        assert!(matches!(op.payload, Payload::Op(_)));
     }
 
     #[test]

@@ -7,6 +7,12 @@
 //!   cannot make the decoder allocate more than that,
 //! - and rejects trailing bytes, so one value has exactly one encoding that decodes.
 //!
+//! One exception, for what is sealed inside a room envelope: [`pad`] lengthens an
+//! encoding with zero bytes so that the ciphertext's length tells an observer little
+//! about the message's, and [`decode_padded`] accepts such zeros after the value (and
+//! nothing else there). Both sides of that are inside the AEAD, so only a key holder can
+//! choose the padding, and what the zeros follow is the one encoding of the value.
+//!
 //! bincode is marked unmaintained (RUSTSEC-2025-0141); it is kept because its 2.0.1
 //! release is stable and small, and it is confined to this module so it can be
 //! replaced in one place. `deny.toml` records the exception.
@@ -59,6 +65,18 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
 
 /// Decodes exactly one value from `bytes`, which must be at most `limit` bytes long.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, WireError> {
+    match decode_leading(bytes, limit)? {
+        (value, used) if used == bytes.len() => Ok(value),
+        _ => Err(WireError::TrailingBytes),
+    }
+}
+
+/// Decodes the value at the start of `bytes` (at most `limit` bytes long); returns it and
+/// the length of its encoding. The callers decide what may follow it.
+fn decode_leading<T: DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<(T, usize), WireError> {
     let limit = limit.min(MAX_WIRE);
     if bytes.len() > limit {
         return Err(WireError::TooLarge {
@@ -66,12 +84,49 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, Wire
             limit,
         });
     }
-    let (value, used) =
-        bincode::serde::decode_from_slice(bytes, CONFIG).map_err(|_| WireError::Malformed)?;
-    if used != bytes.len() {
+    bincode::serde::decode_from_slice(bytes, CONFIG).map_err(|_| WireError::Malformed)
+}
+
+/// The shortest a padded plaintext is: every message up to a few hundred characters
+/// (check-ins, one-line answers) seals to the same length.
+pub const PAD_MIN: usize = 512;
+
+/// The length [`pad`] makes a plaintext of `len` bytes: at least [`PAD_MIN`], and above
+/// that Padmé's (Nikitin et al., "Reducing Metadata Leakage from Encrypted Files and
+/// Communication with PURBs", PETS 2019): the length's lowest bits are rounded up so that
+/// of a length of 2^E only about log2(E) + 1 leading bits remain, leaking O(log log n)
+/// bits of it at a cost of at most 1/2^(log2(E)+1) (6.25% from 512 bytes on, 3.2% from
+/// 64 KiB).
+pub fn padded_len(len: usize) -> usize {
+    if len <= PAD_MIN {
+        return PAD_MIN;
+    }
+    let e = usize::BITS - 1 - len.leading_zeros(); // floor(log2 len), at least 9
+    let s = u32::BITS - e.leading_zeros(); // floor(log2 e) + 1
+    let mask = (1usize << (e - s)) - 1;
+    (len + mask) & !mask
+}
+
+/// Lengthens `bytes` with zeros to [`padded_len`].
+pub fn pad(bytes: &mut Vec<u8>) {
+    bytes.resize(padded_len(bytes.len()), 0);
+}
+
+/// [`decode`] for a plaintext that may carry [`pad`]'s zeros after the value: anything
+/// but zeros there is [`WireError::TrailingBytes`]. Returns the value and the length of
+/// its encoding (the bytes before the padding).
+pub fn decode_padded<T: DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<(T, usize), WireError> {
+    let (value, used) = decode_leading(bytes, limit)?;
+    if bytes
+        .get(used..)
+        .is_none_or(|rest| rest.iter().any(|b| *b != 0))
+    {
         return Err(WireError::TrailingBytes);
     }
-    Ok(value)
+    Ok((value, used))
 }
 
 #[cfg(test)]
@@ -89,6 +144,63 @@ mod tests {
         longer.push(0);
         assert_eq!(
             decode::<(u32, String)>(&longer, 100),
+            Err(WireError::TrailingBytes)
+        );
+    }
+
+    #[test]
+    fn padding_hides_the_length_within_a_bucket_and_costs_little() {
+        assert_eq!(padded_len(0), PAD_MIN);
+        assert_eq!(padded_len(1), PAD_MIN);
+        assert_eq!(padded_len(PAD_MIN), PAD_MIN);
+        // 513 to 1023 bytes: multiples of 32; 1,024 to 2,047: of 64; 32 KiB on: of 2 KiB.
+        assert_eq!(padded_len(513), 544);
+        assert_eq!(padded_len(1000), 1024);
+        assert_eq!(padded_len(1100), 1152);
+        assert_eq!(padded_len(33_000), 34_816);
+        let mut previous = 0;
+        for len in 0..70_000 {
+            let padded = padded_len(len);
+            assert!(padded >= len.max(PAD_MIN), "{len} -> {padded}");
+            assert!(padded >= previous, "monotonic at {len}");
+            if len > PAD_MIN {
+                assert!(padded - len <= len / 16, "{len} -> {padded}: over 6.25%");
+            }
+            previous = padded;
+        }
+        // Few distinct lengths: 70,000 lengths pad to under a hundred and fifty.
+        let distinct: std::collections::BTreeSet<usize> = (0..70_000).map(padded_len).collect();
+        assert!(distinct.len() < 150, "{}", distinct.len());
+    }
+
+    #[test]
+    fn padded_values_decode_and_only_zeros_may_follow() {
+        let mut bytes = encode(&(7u32, String::from("x"))).unwrap();
+        let used = bytes.len();
+        pad(&mut bytes);
+        assert_eq!(bytes.len(), PAD_MIN);
+        assert_eq!(
+            decode_padded::<(u32, String)>(&bytes, 1000).unwrap(),
+            ((7, "x".into()), used)
+        );
+        // Unpadded (as sealed before padding existed) decodes too.
+        assert_eq!(
+            decode_padded::<(u32, String)>(&bytes[..used], 1000).unwrap(),
+            ((7, "x".into()), used)
+        );
+        let mut tampered = bytes.clone();
+        tampered[PAD_MIN - 1] = 1;
+        assert_eq!(
+            decode_padded::<(u32, String)>(&tampered, 1000),
+            Err(WireError::TrailingBytes)
+        );
+        assert!(matches!(
+            decode_padded::<(u32, String)>(&bytes, 100),
+            Err(WireError::TooLarge { .. })
+        ));
+        // The ordinary decoder still refuses the padding.
+        assert_eq!(
+            decode::<(u32, String)>(&bytes, 1000),
             Err(WireError::TrailingBytes)
         );
     }

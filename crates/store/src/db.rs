@@ -1,18 +1,19 @@
 //! The encrypted database, `<home>/db`.
 //!
-//! Three sled trees:
+//! Four sled trees:
 //!
 //! | tree | sled key | sealed plaintext |
 //! |---|---|---|
 //! | `meta` | `"format"` | `"confer-store"` ‖ format version (u32) |
 //! | `rooms` | room tag (16) | room id (32) ‖ value |
 //! | `messages` | room tag (16) ‖ message tag (16) | sort key (u64) ‖ message id (32) ‖ value |
+//! | `outbox` | room tag (16) ‖ outbox tag (16) | message id (32) |
 //!
 //! A stored value is nonce (24) ‖ XChaCha20-Poly1305 ciphertext ‖ tag (16).
 //! The associated data is `"confer-store v1"` ‖ tree name length (u8) ‖ tree
 //! name ‖ sled key. Tags and keys are described in the crate docs.
 //!
-//! Message sort keys and ids are sealed too, so [`Store::messages_mapped`] decrypts a
+//! Message sort keys and ids are sealed too, so [`Store::latest_messages_mapped`] decrypts a
 //! room's messages and sorts them in memory. Rooms are small; this is cheap.
 
 use std::fmt;
@@ -40,6 +41,7 @@ const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 const TREE_META: &str = "meta";
 const TREE_ROOMS: &str = "rooms";
 const TREE_MESSAGES: &str = "messages";
+const TREE_OUTBOX: &str = "outbox";
 
 const FORMAT_KEY: &[u8] = b"format";
 /// The file beside the database recording how much it holds (see [`Store::write_manifest`]).
@@ -104,6 +106,11 @@ impl Keys {
     fn message_tag(&self, room_id: &Id, message_id: &Id) -> Result<IndexTag> {
         self.tag(&[b"message", room_id, message_id])
     }
+
+    /// Unlike the message tag, so an outbox record does not point at its message's record.
+    fn outbox_tag(&self, room_id: &Id, message_id: &Id) -> Result<IndexTag> {
+        self.tag(&[b"outbox", room_id, message_id])
+    }
 }
 
 /// The encrypted database of one profile.
@@ -117,6 +124,8 @@ pub struct Store {
     meta: sled::Tree,
     rooms: sled::Tree,
     messages: sled::Tree,
+    /// This profile's messages no other member is known to hold yet, one record each.
+    outbox: sled::Tree,
     /// How many messages `messages` holds (messages are never deleted): counted once at
     /// open, then kept up to date by [`Store::insert_message`], so that
     /// [`Store::write_manifest`] does not walk the whole tree every time.
@@ -171,6 +180,7 @@ impl Store {
         let store = Store {
             meta: tree(TREE_META)?,
             rooms: tree(TREE_ROOMS)?,
+            outbox: tree(TREE_OUTBOX)?,
             message_count: AtomicU64::new(messages.len() as u64),
             messages,
             keys: Keys::derive(profile.storage_key())?,
@@ -332,7 +342,7 @@ impl Store {
     /// stored for that room. Returns `true` if it was stored, `false` (having
     /// written nothing) if it was a duplicate.
     ///
-    /// [`Store::messages_mapped`] lists a room's messages by (`sort_key`,
+    /// [`Store::latest_messages_mapped`] lists a room's messages by (`sort_key`,
     /// `message_id`).
     pub fn insert_message(
         &self,
@@ -363,34 +373,42 @@ impl Store {
         Ok(swapped.is_ok())
     }
 
-    /// A room's messages in order of (sort key, message id), each value turned by `map`
-    /// into what the caller keeps as it is read (those it maps to `None` are left out),
-    /// so a long history's values are never all in memory at once.
-    pub fn messages_mapped<T>(
+    /// The last `n` of a room's messages in order of (sort key, message id), each value
+    /// turned by `map` into what the caller keeps as it is read (those it maps to `None`
+    /// are left out), and how many came before them (mapped to `Some` and left out). Holds
+    /// at most `n` mapped values at a time, however long the history (`usize::MAX`: all).
+    pub fn latest_messages_mapped<T>(
         &self,
         room_id: &[u8; 32],
+        n: usize,
         mut map: impl FnMut(&[u8]) -> Option<T>,
-    ) -> Result<Vec<T>> {
-        let mut found: Vec<(u64, Id, T)> = Vec::new();
+    ) -> Result<(Vec<T>, usize)> {
+        let mut latest: std::collections::BTreeMap<(u64, Id), T> = Default::default();
+        let mut earlier = 0;
         self.for_each_message(room_id, |sort_key, message_id, value| {
             if let Some(kept) = map(value) {
-                found.push((sort_key, message_id, kept));
+                latest.insert((sort_key, message_id), kept);
+                if latest.len() > n {
+                    latest.pop_first();
+                    earlier += 1;
+                }
             }
         })?;
-        found.sort_unstable_by_key(|entry| (entry.0, entry.1));
-        Ok(found.into_iter().map(|(_, _, kept)| kept).collect())
+        Ok((latest.into_values().collect(), earlier))
     }
 
-    /// A room's message values, in order (see [`Store::messages_mapped`]).
+    /// A room's message values, in order (see [`Store::latest_messages_mapped`]).
     #[cfg(test)]
     fn messages(&self, room_id: &[u8; 32]) -> Result<Vec<Vec<u8>>> {
-        self.messages_mapped(room_id, |value| Some(value.to_vec()))
+        Ok(self
+            .latest_messages_mapped(room_id, usize::MAX, |value| Some(value.to_vec()))?
+            .0)
     }
 
     /// Calls `visit(sort key, message id, value)` with each message of the room, in no
     /// particular order, one at a time: a caller that needs no order (a node building
     /// its index at start) never holds a long history's values all at once; for them in
-    /// order, see [`Store::messages_mapped`]. Stops at the first damaged record
+    /// order, see [`Store::latest_messages_mapped`]. Stops at the first damaged record
     /// ([`StoreError::Corrupt`]).
     pub fn for_each_message(
         &self,
@@ -441,6 +459,45 @@ impl Store {
         }
     }
 
+    /// Records one of this profile's messages as not yet held by any other member (the
+    /// node's outbox). One record per message, so recording or clearing one writes that
+    /// one alone, however many are waiting.
+    pub fn add_to_outbox(&self, room_id: &[u8; 32], message_id: &[u8; 32]) -> Result<()> {
+        let key = self.outbox_key(room_id, message_id)?;
+        let sealed = self.seal_value(TREE_OUTBOX, &key, message_id)?;
+        self.outbox
+            .insert(key, sealed)
+            .map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+
+    /// Clears messages from the outbox (another member holds them).
+    pub fn remove_from_outbox(&self, room_id: &[u8; 32], message_ids: &[[u8; 32]]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for message_id in message_ids {
+            batch.remove(&self.outbox_key(room_id, message_id)?);
+        }
+        self.outbox.apply_batch(batch).map_err(|e| self.db_error(e))
+    }
+
+    /// The room's messages in the outbox, in no particular order.
+    pub fn outbox(&self, room_id: &[u8; 32]) -> Result<Vec<[u8; 32]>> {
+        let room_tag = self.keys.room_tag(room_id)?;
+        let mut ids = Vec::new();
+        for entry in self.outbox.scan_prefix(room_tag) {
+            let (key, sealed) = entry.map_err(|e| self.db_error(e))?;
+            let plaintext = self.open_value(TREE_OUTBOX, &key, &sealed)?;
+            let Some(id) = crypto::array_at::<ID_LEN>(&plaintext, 0) else {
+                return Err(self.corrupt("an outbox record is too short"));
+            };
+            if key[..] != self.outbox_key(room_id, &id)?[..] {
+                return Err(self.corrupt("an outbox record is stored under the wrong key"));
+            }
+            ids.push(id);
+        }
+        Ok(ids)
+    }
+
     /// Deletes a room: its record, its messages and its named records (`states`).
     /// Returns how many messages were deleted.
     ///
@@ -471,6 +528,13 @@ impl Store {
         self.messages
             .apply_batch(batch)
             .map_err(|e| self.db_error(e))?;
+        let mut waiting = sled::Batch::default();
+        for key in self.outbox.scan_prefix(room_tag).keys() {
+            waiting.remove(key.map_err(|e| self.db_error(e))?);
+        }
+        self.outbox
+            .apply_batch(waiting)
+            .map_err(|e| self.db_error(e))?;
         for name in states {
             let key = self.keys.tag(&[b"room-state", room_id, name.as_bytes()])?;
             self.meta.remove(key).map_err(|e| self.db_error(e))?;
@@ -488,6 +552,13 @@ impl Store {
         self.meta
             .insert(key, sealed)
             .map_err(|e| self.db_error(e))?;
+        Ok(())
+    }
+
+    /// Deletes a named record of a room, if stored.
+    pub fn remove_room_state(&self, room_id: &[u8; 32], name: &str) -> Result<()> {
+        let key = self.keys.tag(&[b"room-state", room_id, name.as_bytes()])?;
+        self.meta.remove(key).map_err(|e| self.db_error(e))?;
         Ok(())
     }
 
@@ -543,9 +614,18 @@ impl Store {
     }
 
     fn message_key(&self, room_id: &Id, message_id: &Id) -> Result<[u8; 2 * INDEX_TAG_LEN]> {
+        self.room_key(room_id, self.keys.message_tag(room_id, message_id)?)
+    }
+
+    fn outbox_key(&self, room_id: &Id, message_id: &Id) -> Result<[u8; 2 * INDEX_TAG_LEN]> {
+        self.room_key(room_id, self.keys.outbox_tag(room_id, message_id)?)
+    }
+
+    /// Room tag ‖ `tag`: a record's sled key under its room's prefix.
+    fn room_key(&self, room_id: &Id, tag: IndexTag) -> Result<[u8; 2 * INDEX_TAG_LEN]> {
         let mut key = [0u8; 2 * INDEX_TAG_LEN];
         key[..INDEX_TAG_LEN].copy_from_slice(&self.keys.room_tag(room_id)?);
-        key[INDEX_TAG_LEN..].copy_from_slice(&self.keys.message_tag(room_id, message_id)?);
+        key[INDEX_TAG_LEN..].copy_from_slice(&tag);
         Ok(key)
     }
 
@@ -743,9 +823,12 @@ mod tests {
                         .unwrap();
                 }
                 store.put_room_state(room, "outbox", b"o").unwrap();
+                store.add_to_outbox(room, &id(9)).unwrap();
             }
             store.write_manifest().unwrap();
             assert_eq!(store.delete_room(&gone, &["outbox"]).unwrap(), 3);
+            assert!(store.outbox(&gone).unwrap().is_empty());
+            assert_eq!(store.outbox(&kept).unwrap().len(), 1);
             assert_eq!(store.room(&gone).unwrap(), None);
             assert!(store.messages(&gone).unwrap().is_empty());
             assert_eq!(store.room_state(&gone, "outbox").unwrap(), None);
@@ -756,6 +839,53 @@ mod tests {
         assert_eq!(store.rooms().unwrap().len(), 1);
         assert_eq!(store.messages(&kept).unwrap().len(), 3);
         store.write_manifest().unwrap();
+    }
+
+    /// The outbox holds one record per waiting message: recording or clearing one writes
+    /// that one alone; it survives a reopen; rooms keep their own; a record moved under
+    /// another key is refused.
+    #[test]
+    fn the_outbox_keeps_one_record_per_waiting_message() {
+        let (_dir, profile) = setup();
+        let (room, other) = (id(1), id(2));
+        let waiting: Vec<[u8; 32]> = (10..15).map(id).collect();
+        {
+            let store = Store::open(&profile).unwrap();
+            for m in &waiting {
+                store.add_to_outbox(&room, m).unwrap();
+            }
+            store.add_to_outbox(&other, &waiting[0]).unwrap();
+            // Again: still one record.
+            store.add_to_outbox(&room, &waiting[0]).unwrap();
+            store
+                .remove_from_outbox(&room, &[waiting[1], waiting[3], id(99)])
+                .unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(&profile).unwrap();
+        let mut left = store.outbox(&room).unwrap();
+        left.sort_unstable();
+        let mut expected = vec![waiting[0], waiting[2], waiting[4]];
+        expected.sort_unstable();
+        assert_eq!(left, expected);
+        assert_eq!(store.outbox(&other).unwrap(), [waiting[0]]);
+        assert!(store.outbox(&id(3)).unwrap().is_empty());
+        // An outbox record's key does not point at its message's record.
+        let (outbox_key, message_key) = (
+            store.outbox_key(&room, &waiting[0]).unwrap(),
+            store.message_key(&room, &waiting[0]).unwrap(),
+        );
+        assert_eq!(outbox_key[..INDEX_TAG_LEN], message_key[..INDEX_TAG_LEN]);
+        assert_ne!(outbox_key[INDEX_TAG_LEN..], message_key[INDEX_TAG_LEN..]);
+        // A record copied under another message's key is refused.
+        let key = store.outbox_key(&room, &waiting[0]).unwrap();
+        let sealed = store.outbox.get(key).unwrap().unwrap();
+        let other_key = store.outbox_key(&room, &id(20)).unwrap();
+        store.outbox.insert(other_key, sealed).unwrap();
+        assert!(matches!(
+            store.outbox(&room),
+            Err(StoreError::Corrupt { .. })
+        ));
     }
 
     #[test]
@@ -900,8 +1030,11 @@ mod tests {
         assert_eq!(store.messages(&room).unwrap(), expected);
         // Mapped as read, in the same order, leaving out what the map drops.
         let sevens = store
-            .messages_mapped(&room, |value| value.ends_with(b"7").then(|| value.to_vec()))
-            .unwrap();
+            .latest_messages_mapped(&room, usize::MAX, |value| {
+                value.ends_with(b"7").then(|| value.to_vec())
+            })
+            .unwrap()
+            .0;
         let expected_sevens: Vec<Vec<u8>> = expected
             .iter()
             .filter(|v| v.ends_with(b"7"))
@@ -909,6 +1042,23 @@ mod tests {
             .collect();
         assert_eq!(sevens, expected_sevens);
         assert_eq!(sevens.len(), 20);
+        // The latest only: the end of the same order, and how many came before.
+        let (latest, earlier) = store
+            .latest_messages_mapped(&room, 3, |value| Some(value.to_vec()))
+            .unwrap();
+        assert_eq!(latest, expected[197..]);
+        assert_eq!(earlier, 197);
+        let (latest_sevens, earlier) = store
+            .latest_messages_mapped(&room, 2, |value| {
+                value.ends_with(b"7").then(|| value.to_vec())
+            })
+            .unwrap();
+        assert_eq!(latest_sevens, expected_sevens[18..]);
+        assert_eq!(earlier, 18);
+        let (all, earlier) = store
+            .latest_messages_mapped(&room, 500, |value| Some(value.to_vec()))
+            .unwrap();
+        assert_eq!((all, earlier), (expected.clone(), 0));
         // Visited one at a time: the same messages, in no particular order.
         let mut visited = Vec::new();
         store

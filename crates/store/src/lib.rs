@@ -21,7 +21,9 @@
 //!
 //! What such an adversary *can* still see, and this crate does not hide: that
 //! Confer is used, the number of rooms, the number of messages stored per room
-//! (records are grouped under an opaque per-room tag), the approximate size of
+//! (records are grouped under an opaque per-room tag), how many of the profile's
+//! own messages no other member has confirmed yet (the outbox's records, one per
+//! message, under tags unlike the messages' own), the approximate size of
 //! each value (values are not padded) and, from file timestamps and the order
 //! of sled's log, roughly when things were written.
 //!
@@ -54,6 +56,7 @@
 //! | index key | HKDF-SHA256(ikm = storage key, salt = `"confer-store"`, info = `"confer-store v1 index"`) | HMAC-SHA256 key for the opaque sled keys below |
 //! | room tag | HMAC(index key, `"room"` ‖ room id), first 16 bytes | sled key of a room record, and prefix of its messages' keys |
 //! | message tag | HMAC(index key, `"message"` ‖ room id ‖ message id), first 16 bytes | second half of a message's sled key (dedup without revealing the id) |
+//! | outbox tag | HMAC(index key, `"outbox"` ‖ room id ‖ message id), first 16 bytes | second half of an outbox record's sled key (not linkable to the message's record) |
 //!
 //! The storage key and the device secret are generated from the operating
 //! system's random number generator when the profile is created; they never
