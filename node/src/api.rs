@@ -76,6 +76,12 @@ pub enum Request {
         room: String,
         /// Keep the connection open and stream new messages.
         follow: bool,
+        /// Only the last this many messages, and the membership changes since the first
+        /// of them ([`Reply::History`] says how many were left out). Ignored when
+        /// following: a follower is given the whole history, so that it can tell, after
+        /// falling behind, what it has not shown (see `client::Follower`).
+        #[serde(default)]
+        last: Option<u64>,
     },
     /// A room's members.
     Members {
@@ -173,6 +179,9 @@ pub enum Reply {
         /// latest), oldest first, to show among the messages.
         #[serde(default)]
         events: Vec<EventInfo>,
+        /// Messages before these, left out as [`Request::Read`]'s `last` asked.
+        #[serde(default)]
+        earlier: u64,
     },
     /// On the control socket only: one part of a history too long for one line
     /// ([`MAX_LINE`]). Parts of at most [`HISTORY_PART`] bytes come first, then
@@ -277,6 +286,11 @@ pub struct StatusInfo {
     /// holds only part of the discussion.
     #[serde(default)]
     pub other_copy: u64,
+    /// Members' nodes connected now that announce another Confer version than this one:
+    /// messages between them and this node may not get through (`MemberInfo::other_version`
+    /// says whose).
+    #[serde(default)]
+    pub other_versions: usize,
 }
 
 /// A relay and whether the node holds a reservation on it.
@@ -379,6 +393,14 @@ pub struct MessageInfo {
 /// Most membership changes a history carries (the latest ones).
 pub const MAX_EVENTS: usize = 1000;
 
+/// Keeps, of a history's membership changes, those at or after its first message: a
+/// history cut to its last messages shows the changes among them, not those before.
+pub fn changes_from_first(events: &mut Vec<EventInfo>, messages: &[MessageInfo]) {
+    if let Some(first) = messages.first() {
+        events.retain(|e| e.at >= first.sent_at);
+    }
+}
+
 /// How far ahead of the reader's clock a message's time may be and still be taken at its
 /// word: a node places a message dated later than this where it arrived, and the CLI
 /// marks it and does not let it make the messages after it look late.
@@ -423,6 +445,12 @@ pub struct MemberInfo {
     /// nodes next reach a member's.
     #[serde(default)]
     pub connected: bool,
+    /// The Confer protocol version the member's connected node announces, when it is
+    /// not this node's ([`crate::net::IDENTIFY_PROTOCOL_VERSION`]): messages between the
+    /// two may not get through (an older node cannot read what a newer one sends) until
+    /// both run the same version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_version: Option<String>,
 }
 
 /// The state of a room after a membership change.

@@ -82,12 +82,14 @@ impl Client {
                     messages,
                     member,
                     events,
+                    earlier,
                 }) => {
                     parts.extend(messages);
                     return Ok(Some(Reply::History {
                         messages: parts,
                         member,
                         events,
+                        earlier,
                     }));
                 }
                 // A history cut off, or something else in the middle of one.
@@ -162,6 +164,7 @@ impl Follower {
             .send(&Request::Read {
                 room: room.to_owned(),
                 follow: true,
+                last: None,
             })
             .await?;
         let first = client.next().await?.ok_or(ClientError::Closed)?;
@@ -343,6 +346,7 @@ mod tests {
             messages,
             member: true,
             events,
+            earlier: 0,
         }
     }
 

@@ -77,6 +77,7 @@ async fn write_reply(
         messages,
         member,
         events,
+        earlier,
     } = reply
     else {
         return write(writer, &reply).await;
@@ -102,6 +103,7 @@ async fn write_reply(
             messages: part,
             member,
             events,
+            earlier,
         },
     )
     .await
@@ -140,7 +142,10 @@ async fn connection(stream: UnixStream, node: Node) {
                 continue;
             }
         };
-        if let Request::Read { room, follow: true } = request {
+        if let Request::Read {
+            room, follow: true, ..
+        } = request
+        {
             follow(room, node, writer).await;
             return;
         }
@@ -180,6 +185,7 @@ async fn follow(room: String, node: Node, mut writer: tokio::net::unix::OwnedWri
                 messages: history,
                 member: true,
                 events,
+                earlier: 0,
             };
             if write_reply(&mut writer, history).await.is_err() {
                 return;

@@ -221,8 +221,11 @@ pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/join/1");
 /// framed by [`FrameCodec`] like [`JOIN_PROTOCOL`].
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/sync/3");
 
-/// Protocol version announced by identify.
-pub const IDENTIFY_PROTOCOL_VERSION: &str = "/confer/0.1.0";
+/// Protocol version announced by identify: which Confer nodes understand each other. It
+/// changes whenever nodes start sending what older ones cannot read (0.2.0: messages
+/// padded, which nodes of 0.1.0 refuse). A node tells its person which members' nodes
+/// announce another version (`MemberInfo::other_version`).
+pub const IDENTIFY_PROTOCOL_VERSION: &str = "/confer/0.2.0";
 
 /// Largest join request, in bytes (excluding the 4-byte length prefix).
 pub const MAX_REQUEST: usize = 64 * 1024;
@@ -298,6 +301,9 @@ pub struct NetConfig {
     /// reconciliation, asking only for what it lacks, rather than every member sending a
     /// reconnecting member the room's latest envelopes whether it holds them or not.
     pub recent_window: Duration,
+    /// The protocol version announced through identify: [`IDENTIFY_PROTOCOL_VERSION`].
+    /// Only tests change it, to play a node of another version.
+    pub protocol_version: &'static str,
 }
 
 impl Default for NetConfig {
@@ -309,6 +315,7 @@ impl Default for NetConfig {
             autonat_global_only: true,
             sync_interval: Duration::from_secs(15),
             recent_window: Duration::from_secs(10),
+            protocol_version: IDENTIFY_PROTOCOL_VERSION,
         }
     }
 }
@@ -837,7 +844,7 @@ pub fn build_swarm(
             .with_request_timeout(SYNC_TIMEOUT),
     );
     let identify = identify::Behaviour::new(identify::Config::new(
-        IDENTIFY_PROTOCOL_VERSION.to_owned(),
+        config.protocol_version.to_owned(),
         keypair.public(),
     ));
     let limits = connection_limits::Behaviour::new(

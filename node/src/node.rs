@@ -80,7 +80,9 @@ const RESERVATION_WAIT: Duration = Duration::from_secs(10);
 /// [`crate::api::CLOCK_AHEAD`] in milliseconds (see [`insert_opened`]).
 const CLOCK_AHEAD_MS: u64 = crate::api::CLOCK_AHEAD.as_millis() as u64;
 
-/// The store record name of a room's outbox (ids of messages not yet confirmed).
+/// The store record name under which nodes before the store's `outbox` tree kept a
+/// room's outbox (every waiting id in one record, rewritten at each change); moved into
+/// the tree when the room is loaded.
 const OUTBOX: &str = "outbox";
 /// The store record name of a room's known member addresses.
 const PEERS: &str = "peers";
@@ -410,6 +412,8 @@ impl Node {
             caught_up: 0,
             leaves_heard: 0,
             other_copy: 0,
+            protocol_version: config.net.protocol_version,
+            versions: HashMap::new(),
             started_ms: now_ms(),
             reach,
             settings,
@@ -611,6 +615,10 @@ struct EventLoop {
     leaves_heard: u64,
     /// See `StatusInfo::other_copy`.
     other_copy: u64,
+    /// The identify protocol version this node announces (`NetConfig::protocol_version`).
+    protocol_version: &'static str,
+    /// Connected peers whose nodes announced another Confer version (see `on_identify`).
+    versions: HashMap<PeerId, String>,
     /// When this node started (Unix milliseconds).
     started_ms: u64,
     /// Relays, relay-only mode, NAT status, open connections.
@@ -1141,6 +1149,11 @@ impl EventLoop {
                 caught_up: self.caught_up,
                 leaves_heard: self.leaves_heard,
                 other_copy: self.other_copy,
+                other_versions: self
+                    .versions
+                    .keys()
+                    .filter(|peer| self.known_peer(peer))
+                    .count(),
                 joining: self.pending_joins.len() + self.joins_waiting.len(),
             }),
             Request::ListRooms => Reply::Rooms {
@@ -1160,16 +1173,26 @@ impl EventLoop {
                 self.send(&room, &text, reply);
                 return;
             }
-            Request::Read { room, follow: _ } => {
+            // Following is the control socket's (`control::follow`); here a read is one
+            // answer.
+            Request::Read { room, last, .. } => {
+                let last = last.map(|n| usize::try_from(n).unwrap_or(usize::MAX));
                 match self
                     .resolve(&room)
-                    .and_then(|id| self.history(&id).map(|m| (id, m)))
+                    .and_then(|id| self.history(&id, last).map(|h| (id, h)))
                 {
-                    Ok((id, messages)) => Reply::History {
-                        messages,
-                        member: self.rooms.get(&id).is_some_and(Room::is_member),
-                        events: self.events(&id),
-                    },
+                    Ok((id, (messages, earlier))) => {
+                        let mut events = self.events(&id);
+                        if earlier > 0 {
+                            crate::api::changes_from_first(&mut events, &messages);
+                        }
+                        Reply::History {
+                            messages,
+                            member: self.rooms.get(&id).is_some_and(Room::is_member),
+                            events,
+                            earlier: earlier as u64,
+                        }
+                    }
                     Err(message) => error(message),
                 }
             }
@@ -1221,14 +1244,17 @@ impl EventLoop {
                             .iter()
                             .map(|m| {
                                 let you = m.public.id == room.me();
+                                let peer = PeerId::from_bytes(&m.peer).ok();
                                 MemberInfo {
                                     member_id: m.public.id.to_hex(),
                                     name: m.display_name.clone(),
                                     role: m.role.as_str().to_owned(),
                                     you,
                                     connected: you
-                                        || PeerId::from_bytes(&m.peer)
-                                            .is_ok_and(|p| self.swarm.is_connected(&p)),
+                                        || peer.is_some_and(|p| self.swarm.is_connected(&p)),
+                                    other_version: peer
+                                        .filter(|_| !you)
+                                        .and_then(|p| self.versions.get(&p).cloned()),
                                 }
                             })
                             .collect(),
@@ -1398,7 +1424,7 @@ impl EventLoop {
         let stored = self
             .store
             .insert_message(&id.0, &record.id, record.sent_at, &value)
-            .and_then(|_| self.save_unconfirmed(&id));
+            .and_then(|_| self.store.add_to_outbox(&id.0, &record.id));
         if let Err(e) = stored {
             if let Some(u) = self.unconfirmed.get_mut(&id) {
                 u.remove(&record.id);
@@ -1469,9 +1495,7 @@ impl EventLoop {
             SwarmEvent::Behaviour(BehaviourEvent::Sync(event)) => self.handle_sync(event),
             SwarmEvent::Behaviour(BehaviourEvent::Identify(
                 libp2p::identify::Event::Received { peer_id, info, .. },
-            )) if info.protocol_version == net::IDENTIFY_PROTOCOL_VERSION => {
-                self.learn_addresses(peer_id, info.listen_addrs);
-            }
+            )) => self.on_identify(peer_id, info),
             SwarmEvent::ConnectionEstablished {
                 peer_id,
                 endpoint,
@@ -1537,6 +1561,7 @@ impl EventLoop {
             } => {
                 self.reach.on_connection_closed(connection_id);
                 if num_established == 0 {
+                    self.versions.remove(&peer_id);
                     let member = self.known_peer(&peer_id);
                     self.addresses.disconnected(&peer_id, member);
                 }
@@ -1731,14 +1756,18 @@ impl EventLoop {
         })?;
         self.index.insert(id, index);
         self.transfers.held.insert(id, held);
-        let unconfirmed: BTreeSet<Id> = match self.store.room_state(&id.0, OUTBOX)? {
-            Some(bytes) => {
-                confer_room::wire::decode::<Vec<Id>>(&bytes, confer_room::wire::MAX_WIRE)
-                    .map(|ids| ids.into_iter().collect())
-                    .unwrap_or_default()
+        let mut unconfirmed: BTreeSet<Id> = self.store.outbox(&id.0)?.into_iter().collect();
+        // An outbox kept the old way, in one record: moved into the tree, then dropped.
+        if let Some(bytes) = self.store.room_state(&id.0, OUTBOX)? {
+            let old: Vec<Id> =
+                confer_room::wire::decode(&bytes, confer_room::wire::MAX_WIRE).unwrap_or_default();
+            for m in old {
+                self.store.add_to_outbox(&id.0, &m)?;
+                unconfirmed.insert(m);
             }
-            None => BTreeSet::new(),
-        };
+            self.store.flush()?;
+            self.store.remove_room_state(&id.0, OUTBOX)?;
+        }
         self.unconfirmed.insert(id, unconfirmed);
         // Before the addresses: a room left unheard keeps its members' (`known_peer`).
         if self.store.room_state(&id.0, LEAVE_UNHEARD)?.as_deref() == Some(&[1]) {
@@ -1769,19 +1798,6 @@ impl EventLoop {
         if result.is_err() {
             tracing::warn!("could not store member addresses");
         }
-    }
-
-    fn save_unconfirmed(&self, id: &RoomId) -> Result<(), confer_store::StoreError> {
-        let ids: Vec<Id> = self
-            .unconfirmed
-            .get(id)
-            .map(|u| u.iter().copied().collect())
-            .unwrap_or_default();
-        self.store.put_room_state(
-            &id.0,
-            OUTBOX,
-            &confer_room::wire::encode(&ids).unwrap_or_default(),
-        )
     }
 
     /// The peers of the other members of room `id` this node is connected to.
@@ -1874,9 +1890,33 @@ impl EventLoop {
         }
     }
 
-    /// Gates gossip by membership: a connected peer that is a member of none of our rooms
-    /// (and not a facilitator we are joining through) is scored far below gossipsub's
-    /// graylist threshold, so we ignore its gossip and send it none.
+    /// What a peer's node says of itself. From a node of this version, its addresses; a
+    /// Confer node of another version is remembered while connected, so that `members`
+    /// can say which members' nodes cannot read what this one sends, or it theirs.
+    fn on_identify(&mut self, peer: PeerId, info: libp2p::identify::Info) {
+        if info.protocol_version == self.protocol_version {
+            self.versions.remove(&peer);
+            self.learn_addresses(peer, info.listen_addrs);
+            return;
+        }
+        let version = info.protocol_version;
+        let shown = version.starts_with("/confer/")
+            && version.len() <= 32
+            && version.bytes().all(|b| b.is_ascii_graphic());
+        if !shown {
+            return;
+        }
+        // A relay may run another version without harm: it reads nothing.
+        if self.versions.get(&peer) != Some(&version) && self.known_peer(&peer) {
+            tracing::warn!(
+                theirs = %version,
+                ours = self.protocol_version,
+                "a member's node runs another version of Confer: messages between the two may not get through"
+            );
+        }
+        self.versions.insert(peer, version);
+    }
+
     /// Whether `peer` is a member of one of our rooms, or the facilitator of a join in
     /// progress: not a stranger.
     fn known_peer(&self, peer: &PeerId) -> bool {
@@ -1893,6 +1933,9 @@ impl EventLoop {
                 .any(|p| p.invite.body.facilitator_peer == bytes)
     }
 
+    /// Gates gossip by membership: a connected peer that is a member of none of our rooms
+    /// (and not a facilitator we are joining through) is scored far below gossipsub's
+    /// graylist threshold, so we ignore its gossip and send it none.
     fn score_peer(&mut self, peer: PeerId) {
         let score = if self.known_peer(&peer) {
             0.0

@@ -553,7 +553,8 @@ impl EventLoop {
         if confirmed.is_empty() {
             return;
         }
-        if let Err(e) = self.save_unconfirmed(id).and_then(|()| self.store.flush()) {
+        let cleared = self.store.remove_from_outbox(&id.0, &confirmed);
+        if let Err(e) = cleared.and_then(|()| self.store.flush()) {
             tracing::error!("could not record a delivery confirmation: {e}");
         }
         if let Some(shown) = self.shown_pending.get_mut(id) {

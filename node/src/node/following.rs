@@ -40,14 +40,20 @@ impl EventLoop {
         }
     }
 
-    pub(super) fn history(&self, id: &RoomId) -> Result<Vec<MessageInfo>, String> {
+    /// The room's history for a reader: its last `last` messages (all with `None`), and
+    /// how many came before them.
+    pub(super) fn history(
+        &self,
+        id: &RoomId,
+        last: Option<usize>,
+    ) -> Result<(Vec<MessageInfo>, usize), String> {
         let room = self.rooms.get(id).ok_or("unknown room")?;
         let unconfirmed = self.unconfirmed.get(id);
         let me = room.is_member().then(|| room.me());
         // Each stored message becomes what is shown as it is read, so a long history's
         // stored values (their envelopes too) are never all in memory at once.
         self.store
-            .messages_mapped(&id.0, |bytes| {
+            .latest_messages_mapped(&id.0, last.unwrap_or(usize::MAX), |bytes| {
                 let Some(stored) = StoredMessage::from_bytes(bytes) else {
                     tracing::warn!("skipping a damaged stored message");
                     return None;
@@ -91,7 +97,7 @@ impl EventLoop {
 
     pub(super) fn follow(&mut self, query: &str) -> Result<Following, String> {
         let id = self.resolve(query)?;
-        let history = self.history(&id)?;
+        let (history, _) = self.history(&id, None)?;
         let changes = self
             .rooms
             .get(&id)
