@@ -178,7 +178,7 @@ pub enum Command {
         #[arg(long, short)]
         follow: bool,
         /// Show only the last N messages of the history (with --follow, then every new
-        /// one).
+        /// one); a first line says how many earlier ones are not shown (not with --json).
         #[arg(long, short = 'n', value_name = "N", value_parser = parse_last)]
         last: Option<u64>,
         #[command(flatten)]
@@ -189,6 +189,10 @@ pub enum Command {
     ///
     /// The key epoch is a number that goes up each time the room's key changes: whenever
     /// someone leaves or is removed, and whenever a member runs `confer rotate`.
+    ///
+    /// A connected member whose node runs another version of Confer is said so (with
+    /// --json, `other_version`): messages between you may not get through until you both
+    /// run the same version.
     Members {
         /// The room: its name, or the first characters of its id.
         room: String,
@@ -293,8 +297,9 @@ pub enum NodeCommand {
         /// Print JSON lines: first the readiness line {"peer_id": ..., "listen": [...],
         /// "relays": [...]}, then catch-up progress {"event": "catching_up" or
         /// "caught_up", "received": N}, leaves {"event": "leave_unheard", "rooms": N} and
-        /// {"event": "leave_heard"}, and {"event": "other_copy"} if the profile seems to
-        /// be running on another computer too.
+        /// {"event": "leave_heard"}, {"event": "other_copy"} if the profile seems to be
+        /// running on another computer too, and {"event": "other_version", "nodes": N}
+        /// when more members' nodes connected to this one run another version of Confer.
         #[arg(long)]
         json: bool,
     },

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use confer_node::api::{
     CLOCK_AHEAD, ChangeInfo, EventInfo, InviteInfo, InviteSummary, MemberInfo, MessageInfo, Reply,
-    Request, RoomInfo, RoomSummary, StatusInfo,
+    Request, RoomInfo, RoomSummary, StatusInfo, changes_from_first,
 };
 use confer_node::client::{Client, Follower};
 
@@ -94,7 +94,24 @@ pub async fn status(home: &Path, json: bool) -> Result<(), Error> {
     if info.other_copy > 0 {
         output::line(OTHER_COPY)?;
     }
+    if info.other_versions > 0 {
+        output::line(&other_versions_sentence(info.other_versions))?;
+    }
     print_rooms(&info.rooms)
+}
+
+/// What `status` and `node run` say when members' nodes run another version of Confer.
+pub fn other_versions_sentence(nodes: usize) -> String {
+    let (count, verb) = if nodes == 1 {
+        ("A member's node".to_owned(), "runs")
+    } else {
+        (format!("{nodes} members' nodes"), "run")
+    };
+    format!(
+        "Warning: {count} connected to yours {verb} another version of Confer: messages \
+         between you may not get through until you run the same version (`confer members` \
+         says whose)."
+    )
 }
 
 /// What `status` and `node run` say when the profile seems to run on two computers.
@@ -393,28 +410,35 @@ pub async fn read(
     let (first, follower) = if follow {
         Follower::start(home, &room).await?
     } else {
-        (
-            Client::call(home, &Request::Read { room, follow }).await?,
-            None,
-        )
+        let request = Request::Read { room, follow, last };
+        (Client::call(home, &request).await?, None)
     };
-    let (mut history, member, mut events) = match refused(first)? {
+    let (mut history, member, mut events, mut earlier) = match refused(first)? {
         Reply::History {
             messages,
             member,
             events,
-        } => (messages, member, events),
+            earlier,
+        } => (messages, member, events, earlier),
         other => return Err(unexpected(&other)),
     };
+    // The node keeps only the last messages itself, except for a follower, which it
+    // gives the whole history.
     if let Some(last) = last {
         let keep = usize::try_from(last).unwrap_or(usize::MAX);
-        history.drain(..history.len().saturating_sub(keep));
+        let cut = history.len().saturating_sub(keep);
+        history.drain(..cut);
+        earlier += cut as u64;
+    }
+    if earlier > 0 {
         // Changes from before the first message shown are left out with the messages.
-        let from = history
-            .first()
-            .map(|m| m.sent_at.clone())
-            .unwrap_or_default();
-        events.retain(|e| e.at >= from);
+        changes_from_first(&mut events, &history);
+        if !json {
+            output::line(&format!(
+                "({earlier} earlier message{} not shown; leave out --last to see them.)",
+                if earlier == 1 { "" } else { "s" }
+            ))?;
+        }
     }
     let Some(mut follower) = follower else {
         if json {
@@ -622,8 +646,22 @@ pub async fn members(home: &Path, room: String, json: bool) -> Result<(), Error>
             safe_line(&member.role),
             safe_line(&member.member_id)
         ))?;
+        if let Some(version) = &member.other_version {
+            output::line(&other_version_sentence(version))?;
+        }
     }
     Ok(())
+}
+
+/// Said under a member whose node announces another Confer version than this one.
+fn other_version_sentence(theirs: &str) -> String {
+    let number = |v: &str| v.trim_start_matches("/confer/").to_owned();
+    format!(
+        "    Their node runs another version of Confer ({}; yours is {}): messages between \
+         you may not get through until you both run the same version.",
+        safe_line(&number(theirs)),
+        number(confer_node::net::IDENTIFY_PROTOCOL_VERSION)
+    )
 }
 
 /// One element of `confer members --json`.
@@ -953,6 +991,7 @@ mod tests {
             role: "facilitator".to_owned(),
             you: true,
             connected: true,
+            other_version: None,
         };
         let line = MemberLine {
             member: &member,
@@ -965,6 +1004,40 @@ mod tests {
                  "connected": true, "epoch": 3}
             ])
         );
+    }
+
+    #[test]
+    fn a_member_of_another_version_is_said_so() {
+        let member = MemberInfo {
+            member_id: "cd34".to_owned(),
+            name: "Jo".to_owned(),
+            role: "member".to_owned(),
+            you: false,
+            connected: true,
+            other_version: Some("/confer/0.1.0".to_owned()),
+        };
+        let json = serde_json::to_value(MemberLine {
+            member: &member,
+            epoch: 1,
+        })
+        .unwrap();
+        assert_eq!(json["other_version"], "/confer/0.1.0");
+        let sentence = other_version_sentence("/confer/0.1.0");
+        assert!(
+            sentence.contains("(0.1.0; yours is ")
+                && sentence.contains("may not get through until you both run the same version"),
+            "{sentence}"
+        );
+        assert!(
+            other_versions_sentence(1)
+                .starts_with("Warning: A member's node connected to yours runs another version")
+        );
+        assert!(
+            other_versions_sentence(2)
+                .starts_with("Warning: 2 members' nodes connected to yours run another version")
+        );
+        // What another node announces is shown safely.
+        assert!(!other_version_sentence("/confer/\u{1b}[2J").contains('\u{1b}'));
     }
 
     #[test]

@@ -266,7 +266,8 @@ async fn remove_jo(people: &[Person; 3], room: &str) -> Result<(), Error> {
                 jo,
                 Request::Read {
                     room: room.to_owned(),
-                    follow: false
+                    follow: false,
+                    last: None,
                 }
             )
             .await?,
@@ -400,6 +401,7 @@ async fn history(person: &Person, room: &str) -> Result<Vec<MessageInfo>, Error>
         Request::Read {
             room: room.to_owned(),
             follow: false,
+            last: None,
         },
     )
     .await?

@@ -40,6 +40,7 @@ async fn serve(profile: Profile, config: NodeConfig, json: bool) -> Result<(), E
     let mut progress = CatchUp::default();
     let mut leaves = Leaves::default();
     let mut warned_of_other_copy = false;
+    let mut other_versions_shown = 0;
     let mut poll = tokio::time::interval(PROGRESS_EVERY);
     loop {
         tokio::select! {
@@ -66,6 +67,17 @@ async fn serve(profile: Profile, config: NodeConfig, json: bool) -> Result<(), E
                             output::line(crate::commands::OTHER_COPY)
                         };
                     }
+                    // Said whenever more connected members' nodes run another version than
+                    // at the last look (one has just connected).
+                    if status.other_versions > other_versions_shown {
+                        let nodes = status.other_versions;
+                        let _ = if json {
+                            output::json(&serde_json::json!({"event": "other_version", "nodes": nodes}))
+                        } else {
+                            output::line(&crate::commands::other_versions_sentence(nodes))
+                        };
+                    }
+                    other_versions_shown = status.other_versions;
                 }
             }
         }

@@ -345,6 +345,11 @@ fn read_last_shows_only_the_end_of_the_history() {
         human.contains("note 5") && !human.contains("note 4"),
         "{human}"
     );
+    assert!(
+        human.starts_with("(4 earlier messages not shown; leave out --last to see them.)"),
+        "{human}"
+    );
+    assert!(!ok(home, &["read", "Notes", "-n", "5"]).contains("earlier"));
     // The room list says how many messages the room holds (and that nobody else has
     // them: Sam is alone).
     assert_eq!(ok_json(home, &["room", "list"])[0]["messages"], 5);
@@ -664,4 +669,77 @@ fn a_profile_copied_while_stopped_carries_on_and_catches_up() {
         .map(|m| m["name"].clone())
         .collect();
     assert!(names.contains(&Value::from("Jo")), "{names:?}");
+}
+
+/// A member whose node runs another version of Confer is reported when it connects: by
+/// `node run` (an event), and by `status` and `members` (sentences). The member's node
+/// is played in this process, announcing an older protocol version.
+#[test]
+fn a_member_node_of_another_version_is_reported() {
+    use confer_node::api::{Reply, Request};
+    use confer_node::net::NetConfig;
+
+    let (dir, sam_node, _) = sam_alone_in(ROOM);
+    let sam = dir.path();
+    let code = ok_json(sam, &["invite", ROOM])["code"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let jo_home = tempfile::tempdir().unwrap();
+    let _jo = runtime.block_on(async {
+        let profile =
+            confer_store::Profile::create(jo_home.path(), common::PASSPHRASE, "Jo").unwrap();
+        let config = confer_node::NodeConfig {
+            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
+            relays: Vec::new(),
+            net: NetConfig {
+                protocol_version: "/confer/0.1.0",
+                ..NetConfig::for_tests()
+            },
+            control_socket: false,
+            follow_queue: confer_node::FOLLOW_QUEUE,
+        };
+        let node = confer_node::Node::start(profile, config).await.unwrap();
+        let joined = node
+            .request(Request::Join {
+                code,
+                display_name: Some("Jo".into()),
+                wait_secs: 10,
+            })
+            .await;
+        assert!(matches!(joined, Reply::Room(_)), "{joined:?}");
+        node
+    });
+
+    let line = eventually(
+        "Sam's node to report Jo's version",
+        Duration::from_secs(20),
+        || {
+            sam_node
+                .lines
+                .try_recv()
+                .ok()
+                .filter(|l| l.contains("other_version"))
+        },
+    );
+    let event: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(
+        (&event["event"], &event["nodes"]),
+        (&"other_version".into(), &1.into())
+    );
+    let status = ok(sam, &["status"]);
+    assert!(
+        status.contains("A member's node connected to yours runs another version of Confer"),
+        "{status}"
+    );
+    let members = ok(sam, &["members", ROOM]);
+    assert!(
+        members.contains("Their node runs another version of Confer (0.1.0; yours is 0.2.0)"),
+        "{members}"
+    );
+    let listed = ok_json(sam, &["members", ROOM]);
+    assert_eq!(listed[1]["name"], "Jo");
+    assert_eq!(listed[1]["other_version"], "/confer/0.1.0");
+    assert!(listed[0].get("other_version").is_none());
 }
