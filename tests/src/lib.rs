@@ -196,6 +196,7 @@ impl TestNode {
             .ok(Request::Read {
                 room: room.into(),
                 follow: false,
+                last: None,
             })
             .await
         {

@@ -1,6 +1,7 @@
 //! Catch-up without a server: a member who was offline while others talked gets every
 //! message when it comes back, from whichever member is online, even if the author is not;
 //! and a message sent while nobody else is online stays pending until a member holds it.
+//! Messages of the largest size, padded, fit both paths.
 
 use std::time::Duration;
 
@@ -260,4 +261,82 @@ async fn a_newcomer_has_what_was_said_before_it_joined_at_once() {
         h.iter().any(|m| m.message_id == rules)
     })
     .await;
+}
+
+/// Messages of the largest size a person may send (32 KiB, padded in the envelope to
+/// about 35 KB) reach a member live, and through catch-up, where each fills most of a
+/// sync request of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_messages_arrive_live_and_through_catch_up() {
+    let sam = TestNode::start("Sam").await;
+    let mut jo = TestNode::start("Jo").await;
+    sam.form_room(ROOM, "Sam", &[(&jo, "Jo")]).await;
+    let largest = |i: usize| format!("{i}{}", "x".repeat(confer_room::room::MAX_TEXT - 1));
+    let live = sam.send(ROOM, &largest(0)).await;
+    until(&jo, "the largest message, live", |h| {
+        h.iter().any(|m| m.message_id == live)
+    })
+    .await;
+
+    jo.node.clone().shutdown().await;
+    let mut away = Vec::new();
+    for i in 1..=3 {
+        away.push(sam.send(ROOM, &largest(i)).await);
+    }
+    jo.restart().await;
+    until(&jo, "the three largest messages, caught up", |h| {
+        away.iter().all(|id| h.iter().any(|m| &m.message_id == id))
+    })
+    .await;
+    let texts: Vec<String> = jo.history(ROOM).await.into_iter().map(|m| m.text).collect();
+    assert_eq!(texts, (0..=3).map(largest).collect::<Vec<_>>());
+}
+
+/// A message waiting for another member, in an outbox kept the way nodes before the
+/// store's outbox tree kept it (one record of every waiting id), still waits after an
+/// upgrade: the node moves it into the tree, drops the old record, and clears it once a
+/// member holds the message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outbox_kept_the_old_way_is_carried_over() {
+    use confer_store::{Profile, Store};
+
+    let mut sam = TestNode::start("Sam").await;
+    sam.form_room(ROOM, "Sam", &[]).await;
+    let waiting = sam.send(ROOM, "Is anyone there yet?").await;
+    let room: [u8; 32] = hex::decode(&sam.status().await.rooms[0].room_id)
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let message: [u8; 32] = hex::decode(&waiting).unwrap().try_into().unwrap();
+    sam.node.clone().shutdown().await;
+    let open = |home: &std::path::Path| {
+        Store::open(&Profile::unlock(home, confer_tests::PASSPHRASE).unwrap()).unwrap()
+    };
+    {
+        let store = open(sam.home());
+        assert_eq!(store.outbox(&room).unwrap(), [message]);
+        store.remove_from_outbox(&room, &[message]).unwrap();
+        let old = confer_room::wire::encode(&vec![message]).unwrap();
+        store.put_room_state(&room, "outbox", &old).unwrap();
+        store.flush().unwrap();
+    }
+
+    sam.restart().await;
+    let pending = |h: &[confer_node::api::MessageInfo]| {
+        h.iter().any(|m| m.message_id == waiting && m.pending)
+    };
+    assert!(
+        pending(&sam.history(ROOM).await),
+        "still waiting after the upgrade"
+    );
+    let jo = TestNode::start("Jo").await;
+    sam.form_more(ROOM, &[(&jo, "Jo")]).await;
+    until(&sam, "Jo's node to hold the waiting message", |h| {
+        h.iter().any(|m| m.message_id == waiting && !m.pending)
+    })
+    .await;
+    sam.node.clone().shutdown().await;
+    let store = open(sam.home());
+    assert!(store.outbox(&room).unwrap().is_empty());
+    assert_eq!(store.room_state(&room, "outbox").unwrap(), None);
 }

@@ -3,7 +3,8 @@
 //! left to think the node stopped; a reader of a running node that stops is told nothing
 //! more than that the stream ended; a reader of a room its profile is removed from is told
 //! so; a reader is told when its own waiting message reaches another member, and a
-//! message the members took at once is confirmed to its author within about a second.
+//! message the members took at once is confirmed to its author within about a second. A
+//! read of the last few messages carries only those.
 
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ async fn follow_with_changes(
         .send(&Request::Read {
             room: ROOM.into(),
             follow: true,
+            last: None,
         })
         .await
         .expect("send");
@@ -252,6 +254,66 @@ async fn a_reader_sees_who_joins_as_it_happens() {
     match next_update(&mut client, "Jo's arrival").await {
         Reply::Event(e) => assert_eq!((e.kind.as_str(), e.who.as_str()), ("joined", "Jo")),
         other => panic!("expected Jo's arrival, got {other:?}"),
+    }
+}
+
+/// A read of the last messages (`confer read --last N`) is cut by the node: only those
+/// messages cross the socket, with the changes among them and the count of those left
+/// out. A follower is still given the whole history, which it needs to tell after a
+/// fall behind what it has not shown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_of_the_last_messages_carries_only_those() {
+    let sam = TestNode::start("Sam").await;
+    let jo = TestNode::start("Jo").await;
+    sam.form_room(ROOM, "Sam", &[]).await;
+    for text in ["one", "two", "three"] {
+        sam.send(ROOM, text).await;
+    }
+    sam.form_more(ROOM, &[(&jo, "Jo")]).await;
+    sam.send(ROOM, "four").await;
+    let read = |last, follow| Request::Read {
+        room: ROOM.into(),
+        follow,
+        last,
+    };
+    let mut socket = Client::connect(sam.home()).await.unwrap();
+    socket.send(&read(Some(2), false)).await.unwrap();
+    let Ok(Some(Reply::History {
+        messages,
+        events,
+        earlier,
+        ..
+    })) = socket.next().await
+    else {
+        panic!("no history");
+    };
+    let texts: Vec<_> = messages.iter().map(|m| m.text.as_str()).collect();
+    assert_eq!(texts, ["three", "four"]);
+    assert_eq!(earlier, 2);
+    let kinds: Vec<_> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(
+        kinds,
+        ["joined"],
+        "the room's creation came before \"three\""
+    );
+    // More than there are: all of them, nothing left out.
+    match sam.ok(read(Some(10), false)).await {
+        Reply::History {
+            messages, earlier, ..
+        } => assert_eq!((messages.len(), earlier), (4, 0)),
+        other => panic!("{other:?}"),
+    }
+    // Following: the whole history.
+    let (first, _follower) = Follower::start(sam.home(), ROOM).await.unwrap();
+    let mut socket = Client::connect(sam.home()).await.unwrap();
+    socket.send(&read(Some(1), true)).await.unwrap();
+    for reply in [first, socket.next().await.unwrap().unwrap()] {
+        match reply {
+            Reply::History {
+                messages, earlier, ..
+            } => assert_eq!((messages.len(), earlier), (4, 0)),
+            other => panic!("{other:?}"),
+        }
     }
 }
 

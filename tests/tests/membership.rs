@@ -404,3 +404,68 @@ async fn a_leave_waits_until_the_leavers_last_message_is_held() {
             .any(|m| m.message_id == last)
     );
 }
+
+/// A member whose node announces another Confer version (what a newer node sends, an
+/// older one may not read) is shown as such to the others, and they to it, while
+/// connected; members of the same version are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_whose_node_runs_another_version_is_shown_as_such() {
+    let sam = TestNode::start("Sam").await;
+    let priya = TestNode::start("Priya").await;
+    let older = NetConfig {
+        protocol_version: "/confer/0.1.0",
+        ..NetConfig::for_tests()
+    };
+    let jo = TestNode::start_with("Jo", older).await;
+    sam.form_room(ROOM, "Sam", &[(&priya, "Priya"), (&jo, "Jo")])
+        .await;
+    let versions = |node: &TestNode| {
+        let node = node.node.clone();
+        async move {
+            match node.request(Request::Members { room: ROOM.into() }).await {
+                Reply::Members { members, .. } => members
+                    .into_iter()
+                    .map(|m| (m.name, m.connected, m.other_version))
+                    .collect::<Vec<_>>(),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    let ours = confer_node::net::IDENTIFY_PROTOCOL_VERSION.to_owned();
+    let older = || Some("/confer/0.1.0".to_owned());
+    let cases = [
+        (&sam, [None, None, older()]),
+        (&priya, [None, None, older()]),
+        (&jo, [Some(ours.clone()), Some(ours), None]),
+    ];
+    for (node, expected) in cases {
+        within(
+            "every member's node connected and its version known",
+            async {
+                loop {
+                    let seen = versions(node).await;
+                    if seen.iter().all(|(_, connected, _)| *connected)
+                        && seen.iter().map(|(_, _, v)| v.clone()).eq(expected.clone())
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+        )
+        .await;
+    }
+    // `confer status` (and `node run`) count them.
+    for (node, expected) in [(&sam, 1), (&priya, 1), (&jo, 2)] {
+        assert_eq!(node.status().await.other_versions, expected);
+    }
+    // Gone, it is not shown as running anything.
+    jo.node.clone().shutdown().await;
+    within("Jo's node gone", async {
+        while versions(&sam).await[2].2.is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert_eq!(sam.status().await.other_versions, 0);
+}

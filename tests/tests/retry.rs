@@ -310,10 +310,8 @@ async fn a_log_that_has_not_changed_is_not_handed_over_every_round() {
     // rounds after that carry none.
     sam.until("a round of Jo's node", |sam| sam.digests >= 1)
         .await;
-    sam.digests = 0;
     sam.logs = 0;
-    sam.until("six rounds of Jo's node", |sam| sam.digests >= 6)
-        .await;
+    sam.rounds(6, "six rounds of Jo's node").await;
     assert!(
         sam.logs <= 1,
         "{} of {} rounds carried the unchanged log",
@@ -339,9 +337,7 @@ async fn rounds_send_a_digest_and_the_summary_only_when_histories_differ() {
         .await;
     // The same history (none): rounds, and no summary.
     let summaries = sam.summaries;
-    sam.digests = 0;
-    sam.until("six rounds of Jo's node", |sam| sam.digests >= 6)
-        .await;
+    sam.rounds(6, "six rounds of Jo's node").await;
     assert_eq!(
         sam.summaries, summaries,
         "a summary though nothing differed"
@@ -369,14 +365,10 @@ async fn unconfirmed_messages_are_not_pushed_again_while_the_last_push_is_unansw
         .await;
     // Pushed at most twice to begin with: at the tick after the send (within a second,
     // whatever the rounds), and by a round that came before it.
-    sam.digests = 0;
-    sam.until("a second of Jo's node's rounds", |sam| sam.digests >= 7)
-        .await;
+    sam.rounds(7, "a second of Jo's node's rounds").await;
     let pushed = sam.envelopes;
     assert!(pushed <= 2, "{pushed}");
-    sam.digests = 0;
-    sam.until("ten rounds of Jo's node", |sam| sam.digests >= 10)
-        .await;
+    sam.rounds(10, "ten rounds of Jo's node").await;
     assert_eq!(
         sam.envelopes, pushed,
         "pushed again while the last push was unanswered"
@@ -403,8 +395,7 @@ async fn a_push_answered_late_still_confirms() {
     );
     assert!(waiting.await.is_err());
     sam.answer_withheld(Duration::from_secs(11));
-    sam.digests = 0;
-    sam.until("a few more rounds", |sam| sam.digests >= 5).await;
+    sam.rounds(5, "a few more rounds").await;
     let pending = jo
         .history(ROOM)
         .await

@@ -7,18 +7,17 @@
 //! `{"invites": [[code, ...], ...]}` (one list per room), then, after the parent writes a
 //! line to the child's stdin once its nodes have joined, `{"idle": {...}}` with the sample.
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdout, Command, Stdio};
-
-use super::sys::{clock_ticks, cpu_ticks, status_bytes};
 use std::time::{Duration, Instant};
 
+use confer_node::Node;
 use confer_node::api::{Reply, Request};
 use confer_node::net::NetConfig;
-use confer_node::{Node, NodeConfig};
 use confer_store::Profile;
 use confer_tests::PASSPHRASE;
-use serde_json::{Value, json};
+use serde_json::json;
+
+use super::child::{Child, ask, emit, loopback, number, wait_for_parent};
+use super::sys::{clock_ticks, cpu_ticks, status_bytes};
 
 /// What the idle child measured.
 #[derive(Debug, Clone, Copy, Default)]
@@ -46,13 +45,6 @@ impl IdleSample {
     }
 }
 
-fn emit(value: &Value) -> Result<(), String> {
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "{value}")
-        .and_then(|()| out.flush())
-        .map_err(|e| format!("stdout: {e}"))
-}
-
 /// The child: run one node in `rooms` rooms, each with `peers` invites, and measure.
 pub async fn child(
     rooms: usize,
@@ -67,13 +59,7 @@ pub async fn child(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("profile: {e}"))?;
-    let config = NodeConfig {
-        listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-        relays: Vec::new(),
-        net,
-        control_socket: true,
-        follow_queue: confer_node::FOLLOW_QUEUE,
-    };
+    let config = loopback(net);
     let node = Node::start(profile, config)
         .await
         .map_err(|e| format!("start: {e}"))?;
@@ -107,16 +93,7 @@ pub async fn child(
     }
     emit(&json!({ "invites": invites }))?;
     // Wait for the parent's go-ahead (its nodes have joined).
-    let line = tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        std::io::stdin().read_line(&mut line).map(|_| line)
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("stdin: {e}"))?;
-    if line.trim().is_empty() {
-        return Err("the parent went away".into());
-    }
+    wait_for_parent().await?;
     // Every room has all its members, then let joins, dials and first syncs finish.
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut members = 0;
@@ -156,81 +133,35 @@ pub async fn child(
     Ok(())
 }
 
-async fn ask(node: &Node, request: Request) -> Result<Reply, String> {
-    match node.request(request.clone()).await {
-        Reply::Error { message } => Err(format!("{request:?}: {message}")),
-        reply => Ok(reply),
-    }
-}
-
 /// The parent's side of a running idle child.
 #[derive(Debug)]
-pub struct IdleChild {
-    child: Child,
-    stdout: Option<BufReader<ChildStdout>>,
-}
+pub struct IdleChild(Child);
 
 impl IdleChild {
     /// Starts `confer-bench --idle …` (this executable) and returns it with the invites
     /// it printed, one list per room.
     pub async fn spawn(args: Vec<String>) -> Result<(IdleChild, Vec<Vec<String>>), String> {
-        let exe = std::env::current_exe().map_err(|e| format!("own executable: {e}"))?;
-        let mut child = Command::new(exe)
-            .arg("--idle")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("spawning the idle child: {e}"))?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut this = IdleChild {
-            child,
-            stdout: Some(BufReader::new(stdout)),
-        };
-        let value = this.line().await?;
+        let mut child = Child::spawn("idle child", "--idle", &args)?;
+        let value = child.line().await?;
         let invites: Vec<Vec<String>> = serde_json::from_value(value["invites"].clone())
             .map_err(|e| format!("idle child's invites: {e}"))?;
-        Ok((this, invites))
-    }
-
-    async fn line(&mut self) -> Result<Value, String> {
-        let mut stdout = self.stdout.take().ok_or("stdout already taken")?;
-        let (stdout, line) = tokio::task::spawn_blocking(move || {
-            let mut line = String::new();
-            let result = stdout.read_line(&mut line).map(|_| line);
-            (stdout, result)
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        self.stdout = Some(stdout);
-        let line = line.map_err(|e| format!("idle child's output: {e}"))?;
-        if line.trim().is_empty() {
-            return Err("the idle child exited early".into());
-        }
-        serde_json::from_str(&line).map_err(|e| format!("idle child's output: {e}"))
+        Ok((IdleChild(child), invites))
     }
 
     /// Tells the child its peers have joined, and waits for its sample.
-    pub async fn measure(mut self) -> Result<IdleSample, String> {
-        {
-            let stdin = self.child.stdin.as_mut().ok_or("no stdin")?;
-            writeln!(stdin, "go").map_err(|e| format!("idle child's input: {e}"))?;
-            stdin
-                .flush()
-                .map_err(|e| format!("idle child's input: {e}"))?;
-        }
-        let value = self.line().await?;
+    pub async fn measure(self) -> Result<IdleSample, String> {
+        let mut child = self.0;
+        child.go()?;
+        let value = child.line().await?;
         let idle = &value["idle"];
-        let number = |k: &str| idle[k].as_f64().ok_or(format!("idle child: no {k}"));
         let sample = IdleSample {
-            wall_secs: number("wall_secs")?,
-            cpu_secs: number("cpu_secs")?,
-            rss_bytes: number("rss_bytes")? as u64,
-            hwm_bytes: number("hwm_bytes")? as u64,
-            members: number("members")? as usize,
+            wall_secs: number(idle, "wall_secs")?,
+            cpu_secs: number(idle, "cpu_secs")?,
+            rss_bytes: number(idle, "rss_bytes")? as u64,
+            hwm_bytes: number(idle, "hwm_bytes")? as u64,
+            members: number(idle, "members")? as usize,
         };
-        let _ = tokio::task::spawn_blocking(move || self.child.wait()).await;
+        child.wait().await;
         Ok(sample)
     }
 }

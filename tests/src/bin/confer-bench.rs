@@ -4,7 +4,8 @@
 //! and a real sled store, forms a room of eight, and measures in one run: live delivery
 //! latency and the fraction delivered, the same traffic over plain gossipsub between bare
 //! libp2p swarms, catch-up of a member who was offline, key rotation after a removal, a
-//! join, and (in a child process, `--idle`) an idle node in three rooms. Prints a table
+//! join, (in a child process, `--idle`) an idle node in three rooms and (in another,
+//! `--history`) the memory of the member who caught up, holding the whole burst. Prints a table
 //! (or JSON with `--json`) with each figure, its target and whether it was met.
 //!
 //! `cargo run --release -p confer-tests --bin confer-bench [-- --help]`; see
@@ -12,6 +13,10 @@
 
 #[path = "../bench/baseline.rs"]
 mod baseline;
+#[path = "../bench/child.rs"]
+mod child;
+#[path = "../bench/history.rs"]
+mod history;
 #[path = "../bench/idle.rs"]
 mod idle;
 #[path = "../bench/record.rs"]
@@ -35,6 +40,7 @@ use confer_tests::{PASSPHRASE, TestNode};
 use serde_json::json;
 use tokio::task::JoinHandle;
 
+use child::ask;
 use record::{Latencies, Record, quantile_ms, text};
 use report::{Figure, Verdict};
 use sys::{CpuUse, CpuWatch};
@@ -124,12 +130,23 @@ struct Args {
     /// anything but 8 needs --skip rotation --skip join --skip catchup --skip idle).
     #[arg(long, default_value_t = MEMBERS, value_parser = parse_members)]
     members: usize,
-    /// Skip a phase: baseline, live, rotation, join, catchup or idle (repeatable).
-    #[arg(long, value_parser = ["baseline", "live", "rotation", "join", "catchup", "idle"])]
+    /// History: full reads of the caught-up member's history in the history phase.
+    #[arg(long, default_value_t = 10)]
+    history_reads: u32,
+    /// History: seconds between the node's start and the first sample.
+    #[arg(long, default_value_t = 3)]
+    history_settle_secs: u64,
+    /// Skip a phase: baseline, live, rotation, join, catchup, idle or history
+    /// (repeatable; history needs catchup).
+    #[arg(long, value_parser = ["baseline", "live", "rotation", "join", "catchup", "idle", "history"])]
     skip: Vec<String>,
     /// Run as the idle child process (started by the benchmark itself).
     #[arg(long)]
     idle: bool,
+    /// Run as the history child process on this profile (started by the benchmark
+    /// itself).
+    #[arg(long, value_name = "HOME", conflicts_with = "idle")]
+    history: Option<std::path::PathBuf>,
 }
 
 /// `--members`: 2 to [`MEMBERS`].
@@ -156,7 +173,8 @@ impl Args {
 fn main() -> ExitCode {
     let args = Args::parse();
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.worker_threads.filter(|_| !args.idle) {
+    let child = args.idle || args.history.is_some();
+    if let Some(n) = args.worker_threads.filter(|_| !child) {
         builder.worker_threads(n.max(1));
     }
     match builder.enable_all().build() {
@@ -186,16 +204,33 @@ async fn run(args: Args) -> ExitCode {
             }
         };
     }
+    if let Some(home) = args.history.clone() {
+        let result = history::child(
+            home,
+            ROOM,
+            args.history_reads,
+            Duration::from_secs(args.history_settle_secs),
+            args.net(),
+        )
+        .await;
+        return match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("confer-bench --history: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // Node and libp2p logs, to stderr, when RUST_LOG asks for them.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .try_init();
-    let needs_all = ["rotation", "join", "catchup", "idle"];
+    let needs_all = ["rotation", "join", "catchup", "idle", "history"];
     if args.members != MEMBERS && needs_all.iter().any(|p| args.runs(p)) {
         eprintln!(
             "confer-bench: --members {} measures only the live phase and its baseline; \
-             add --skip rotation --skip join --skip catchup --skip idle",
+             add --skip rotation --skip join --skip catchup --skip idle --skip history",
             args.members
         );
         return ExitCode::from(2);
@@ -242,13 +277,6 @@ where
     }
 }
 
-async fn ask(node: &Node, request: Request) -> Result<Reply, String> {
-    match node.request(request.clone()).await {
-        Reply::Error { message } => Err(format!("{request:?} failed: {message}")),
-        reply => Ok(reply),
-    }
-}
-
 async fn epoch_and_members(node: &Node) -> Result<(u64, usize), String> {
     match ask(node, Request::Members { room: ROOM.into() }).await? {
         Reply::Members { epoch, members } => Ok((epoch, members.len())),
@@ -282,18 +310,9 @@ async fn start_node(name: String, net: NetConfig) -> Result<TestNode, String> {
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("profile: {e}"))?;
-    let node = Node::start(
-        profile,
-        NodeConfig {
-            listen: vec!["/ip4/127.0.0.1/tcp/0".into()],
-            relays: Vec::new(),
-            net,
-            control_socket: true,
-            follow_queue: confer_node::FOLLOW_QUEUE,
-        },
-    )
-    .await
-    .map_err(|e| format!("start: {e}"))?;
+    let node = Node::start(profile, child::loopback(net))
+        .await
+        .map_err(|e| format!("start: {e}"))?;
     Ok(TestNode { node, home })
 }
 
@@ -424,6 +443,10 @@ impl Bench {
             self.figures
                 .push(Figure::skipped("idle_cpu_percent", "idle CPU", "< 1%"));
         }
+        if self.args.runs("history") && self.args.runs("catchup") && self.args.members == MEMBERS {
+            say("a node with a long history (child process)");
+            self.history().await?;
+        }
         for i in 0..self.members.len() {
             self.stop(i).await;
         }
@@ -449,6 +472,7 @@ impl Bench {
             "idle_secs": a.idle_secs,
             "idle_rooms": a.idle_rooms,
             "idle_peers": a.idle_peers,
+            "history_reads": a.history_reads,
             "run_secs": elapsed.as_secs_f64(),
         });
         if a.json {
@@ -1281,6 +1305,7 @@ impl Bench {
             Request::Read {
                 room: ROOM.into(),
                 follow: false,
+                last: None,
             },
         )
         .await?
@@ -1390,6 +1415,7 @@ impl Bench {
             Request::Read {
                 room: ROOM.into(),
                 follow: false,
+                last: None,
             },
         )
         .await?
@@ -1432,6 +1458,73 @@ impl Bench {
             self.restart(i).await?;
             self.attach(i).await?;
         }
+        Ok(())
+    }
+
+    // ---- history --------------------------------------------------------------------
+
+    /// The member who caught up, its node started again in a child process: its memory
+    /// with the whole burst in its history.
+    async fn history(&mut self) -> Result<(), String> {
+        self.stop(OFFLINE).await;
+        let home = match self.members.get(OFFLINE) {
+            Some(Some(m)) => m.tn.home().to_path_buf(),
+            _ => return Err(format!("member {OFFLINE} has no profile")),
+        };
+        let args = vec![
+            home.display().to_string(),
+            "--history-reads".to_owned(),
+            self.args.history_reads.to_string(),
+            "--history-settle-secs".to_owned(),
+            self.args.history_settle_secs.to_string(),
+            "--heartbeat-ms".to_owned(),
+            self.args.heartbeat_ms.to_string(),
+        ];
+        let s = history::measure(args).await?;
+        let mb = |bytes: u64| bytes as f64 / 1e6;
+        let name = |what: &str| format!("node holding {} messages: memory {what}", s.messages);
+        self.figures.push(
+            Figure::new(
+                "history_rss_mb",
+                name("once started"),
+                mb(s.started_bytes),
+                "MB",
+            )
+            .detail(format!(
+                "VmRSS {} s after the start (which took {:.0} ms), the other members online; \
+                     the idle figure above is for new rooms",
+                self.args.history_settle_secs, s.start_ms
+            )),
+        );
+        self.figures.push(
+            Figure::new(
+                "history_read_rss_mb",
+                name("after a full read"),
+                mb(s.read_bytes),
+                "MB",
+            )
+            .detail(format!(
+                "VmRSS after one Read of the whole history (answered in {:.0} ms)",
+                s.first_read_ms
+            )),
+        );
+        self.figures.push(
+            Figure::new(
+                "history_reads_rss_mb",
+                name(&format!("after {} full reads", s.reads)),
+                mb(s.reads_bytes),
+                "MB",
+            )
+            .detail(format!("a Read took {:.0} ms (median)", s.median_read_ms)),
+        );
+        say(&format!(
+            "history: {} messages, {:.1} MB started, {:.1} MB after a read, {:.1} MB after {}",
+            s.messages,
+            mb(s.started_bytes),
+            mb(s.read_bytes),
+            mb(s.reads_bytes),
+            s.reads
+        ));
         Ok(())
     }
 

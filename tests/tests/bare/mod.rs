@@ -288,6 +288,12 @@ impl BareFacilitator {
         .await;
     }
 
+    /// Counts Jo's node's sync rounds afresh and runs until `n` more have come.
+    pub async fn rounds(&mut self, n: usize, what: &str) {
+        self.digests = 0;
+        self.until(what, |sam| sam.digests >= n).await;
+    }
+
     /// Gives every answer withheld so far: those withheld for at least `late` name every
     /// message Sam's node holds as held (so confirming them), the others nothing.
     /// Answers on time from now on.
