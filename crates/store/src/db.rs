@@ -26,7 +26,8 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::crypto::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
-use crate::profile::{Profile, create_private_dir};
+use crate::files::{self, create_private_dir};
+use crate::profile::Profile;
 use crate::{Result, StoreError};
 
 const DB_DIR: &str = "db";
@@ -234,24 +235,9 @@ impl Store {
         plaintext.extend_from_slice(&counts.0.to_be_bytes());
         plaintext.extend_from_slice(&counts.1.to_be_bytes());
         let sealed = self.seal_value(MANIFEST_FILE, b"counts", &plaintext)?;
-        let path = self.home.join(MANIFEST_FILE);
-        let tmp = self.home.join(format!(".{MANIFEST_FILE}.tmp"));
-        let io = |action: &'static str, path: &std::path::Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&tmp).map_err(io("write", &tmp))?;
-            file.write_all(&sealed).map_err(io("write", &tmp))?;
-            file.sync_all().map_err(io("write", &tmp))?;
-        }
-        std::fs::rename(&tmp, &path).map_err(io("write", &path))?;
-        Ok(())
+        // Renamed into place, then the directory synced: a crash leaves the old manifest
+        // or the new one, and once this returns the new one survives a crash.
+        files::replace_file(&self.home, &self.home.join(MANIFEST_FILE), &sealed)
     }
 
     fn check_manifest(&self) -> Result<()> {
@@ -839,6 +825,30 @@ mod tests {
         assert_eq!(store.rooms().unwrap().len(), 1);
         assert_eq!(store.messages(&kept).unwrap().len(), 3);
         store.write_manifest().unwrap();
+    }
+
+    /// Writing the manifest, and deleting a room (which lowers it first), rename the new
+    /// manifest into place and then sync the directory, so that the new name survives a
+    /// crash on every file system.
+    #[test]
+    fn the_manifest_s_directory_is_synced_after_each_rename() {
+        let (dir, profile) = setup();
+        let store = Store::open(&profile).unwrap();
+        let room = id(1);
+        store.put_room(&room, b"room").unwrap();
+        let syncs = crate::files::tests::dir_syncs_during(|| store.write_manifest().unwrap());
+        assert_eq!(syncs, 1);
+        let syncs = crate::files::tests::dir_syncs_during(|| {
+            store.delete_room(&room, &[]).unwrap();
+        });
+        assert_eq!(syncs, 1);
+        // Only the database and the profile's own files are left: no temporary manifest.
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [DB_DIR, MANIFEST_FILE, crate::profile::PROFILE_FILE]);
     }
 
     /// The outbox holds one record per waiting message: recording or clearing one writes

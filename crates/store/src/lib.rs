@@ -72,6 +72,7 @@
 
 mod crypto;
 pub mod db;
+mod files;
 pub mod profile;
 
 use std::io;

@@ -21,13 +21,14 @@
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
+use crate::files::{self, create_private_dir, io_error};
 use crate::{Result, StoreError};
 
 pub(crate) const PROFILE_FILE: &str = "profile";
@@ -264,7 +265,11 @@ impl Profile {
         contents.extend_from_slice(&header_bytes);
         contents.extend_from_slice(&ciphertext);
 
-        write_new_file_atomically(home, &profile_path(home), &contents)?;
+        files::write_new_file(home, &profile_path(home), &contents, || {
+            StoreError::AlreadyExists {
+                dir: home.to_path_buf(),
+            }
+        })?;
         Ok(Profile {
             home: home.to_path_buf(),
             secrets,
@@ -333,30 +338,6 @@ fn profile_path(home: &Path) -> PathBuf {
     home.join(PROFILE_FILE)
 }
 
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
-    let path = path.to_path_buf();
-    move |source| StoreError::Io {
-        action,
-        path,
-        source,
-    }
-}
-
-/// Creates `dir` and any missing parents with mode 0700. An existing
-/// directory is left as it is.
-pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder
-        .create(dir)
-        .map_err(io_error("create the directory", dir))
-}
-
 /// Reads at most `MAX_FILE_LEN + 1` bytes of the profile file.
 fn read_bounded(home: &Path, path: &Path) -> Result<Zeroizing<Vec<u8>>> {
     let file = match fs::File::open(path) {
@@ -374,62 +355,6 @@ fn read_bounded(home: &Path, path: &Path) -> Result<Zeroizing<Vec<u8>>> {
         .read_to_end(&mut bytes)
         .map_err(io_error("read", path))?;
     Ok(bytes)
-}
-
-/// Writes `contents` to `dest`, which must not exist, so that `dest` either
-/// does not appear or appears complete: temporary file, fsync, hard link into
-/// place (which fails if `dest` exists), fsync of the directory.
-fn write_new_file_atomically(home: &Path, dest: &Path, contents: &[u8]) -> Result<()> {
-    let mut suffix = [0u8; 8];
-    crypto::fill_random(&mut suffix)?;
-    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = home.join(format!(".{PROFILE_FILE}.tmp-{suffix}"));
-
-    let written = write_and_sync(&tmp, contents).and_then(|()| link_into_place(home, &tmp, dest));
-    // Best effort: the temporary file holds only ciphertext, and after a
-    // successful link it is a second name for the profile.
-    let _ = fs::remove_file(&tmp);
-    written?;
-    sync_dir(home)
-}
-
-fn write_and_sync(path: &Path, contents: &[u8]) -> Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(io_error("create", path))?;
-    file.write_all(contents).map_err(io_error("write", path))?;
-    file.sync_all().map_err(io_error("write", path))
-}
-
-fn link_into_place(home: &Path, tmp: &Path, dest: &Path) -> Result<()> {
-    let exists = || StoreError::AlreadyExists {
-        dir: home.to_path_buf(),
-    };
-    match fs::hard_link(tmp, dest) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(exists()),
-        // File systems without hard links: check, then rename. Only a
-        // concurrent `create` in the same directory can slip in between.
-        Err(_) if Profile::exists(home) => Err(exists()),
-        Err(_) => fs::rename(tmp, dest).map_err(io_error("create", dest)),
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error("sync the directory", dir))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -539,8 +464,12 @@ mod tests {
         // existing profile is never replaced.
         let dir = home();
         fs::write(profile_path(dir.path()), b"existing").unwrap();
-        let err =
-            write_new_file_atomically(dir.path(), &profile_path(dir.path()), b"new").unwrap_err();
+        let err = files::write_new_file(dir.path(), &profile_path(dir.path()), b"new", || {
+            StoreError::AlreadyExists {
+                dir: dir.path().to_path_buf(),
+            }
+        })
+        .unwrap_err();
         assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
         assert_eq!(fs::read(profile_path(dir.path())).unwrap(), b"existing");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
