@@ -135,8 +135,8 @@ pub struct Store {
     /// SHA-256 of the profile file when the store was opened: if the profile directory
     /// is deleted or replaced while this store is open (the new profile has a new file,
     /// with a new random salt), files written by path (the manifest) would land in
-    /// someone else's profile.
-    profile_digest: [u8; 32],
+    /// someone else's profile. Changing the passphrase through this store updates it.
+    profile_digest: std::sync::Mutex<[u8; 32]>,
 }
 
 impl fmt::Debug for Store {
@@ -187,7 +187,7 @@ impl Store {
             keys: Keys::derive(profile.storage_key())?,
             db,
             home,
-            profile_digest,
+            profile_digest: std::sync::Mutex::new(profile_digest),
         };
         store.check_format()?;
         store.check_manifest()?;
@@ -220,17 +220,7 @@ impl Store {
     /// Writes the manifest file recording `counts` (rooms, messages), unless the profile
     /// directory was replaced since the store was opened (see [`Store::write_manifest`]).
     fn write_counts(&self, counts: (u64, u64)) -> Result<()> {
-        if file_digest(&self.home.join(crate::profile::PROFILE_FILE)).ok()
-            != Some(self.profile_digest)
-        {
-            return Err(StoreError::Io {
-                action: "write the manifest into",
-                path: self.home.clone(),
-                source: std::io::Error::other(
-                    "the profile directory was deleted or replaced while this store was open",
-                ),
-            });
-        }
+        self.check_profile_file(&self.profile_digest(), "write the manifest into")?;
         let mut plaintext = MANIFEST_MAGIC.to_vec();
         plaintext.extend_from_slice(&counts.0.to_be_bytes());
         plaintext.extend_from_slice(&counts.1.to_be_bytes());
@@ -238,6 +228,45 @@ impl Store {
         // Renamed into place, then the directory synced: a crash leaves the old manifest
         // or the new one, and once this returns the new one survives a crash.
         files::replace_file(&self.home, &self.home.join(MANIFEST_FILE), &sealed)
+    }
+
+    /// The digest of the profile file this store belongs to.
+    fn profile_digest(&self) -> std::sync::MutexGuard<'_, [u8; 32]> {
+        // The digest is one plain value: a panic elsewhere cannot leave it half written.
+        self.profile_digest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Refuses if the profile file is no longer the one whose digest is `expected` (the
+    /// profile directory was deleted or replaced while this store was open).
+    fn check_profile_file(&self, expected: &[u8; 32], action: &'static str) -> Result<()> {
+        if file_digest(&crate::profile::profile_path(&self.home)).ok() == Some(*expected) {
+            return Ok(());
+        }
+        Err(StoreError::Io {
+            action,
+            path: self.home.clone(),
+            source: std::io::Error::other(
+                "the profile directory was deleted or replaced while this store was open",
+            ),
+        })
+    }
+
+    /// Replaces the profile file with `contents` (the same secrets sealed anew, see
+    /// [`Profile::change_passphrase`]), if it is still the file this store was opened
+    /// with, and remembers the new file as this store's.
+    pub(crate) fn replace_profile_file(&self, contents: &[u8]) -> Result<()> {
+        use sha2::Digest;
+        let mut digest = self.profile_digest();
+        self.check_profile_file(&digest, "replace the profile in")?;
+        files::replace_file(
+            &self.home,
+            &crate::profile::profile_path(&self.home),
+            contents,
+        )?;
+        *digest = Sha256::digest(contents).into();
+        Ok(())
     }
 
     fn check_manifest(&self) -> Result<()> {
@@ -778,7 +807,7 @@ mod tests {
 
     use super::*;
 
-    const PASS: &str = "a passphrase";
+    const PASS: &str = "plum kettle harbour nine";
 
     fn setup() -> (tempfile::TempDir, Profile) {
         let dir = tempfile::tempdir().unwrap();

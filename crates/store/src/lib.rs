@@ -92,14 +92,25 @@ pub enum StoreError {
     #[error("wrong passphrase for this profile")]
     WrongPassphrase,
 
-    /// A passphrase shorter than [`profile::MIN_PASSPHRASE_CHARS`] was offered when
-    /// creating a profile: everything on disk is only as strong as it.
+    /// A passphrase shorter than [`profile::MIN_PASSPHRASE_CHARS`] was offered for a new
+    /// profile or as a profile's new passphrase: everything on disk is only as strong as
+    /// it.
     #[error(
         "the passphrase is too short: use at least {min} characters (a few unrelated words are easy to remember and hard to guess)"
     )]
     ShortPassphrase {
         /// The fewest characters accepted.
         min: usize,
+    },
+
+    /// A passphrase the strength estimator finds easy to guess was offered for a new
+    /// profile or as a profile's new passphrase.
+    #[error(
+        "that passphrase would be easy to guess ({reason}); add another word or two (a few unrelated words are easy to remember and hard to guess)"
+    )]
+    WeakPassphrase {
+        /// What makes it easy to guess, in plain words.
+        reason: String,
     },
 
     /// The profile name is empty or contains control characters.
