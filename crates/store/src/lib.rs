@@ -23,9 +23,10 @@
 //! Confer is used, the number of rooms, the number of messages stored per room
 //! (records are grouped under an opaque per-room tag), how many of the profile's
 //! own messages no other member has confirmed yet (the outbox's records, one per
-//! message, under tags unlike the messages' own), the approximate size of
-//! each value (values are not padded) and, from file timestamps and the order
-//! of sled's log, roughly when things were written.
+//! message, under tags unlike the messages' own), the size of each value to
+//! within its bucket (values are padded before sealing: at least 256 bytes, above
+//! that Padmé's buckets, at most 6.25% apart) and, from file timestamps and the
+//! order of sled's log, roughly when things were written.
 //!
 //! # The profile file ([`profile`])
 //!
@@ -39,10 +40,12 @@
 //!
 //! # The database ([`db`])
 //!
-//! Every value written to sled is sealed with XChaCha20-Poly1305 under a key
-//! derived from the storage key, with a fresh random 24-byte nonce, and with
-//! associated data binding the tree name and the record's sled key, so a value
-//! cannot be moved to another key or tree without failing authentication. Sled
+//! Every value written to sled is padded, then sealed with XChaCha20-Poly1305
+//! under a key derived from the storage key, with a fresh random 24-byte nonce,
+//! and with associated data binding the tree name and the record's sled key, so
+//! a value cannot be moved to another key or tree without failing authentication.
+//! Decrypted room values (they hold the rooms' keys) are handed out in buffers
+//! that are wiped when dropped. Sled
 //! keys never contain room ids or message ids in clear, only HMAC tags. A
 //! sealed format record makes an incompatible database, or a database written
 //! by a different profile, a clear error rather than a silently empty store.
