@@ -365,9 +365,9 @@ impl Profile {
     /// store needs no rewriting; a copy of the old file still opens with the old
     /// passphrase.
     ///
-    /// Taking the open `store` proves that no node runs on this profile meanwhile (it
-    /// would hold the store): a node started with the old passphrase while the file
-    /// changes would be refused at its next start, not now. Refuses, changing nothing,
+    /// Taking the open `store` proves that no node runs on this profile meanwhile: a
+    /// node holds the store while it runs, so none runs now and none can start until the
+    /// change is done. Refuses, changing nothing,
     /// if `new_passphrase` is too weak ([`check_passphrase`]), if `store` is not this
     /// profile's, or if the profile file is no longer the one `store` was opened with.
     pub fn change_passphrase(&self, store: &Store, new_passphrase: &str) -> Result<()> {
