@@ -42,7 +42,9 @@ pub enum Command {
     ///
     /// The passphrase is asked for twice, or taken from the CONFER_PASSPHRASE environment
     /// variable. Without it, nobody (including whoever copies the directory) can read
-    /// anything Confer stores. It cannot be recovered if you forget it.
+    /// anything Confer stores. It cannot be recovered if you forget it. It must be hard
+    /// to guess: a few unrelated words are easy to remember and hard to guess; common
+    /// passwords, names, dates, keyboard patterns and repeats are refused.
     Init {
         /// Your name as offered to rooms by default (each room can show a different one).
         #[arg(long)]
@@ -54,6 +56,10 @@ pub enum Command {
         #[command(flatten)]
         output: Output,
     },
+
+    /// Change the passphrase that protects your profile (the node must be stopped).
+    #[command(subcommand)]
+    Passphrase(PassphraseCommand),
 
     /// Show or change this profile's network settings (the node must be stopped).
     ///
@@ -302,6 +308,24 @@ pub enum NodeCommand {
         /// when more members' nodes connected to this one run another version of Confer.
         #[arg(long)]
         json: bool,
+    },
+}
+
+/// `confer passphrase …`
+#[derive(Debug, Subcommand)]
+pub enum PassphraseCommand {
+    /// Change your passphrase: asks for the current one, then the new one twice.
+    ///
+    /// Stop your node first (Ctrl-C where it runs) and start it again afterwards with the
+    /// new passphrase. Your rooms, history and identity stay as they are; only the lock
+    /// on them changes. A copy of your profile folder made before the change (a backup)
+    /// still opens with the old passphrase: replace or delete such copies.
+    ///
+    /// Scripts can give the current passphrase in CONFER_PASSPHRASE and the new one in
+    /// CONFER_NEW_PASSPHRASE.
+    Change {
+        #[command(flatten)]
+        output: Output,
     },
 }
 

@@ -13,8 +13,8 @@ use crate::output::{self, safe_line};
 use crate::passphrase;
 
 /// Runs one `confer config` command.
-pub fn run(home: &Path, command: ConfigCommand) -> Result<(), Error> {
-    let profile = passphrase::unlock_profile(home)?;
+pub fn run(home: &Path, mut given: passphrase::Given, command: ConfigCommand) -> Result<(), Error> {
+    let profile = passphrase::unlock_profile(home, &mut given)?;
     // One open store for reading and writing: the node must not be running meanwhile.
     let store = Store::open(&profile).map_err(|e| match e {
         StoreError::InUse { .. } => Error::usage(

@@ -11,7 +11,13 @@ use crate::passphrase;
 
 /// Creates the profile in `home`. Refuses, without asking for a passphrase and without
 /// changing anything, if one is already there.
-pub fn run(home: &Path, name: &str, relay_only: bool, json: bool) -> Result<(), Error> {
+pub fn run(
+    home: &Path,
+    given: passphrase::Given,
+    name: &str,
+    relay_only: bool,
+    json: bool,
+) -> Result<(), Error> {
     if Profile::exists(home) {
         return Err(StoreError::AlreadyExists {
             dir: home.to_path_buf(),
@@ -20,7 +26,7 @@ pub fn run(home: &Path, name: &str, relay_only: bool, json: bool) -> Result<(), 
     }
     // Before asking for a passphrase: a bad name would waste it.
     confer_store::profile::check_name(name)?;
-    let passphrase = passphrase::new_profile()?;
+    let passphrase = passphrase::new_profile(given, name)?;
     let profile = Profile::create(home, &passphrase, name)?;
     if relay_only {
         Settings {

@@ -2,7 +2,8 @@
 //!
 //! This binary is deliberately thin. It parses arguments, sets up tracing (to stderr,
 //! level `warn` unless `RUST_LOG` says otherwise), reads passphrases, and then either
-//! - creates the profile through the store crate (`init`),
+//! - creates the profile, or changes its passphrase, through the store crate (`init`,
+//!   `passphrase change`),
 //! - runs a node from the node crate in this process (`node run`, `demo`), or
 //! - sends one request to the running node over its control socket (everything else).
 //!
@@ -21,6 +22,7 @@ mod init;
 mod node_run;
 mod output;
 mod passphrase;
+mod passphrase_change;
 mod relay_run;
 
 use std::path::PathBuf;
@@ -30,19 +32,33 @@ use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
 use crate::args::{
-    Cli, Command, ConfigCommand, InviteCommand, NodeCommand, RelayCommand, RoomCommand,
+    Cli, Command, ConfigCommand, InviteCommand, NodeCommand, PassphraseCommand, RelayCommand,
+    RoomCommand,
 };
 use crate::error::Error;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // First, while this is the only thread: passphrases in the environment are taken out
+    // of it (this may start `confer` again in this process, see `passphrase`).
+    let given = if takes_passphrase(&cli.command) {
+        match passphrase::Given::take() {
+            Ok(given) => given,
+            Err(e) => {
+                eprintln!("error: {}", output::safe(&e.to_string()));
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        passphrase::Given::default()
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
 
-    match run(cli) {
+    match run(cli, given) {
         Ok(()) => ExitCode::SUCCESS,
         // Whoever was reading our output has gone (e.g. `confer read ROOM | head`).
         Err(Error::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::FAILURE,
@@ -55,7 +71,19 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+/// Whether `command` unlocks or creates the profile, and so may read a passphrase from
+/// the environment. The others never read it, and some read their standard input.
+fn takes_passphrase(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Init { .. }
+            | Command::Config { .. }
+            | Command::Node(NodeCommand::Run { .. })
+            | Command::Passphrase(_)
+    )
+}
+
+fn run(cli: Cli, given: passphrase::Given) -> Result<(), Error> {
     if let Command::Demo = cli.command {
         return demo::run();
     }
@@ -67,9 +95,14 @@ fn run(cli: Cli) -> Result<(), Error> {
             name,
             relay_only,
             output,
-        } => init::run(home, &name, relay_only, output.json),
-        Command::Config { action, output } => {
-            config::run(home, action.unwrap_or(ConfigCommand::Show { output }))
+        } => init::run(home, given, &name, relay_only, output.json),
+        Command::Config { action, output } => config::run(
+            home,
+            given,
+            action.unwrap_or(ConfigCommand::Show { output }),
+        ),
+        Command::Passphrase(PassphraseCommand::Change { output }) => {
+            passphrase_change::run(home, given, output.json)
         }
         Command::Relay(RelayCommand::Run {
             listen,
@@ -80,7 +113,7 @@ fn run(cli: Cli) -> Result<(), Error> {
             listen,
             relay,
             json,
-        }) => node_run::run(home, listen, relay, json),
+        }) => node_run::run(home, given, listen, relay, json),
         Command::Status { output } => client(commands::status(home, output.json)),
         Command::Room(RoomCommand::Create {
             name,

@@ -15,8 +15,14 @@ use crate::passphrase;
 
 /// Unlocks the profile in `home` (blocking: Argon2 is deliberately slow), then runs the
 /// node on a new runtime until it is asked to stop.
-pub fn run(home: &Path, listen: Vec<String>, relays: Vec<String>, json: bool) -> Result<(), Error> {
-    let profile = passphrase::unlock_profile(home)?;
+pub fn run(
+    home: &Path,
+    mut given: passphrase::Given,
+    listen: Vec<String>,
+    relays: Vec<String>,
+    json: bool,
+) -> Result<(), Error> {
+    let profile = passphrase::unlock_profile(home, &mut given)?;
     crate::runtime()?.block_on(serve(profile, NodeConfig::new(listen, relays), json))
 }
 

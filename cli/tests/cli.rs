@@ -262,6 +262,8 @@ fn every_command_has_help() {
         &["invite", "revoke"],
         &["config"],
         &["config", "show"],
+        &["passphrase"],
+        &["passphrase", "change"],
         &["demo"],
     ];
     for args in commands {

@@ -1,7 +1,8 @@
 //! The local control API between the `confer` binary and a running node.
 //!
-//! The node listens on a Unix socket, `control.sock` in the profile directory, created
-//! with mode 0600 so only the profile's owner can talk to it. The protocol is one JSON
+//! The node listens on a Unix socket, `control.sock` in the profile directory, with mode
+//! 0600 from the moment it appears, and serves only connections from the profile
+//! owner's user id, at most 32 at once (see `control`). The protocol is one JSON
 //! document per line: the client writes one [`Request`], the node answers with one
 //! [`Reply`] per line. Every request gets exactly one reply, except
 //! [`Request::Read`] with `follow: true`, which gets the history and then one

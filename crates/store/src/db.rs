@@ -4,14 +4,19 @@
 //!
 //! | tree | sled key | sealed plaintext |
 //! |---|---|---|
-//! | `meta` | `"format"` | `"confer-store"` ‖ format version (u32) |
+//! | `meta` | `"format"` | `"confer-store"` ‖ format version (u32, now 2) |
 //! | `rooms` | room tag (16) | room id (32) ‖ value |
 //! | `messages` | room tag (16) ‖ message tag (16) | sort key (u64) ‖ message id (32) ‖ value |
 //! | `outbox` | room tag (16) ‖ outbox tag (16) | message id (32) |
 //!
-//! A stored value is nonce (24) ‖ XChaCha20-Poly1305 ciphertext ‖ tag (16).
-//! The associated data is `"confer-store v1"` ‖ tree name length (u8) ‖ tree
-//! name ‖ sled key. Tags and keys are described in the crate docs.
+//! A stored value is nonce (24) ‖ XChaCha20-Poly1305 ciphertext ‖ tag (16). The
+//! plaintext is padded: value length (u32) ‖ value ‖ zeros, to at least 256 bytes and
+//! above that to Padmé's buckets, so a value's sealed length shows its length only to
+//! within its bucket. The associated data is `"confer-store v2 padded"` ‖ tree name
+//! length (u8) ‖ tree name ‖ sled key. The format record alone is sealed unpadded
+//! under `"confer-store v1"` ‖ …, so that every version can read which version wrote
+//! the database; values written by format version 1 (unpadded, the same associated
+//! data) still open. Tags and keys are described in the crate docs.
 //!
 //! Message sort keys and ids are sealed too, so [`Store::latest_messages_mapped`] decrypts a
 //! room's messages and sorts them in memory. Rooms are small; this is cheap.
@@ -26,7 +31,8 @@ use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::crypto::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
-use crate::profile::{Profile, create_private_dir};
+use crate::files::{self, create_private_dir};
+use crate::profile::Profile;
 use crate::{Result, StoreError};
 
 const DB_DIR: &str = "db";
@@ -48,12 +54,22 @@ const FORMAT_KEY: &[u8] = b"format";
 const MANIFEST_FILE: &str = "db.manifest";
 const MANIFEST_MAGIC: &[u8] = b"confer-manifest-1";
 const FORMAT_MAGIC: &[u8] = b"confer-store";
-const FORMAT_VERSION: u32 = 1;
+/// Version 2 pads values; a version 1 database (its values unpadded) opens, and its
+/// format record is raised to 2, since values written from then on are padded.
+const FORMAT_VERSION: u32 = 2;
+/// The earliest format this build opens.
+const OLDEST_FORMAT_VERSION: u32 = 1;
 
 const HKDF_SALT: &[u8] = b"confer-store";
 const LABEL_VALUE_SEAL: &[u8] = b"confer-store v1 value seal";
 const LABEL_INDEX: &[u8] = b"confer-store v1 index";
+/// Associated data prefix of a value sealed as it is (the format record, and every value
+/// written before values were padded).
 const AAD_PREFIX: &[u8] = b"confer-store v1";
+/// Associated data prefix of a padded value: length (u32) ‖ value ‖ zeros.
+const AAD_PREFIX_PADDED: &[u8] = b"confer-store v2 padded";
+/// Bytes before a padded value: its length.
+const LENGTH_PREFIX: usize = 4;
 
 const ID_LEN: usize = 32;
 const INDEX_TAG_LEN: usize = 16;
@@ -62,6 +78,10 @@ const SEALED_OVERHEAD: usize = NONCE_LEN + TAG_LEN;
 /// A room id or message id, as the store sees it: 32 opaque bytes.
 type Id = [u8; ID_LEN];
 type IndexTag = [u8; INDEX_TAG_LEN];
+
+/// A room's stored value, decrypted: it holds the room's keys, so it is wiped from
+/// memory when dropped.
+pub type RoomValue = Zeroizing<Vec<u8>>;
 
 /// Keys derived from the profile's storage key; zeroized on drop.
 struct Keys {
@@ -134,8 +154,8 @@ pub struct Store {
     /// SHA-256 of the profile file when the store was opened: if the profile directory
     /// is deleted or replaced while this store is open (the new profile has a new file,
     /// with a new random salt), files written by path (the manifest) would land in
-    /// someone else's profile.
-    profile_digest: [u8; 32],
+    /// someone else's profile. Changing the passphrase through this store updates it.
+    profile_digest: std::sync::Mutex<[u8; 32]>,
 }
 
 impl fmt::Debug for Store {
@@ -186,7 +206,7 @@ impl Store {
             keys: Keys::derive(profile.storage_key())?,
             db,
             home,
-            profile_digest,
+            profile_digest: std::sync::Mutex::new(profile_digest),
         };
         store.check_format()?;
         store.check_manifest()?;
@@ -219,38 +239,52 @@ impl Store {
     /// Writes the manifest file recording `counts` (rooms, messages), unless the profile
     /// directory was replaced since the store was opened (see [`Store::write_manifest`]).
     fn write_counts(&self, counts: (u64, u64)) -> Result<()> {
-        if file_digest(&self.home.join(crate::profile::PROFILE_FILE)).ok()
-            != Some(self.profile_digest)
-        {
-            return Err(StoreError::Io {
-                action: "write the manifest into",
-                path: self.home.clone(),
-                source: std::io::Error::other(
-                    "the profile directory was deleted or replaced while this store was open",
-                ),
-            });
-        }
+        self.check_profile_file(&self.profile_digest(), "write the manifest into")?;
         let mut plaintext = MANIFEST_MAGIC.to_vec();
         plaintext.extend_from_slice(&counts.0.to_be_bytes());
         plaintext.extend_from_slice(&counts.1.to_be_bytes());
         let sealed = self.seal_value(MANIFEST_FILE, b"counts", &plaintext)?;
-        let path = self.home.join(MANIFEST_FILE);
-        let tmp = self.home.join(format!(".{MANIFEST_FILE}.tmp"));
-        let io = |action: &'static str, path: &std::path::Path| {
-            let path = path.to_path_buf();
-            move |source| StoreError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        {
-            use std::io::Write;
-            let mut file = std::fs::File::create(&tmp).map_err(io("write", &tmp))?;
-            file.write_all(&sealed).map_err(io("write", &tmp))?;
-            file.sync_all().map_err(io("write", &tmp))?;
+        // Renamed into place, then the directory synced: a crash leaves the old manifest
+        // or the new one, and once this returns the new one survives a crash.
+        files::replace_file(&self.home, &self.home.join(MANIFEST_FILE), &sealed)
+    }
+
+    /// The digest of the profile file this store belongs to.
+    fn profile_digest(&self) -> std::sync::MutexGuard<'_, [u8; 32]> {
+        // The digest is one plain value: a panic elsewhere cannot leave it half written.
+        self.profile_digest
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Refuses if the profile file is no longer the one whose digest is `expected` (the
+    /// profile directory was deleted or replaced while this store was open).
+    fn check_profile_file(&self, expected: &[u8; 32], action: &'static str) -> Result<()> {
+        if file_digest(&crate::profile::profile_path(&self.home)).ok() == Some(*expected) {
+            return Ok(());
         }
-        std::fs::rename(&tmp, &path).map_err(io("write", &path))?;
+        Err(StoreError::Io {
+            action,
+            path: self.home.clone(),
+            source: std::io::Error::other(
+                "the profile directory was deleted or replaced while this store was open",
+            ),
+        })
+    }
+
+    /// Replaces the profile file with `contents` (the same secrets sealed anew, see
+    /// [`Profile::change_passphrase`]), if it is still the file this store was opened
+    /// with, and remembers the new file as this store's.
+    pub(crate) fn replace_profile_file(&self, contents: &[u8]) -> Result<()> {
+        use sha2::Digest;
+        let mut digest = self.profile_digest();
+        self.check_profile_file(&digest, "replace the profile in")?;
+        files::replace_file(
+            &self.home,
+            &crate::profile::profile_path(&self.home),
+            contents,
+        )?;
+        *digest = Sha256::digest(contents).into();
         Ok(())
     }
 
@@ -310,8 +344,9 @@ impl Store {
         Ok(())
     }
 
-    /// The value of a room, if stored.
-    pub fn room(&self, room_id: &[u8; 32]) -> Result<Option<Vec<u8>>> {
+    /// The value of a room, if stored; wiped from memory when dropped (a room's value
+    /// holds its keys).
+    pub fn room(&self, room_id: &[u8; 32]) -> Result<Option<RoomValue>> {
         let key = self.keys.room_tag(room_id)?;
         let Some(sealed) = self.rooms.get(key).map_err(|e| self.db_error(e))? else {
             return Ok(None);
@@ -323,8 +358,9 @@ impl Store {
         Ok(Some(value))
     }
 
-    /// Every stored room as (room id, value), ordered by room id.
-    pub fn rooms(&self) -> Result<Vec<([u8; 32], Vec<u8>)>> {
+    /// Every stored room as (room id, value), ordered by room id; each value is wiped
+    /// from memory when dropped.
+    pub fn rooms(&self) -> Result<Vec<([u8; 32], RoomValue)>> {
         let mut out = Vec::new();
         for entry in self.rooms.iter() {
             let (key, sealed) = entry.map_err(|e| self.db_error(e))?;
@@ -629,11 +665,11 @@ impl Store {
         Ok(key)
     }
 
-    fn open_room(&self, key: &[u8], sealed: &[u8]) -> Result<(Id, Vec<u8>)> {
+    fn open_room(&self, key: &[u8], sealed: &[u8]) -> Result<(Id, RoomValue)> {
         let plaintext = self.open_value(TREE_ROOMS, key, sealed)?;
         let room_id = crypto::array_at::<ID_LEN>(&plaintext, 0)
             .ok_or_else(|| self.corrupt("a room record is too short"))?;
-        let value = plaintext.get(ID_LEN..).unwrap_or_default().to_vec();
+        let value = Zeroizing::new(plaintext.get(ID_LEN..).unwrap_or_default().to_vec());
         Ok((room_id, value))
     }
 
@@ -644,13 +680,7 @@ impl Store {
             if !self.rooms.is_empty() || !self.messages.is_empty() {
                 return Err(self.corrupt("the database has records but no format record"));
             }
-            let mut plaintext = FORMAT_MAGIC.to_vec();
-            plaintext.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
-            let sealed = self.seal_value(TREE_META, FORMAT_KEY, &plaintext)?;
-            self.meta
-                .insert(FORMAT_KEY, sealed)
-                .map_err(|e| self.db_error(e))?;
-            return self.flush();
+            return self.write_format();
         };
         let plaintext = self
             .open_value(TREE_META, FORMAT_KEY, &sealed)
@@ -665,24 +695,62 @@ impl Store {
             .and_then(|rest| <[u8; 4]>::try_from(rest).ok())
             .map(u32::from_be_bytes)
             .ok_or_else(|| self.corrupt("the format record does not parse"))?;
-        if version != FORMAT_VERSION {
+        if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(self.corrupt(&format!(
                 "database format version {version} is not supported \
-                 (this build reads version {FORMAT_VERSION})"
+                 (this build reads versions {OLDEST_FORMAT_VERSION} to {FORMAT_VERSION})"
             )));
+        }
+        if version < FORMAT_VERSION {
+            return self.write_format();
         }
         Ok(())
     }
 
-    fn seal_value(&self, tree: &str, key: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+    /// Writes this build's format record, unpadded so that every version can read it
+    /// (and an older build refuses the database by its version), and flushes it.
+    fn write_format(&self) -> Result<()> {
+        let mut plaintext = FORMAT_MAGIC.to_vec();
+        plaintext.extend_from_slice(&FORMAT_VERSION.to_be_bytes());
+        let sealed = self.seal_unpadded(TREE_META, FORMAT_KEY, &plaintext)?;
+        self.meta
+            .insert(FORMAT_KEY, sealed)
+            .map_err(|e| self.db_error(e))?;
+        self.flush()
+    }
+
+    /// Seals `value` padded ([`crypto::padded_len`]), so that its sealed length shows
+    /// only its bucket: length (u32) ‖ value ‖ zeros, under [`AAD_PREFIX_PADDED`].
+    fn seal_value(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>> {
+        let len = u32::try_from(value.len()).map_err(|_| StoreError::Crypto {
+            reason: "a value too large to store",
+        })?;
+        let padded = crypto::padded_len(LENGTH_PREFIX + value.len());
+        let mut plaintext = Zeroizing::new(Vec::with_capacity(padded));
+        plaintext.extend_from_slice(&len.to_be_bytes());
+        plaintext.extend_from_slice(value);
+        plaintext.resize(padded, 0);
+        self.seal_with(&aad(AAD_PREFIX_PADDED, tree, key), &plaintext)
+    }
+
+    /// Seals `value` as it is, under [`AAD_PREFIX`]: only the format record, which every
+    /// version must be able to read to say which version wrote it.
+    fn seal_unpadded(&self, tree: &str, key: &[u8], value: &[u8]) -> Result<Vec<u8>> {
+        self.seal_with(&aad(AAD_PREFIX, tree, key), value)
+    }
+
+    fn seal_with(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let nonce = crypto::random_nonce()?;
-        let ciphertext = crypto::seal(&self.keys.seal, &nonce, &aad(tree, key), plaintext)?;
+        let ciphertext = crypto::seal(&self.keys.seal, &nonce, aad, plaintext)?;
         let mut out = Vec::with_capacity(NONCE_LEN + ciphertext.len());
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&ciphertext);
         Ok(out)
     }
 
+    /// Opens a value sealed by [`Store::seal_value`] (padded) or sealed as it is (the
+    /// format record, and values written before padding): the associated data tells
+    /// which, and no value authenticates under both.
     fn open_value(&self, tree: &str, key: &[u8], sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         if sealed.len() < SEALED_OVERHEAD {
             return Err(self.corrupt(&format!("a record in `{tree}` is too short")));
@@ -690,7 +758,18 @@ impl Store {
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let nonce = crypto::array_at::<NONCE_LEN>(nonce, 0)
             .ok_or_else(|| self.corrupt(&format!("a record in `{tree}` is too short")))?;
-        crypto::open(&self.keys.seal, &nonce, &aad(tree, key), ciphertext).ok_or_else(|| {
+        let padded = aad(AAD_PREFIX_PADDED, tree, key);
+        if let Some(plaintext) = crypto::open(&self.keys.seal, &nonce, &padded, ciphertext) {
+            return unpad(&plaintext)
+                .ok_or_else(|| self.corrupt(&format!("a record in `{tree}` is badly padded")));
+        }
+        crypto::open(
+            &self.keys.seal,
+            &nonce,
+            &aad(AAD_PREFIX, tree, key),
+            ciphertext,
+        )
+        .ok_or_else(|| {
             self.corrupt(&format!(
                 "a record in `{tree}` failed authentication (altered or moved)"
             ))
@@ -732,15 +811,28 @@ impl Flusher {
     }
 }
 
-/// Associated data binding a value to its tree and sled key.
-fn aad(tree: &str, key: &[u8]) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(AAD_PREFIX.len() + 1 + tree.len() + key.len());
-    aad.extend_from_slice(AAD_PREFIX);
+/// Associated data binding a value to its form (`prefix`), its tree and its sled key.
+fn aad(prefix: &[u8], tree: &str, key: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(prefix.len() + 1 + tree.len() + key.len());
+    aad.extend_from_slice(prefix);
     // Tree names are short constants of this module.
     aad.push(u8::try_from(tree.len()).unwrap_or(u8::MAX));
     aad.extend_from_slice(tree.as_bytes());
     aad.extend_from_slice(key);
     aad
+}
+
+/// The value inside a padded plaintext (length ‖ value ‖ zeros); `None` unless the
+/// length fits and only zeros follow the value.
+fn unpad(plaintext: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    let len = u32::from_be_bytes(crypto::array_at(plaintext, 0)?);
+    let end = LENGTH_PREFIX.checked_add(usize::try_from(len).ok()?)?;
+    let value = plaintext.get(LENGTH_PREFIX..end)?;
+    let padding = plaintext.get(end..)?;
+    padding
+        .iter()
+        .all(|b| *b == 0)
+        .then(|| Zeroizing::new(value.to_vec()))
 }
 
 /// Maps an error from opening sled.
@@ -792,12 +884,17 @@ mod tests {
 
     use super::*;
 
-    const PASS: &str = "a passphrase";
+    const PASS: &str = "plum kettle harbour nine";
 
     fn setup() -> (tempfile::TempDir, Profile) {
         let dir = tempfile::tempdir().unwrap();
         let profile = Profile::create(dir.path(), PASS, "Alice").unwrap();
         (dir, profile)
+    }
+
+    /// Rooms as plain values, to compare.
+    fn plain(rooms: Vec<(Id, Zeroizing<Vec<u8>>)>) -> Vec<(Id, Vec<u8>)> {
+        rooms.into_iter().map(|(id, v)| (id, v.to_vec())).collect()
     }
 
     fn id(n: u8) -> [u8; 32] {
@@ -839,6 +936,121 @@ mod tests {
         assert_eq!(store.rooms().unwrap().len(), 1);
         assert_eq!(store.messages(&kept).unwrap().len(), 3);
         store.write_manifest().unwrap();
+    }
+
+    /// Writing the manifest, and deleting a room (which lowers it first), rename the new
+    /// manifest into place and then sync the directory, so that the new name survives a
+    /// crash on every file system.
+    #[test]
+    fn the_manifest_s_directory_is_synced_after_each_rename() {
+        let (dir, profile) = setup();
+        let store = Store::open(&profile).unwrap();
+        let room = id(1);
+        store.put_room(&room, b"room").unwrap();
+        let syncs = crate::files::tests::dir_syncs_during(|| store.write_manifest().unwrap());
+        assert_eq!(syncs, 1);
+        let syncs = crate::files::tests::dir_syncs_during(|| {
+            store.delete_room(&room, &[]).unwrap();
+        });
+        assert_eq!(syncs, 1);
+        // Only the database and the profile's own files are left: no temporary manifest.
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [DB_DIR, MANIFEST_FILE, crate::profile::PROFILE_FILE]);
+    }
+
+    /// On disk a message's sealed value shows its length only to within a bucket:
+    /// messages of 100 and 101 bytes seal to the same length, and so do room records
+    /// that differ by a byte.
+    #[test]
+    fn sealed_messages_of_100_and_101_bytes_have_the_same_length() {
+        let (_dir, profile) = setup();
+        let store = Store::open(&profile).unwrap();
+        let room = id(1);
+        let sealed_len = |text_len: usize| {
+            let message = id(2);
+            let text = vec![b'x'; text_len];
+            assert!(store.insert_message(&room, &message, 0, &text).unwrap());
+            let key = store.message_key(&room, &message).unwrap();
+            let len = store.messages.get(key).unwrap().unwrap().len();
+            assert_eq!(store.message(&room, &message).unwrap().unwrap(), text);
+            len
+        };
+        assert_eq!(sealed_len(100), sealed_len(101));
+        // Longer messages: a few buckets, never shorter than the text.
+        let lengths: std::collections::BTreeSet<usize> = (1000..1100).map(sealed_len).collect();
+        assert!(lengths.len() <= 2, "{lengths:?}");
+        assert!(lengths.iter().all(|len| *len > 1100));
+
+        let (a, b) = (id(3), id(4));
+        store.put_room(&a, &[7; 600]).unwrap();
+        store.put_room(&b, &[7; 601]).unwrap();
+        let room_len = |r: &Id| {
+            let key = store.keys.room_tag(r).unwrap();
+            store.rooms.get(key).unwrap().unwrap().len()
+        };
+        assert_eq!(room_len(&a), room_len(&b));
+    }
+
+    /// A database written before values were padded (format version 1, every value
+    /// sealed as it was) opens: its values read as they were, its format record is
+    /// raised, and what is written from then on is padded.
+    #[test]
+    fn values_sealed_before_padding_still_open() {
+        let (_dir, profile) = setup();
+        let (room, message) = (id(1), id(2));
+        {
+            let store = Store::open(&profile).unwrap();
+            let mut format = FORMAT_MAGIC.to_vec();
+            format.extend_from_slice(&1u32.to_be_bytes());
+            let sealed = store.seal_unpadded(TREE_META, FORMAT_KEY, &format).unwrap();
+            store.meta.insert(FORMAT_KEY, sealed).unwrap();
+            // A room and a message as the earlier build sealed them.
+            let key = store.keys.room_tag(&room).unwrap();
+            let plaintext = [&room[..], b"old room"].concat();
+            let sealed = store.seal_unpadded(TREE_ROOMS, &key, &plaintext).unwrap();
+            store.rooms.insert(key, sealed).unwrap();
+            let key = store.message_key(&room, &message).unwrap();
+            let plaintext = [&5u64.to_be_bytes()[..], &message, b"old message"].concat();
+            let sealed = store
+                .seal_unpadded(TREE_MESSAGES, &key, &plaintext)
+                .unwrap();
+            store.messages.insert(key, sealed).unwrap();
+            store.flush().unwrap();
+        }
+        let store = Store::open(&profile).unwrap();
+        assert_eq!(
+            plain(store.rooms().unwrap()),
+            [(room, b"old room".to_vec())]
+        );
+        assert_eq!(store.messages(&room).unwrap(), [b"old message".to_vec()]);
+        let format = store.meta.get(FORMAT_KEY).unwrap().unwrap();
+        let format = store.open_value(TREE_META, FORMAT_KEY, &format).unwrap();
+        assert_eq!(format[FORMAT_MAGIC.len()..], FORMAT_VERSION.to_be_bytes());
+        store.put_room(&room, b"new room").unwrap();
+        let sealed = store
+            .rooms
+            .get(store.keys.room_tag(&room).unwrap())
+            .unwrap();
+        assert_eq!(sealed.unwrap().len(), SEALED_OVERHEAD + crypto::PAD_MIN);
+        assert_eq!(store.room(&room).unwrap().unwrap().as_slice(), b"new room");
+    }
+
+    /// Room values (they hold the rooms' keys) come out of the store in buffers that
+    /// are wiped when dropped.
+    #[test]
+    fn room_values_come_out_in_buffers_wiped_on_drop() {
+        let (_dir, profile) = setup();
+        let store = Store::open(&profile).unwrap();
+        let room = id(1);
+        store.put_room(&room, b"keys").unwrap();
+        let one: Option<Zeroizing<Vec<u8>>> = store.room(&room).unwrap();
+        let all: Vec<(Id, Zeroizing<Vec<u8>>)> = store.rooms().unwrap();
+        assert_eq!(one.unwrap().as_slice(), b"keys");
+        assert_eq!(all[0].1.as_slice(), b"keys");
     }
 
     /// The outbox holds one record per waiting message: recording or clearing one writes
@@ -965,11 +1177,17 @@ mod tests {
         assert!(store.rooms().unwrap().is_empty());
         store.put_room(&a, b"room a").unwrap();
         store.put_room(&b, b"").unwrap();
-        assert_eq!(store.room(&a).unwrap().as_deref(), Some(&b"room a"[..]));
-        assert_eq!(store.room(&b).unwrap().as_deref(), Some(&b""[..]));
+        assert_eq!(
+            store.room(&a).unwrap().as_deref().map(Vec::as_slice),
+            Some(&b"room a"[..])
+        );
+        assert_eq!(
+            store.room(&b).unwrap().as_deref().map(Vec::as_slice),
+            Some(&b""[..])
+        );
         store.put_room(&a, b"room a, renamed").unwrap();
         assert_eq!(
-            store.rooms().unwrap(),
+            plain(store.rooms().unwrap()),
             vec![(a, b"room a, renamed".to_vec()), (b, Vec::new())]
         );
     }
@@ -1084,7 +1302,10 @@ mod tests {
         drop(profile);
         let profile = Profile::unlock(dir.path(), PASS).unwrap();
         let store = Store::open(&profile).unwrap();
-        assert_eq!(store.rooms().unwrap(), vec![(room, b"the room".to_vec())]);
+        assert_eq!(
+            plain(store.rooms().unwrap()),
+            vec![(room, b"the room".to_vec())]
+        );
         assert_eq!(store.messages(&room).unwrap(), vec![b"hello".to_vec()]);
         assert!(!store.insert_message(&room, &msg, 1, b"hello").unwrap());
     }
@@ -1395,7 +1616,7 @@ mod tests {
         let store = Store::open(&profile).unwrap();
         let room = [7u8; 32];
         assert_eq!(
-            store.room(&room).unwrap().as_deref(),
+            store.room(&room).unwrap().as_deref().map(Vec::as_slice),
             Some(&b"crash room"[..])
         );
         let messages = store.messages(&room).unwrap();

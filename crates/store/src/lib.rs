@@ -23,9 +23,10 @@
 //! Confer is used, the number of rooms, the number of messages stored per room
 //! (records are grouped under an opaque per-room tag), how many of the profile's
 //! own messages no other member has confirmed yet (the outbox's records, one per
-//! message, under tags unlike the messages' own), the approximate size of
-//! each value (values are not padded) and, from file timestamps and the order
-//! of sled's log, roughly when things were written.
+//! message, under tags unlike the messages' own), the size of each value to
+//! within its bucket (values are padded before sealing: at least 256 bytes, above
+//! that Padmé's buckets, at most 6.25% apart) and, from file timestamps and the
+//! order of sled's log, roughly when things were written.
 //!
 //! # The profile file ([`profile`])
 //!
@@ -39,10 +40,12 @@
 //!
 //! # The database ([`db`])
 //!
-//! Every value written to sled is sealed with XChaCha20-Poly1305 under a key
-//! derived from the storage key, with a fresh random 24-byte nonce, and with
-//! associated data binding the tree name and the record's sled key, so a value
-//! cannot be moved to another key or tree without failing authentication. Sled
+//! Every value written to sled is padded, then sealed with XChaCha20-Poly1305
+//! under a key derived from the storage key, with a fresh random 24-byte nonce,
+//! and with associated data binding the tree name and the record's sled key, so
+//! a value cannot be moved to another key or tree without failing authentication.
+//! Decrypted room values (they hold the rooms' keys) are handed out in buffers
+//! that are wiped when dropped. Sled
 //! keys never contain room ids or message ids in clear, only HMAC tags. A
 //! sealed format record makes an incompatible database, or a database written
 //! by a different profile, a clear error rather than a silently empty store.
@@ -72,6 +75,7 @@
 
 mod crypto;
 pub mod db;
+mod files;
 pub mod profile;
 
 use std::io;
@@ -91,14 +95,25 @@ pub enum StoreError {
     #[error("wrong passphrase for this profile")]
     WrongPassphrase,
 
-    /// A passphrase shorter than [`profile::MIN_PASSPHRASE_CHARS`] was offered when
-    /// creating a profile: everything on disk is only as strong as it.
+    /// A passphrase shorter than [`profile::MIN_PASSPHRASE_CHARS`] was offered for a new
+    /// profile or as a profile's new passphrase: everything on disk is only as strong as
+    /// it.
     #[error(
         "the passphrase is too short: use at least {min} characters (a few unrelated words are easy to remember and hard to guess)"
     )]
     ShortPassphrase {
         /// The fewest characters accepted.
         min: usize,
+    },
+
+    /// A passphrase the strength estimator finds easy to guess was offered for a new
+    /// profile or as a profile's new passphrase.
+    #[error(
+        "that passphrase would be easy to guess ({reason}); add another word or two (a few unrelated words are easy to remember and hard to guess)"
+    )]
+    WeakPassphrase {
+        /// What makes it easy to guess, in plain words.
+        reason: String,
     },
 
     /// The profile name is empty or contains control characters.

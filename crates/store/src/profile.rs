@@ -16,19 +16,25 @@
 //! ```
 //!
 //! The 62-byte header is the associated data of the ciphertext. The key is
-//! Argon2id(passphrase, salt) with the parameters from the header, which lets
-//! a later version raise them for new profiles while still reading old ones.
+//! Argon2id(passphrase, salt) with the parameters from the header: new profiles get
+//! m = 64 MiB, t = 3, p = 1; a profile written with other parameters (within the bounds
+//! checked on reading) still opens, and gets the current ones when its passphrase is
+//! changed ([`Profile::change_passphrase`], which seals the same secrets anew).
+//!
+//! A new passphrase must have at least [`MIN_PASSPHRASE_CHARS`] characters and be hard
+//! to guess by the zxcvbn strength estimator ([`check_passphrase`]).
 
 use std::fmt;
 use std::fs;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::crypto::{self, KEY_LEN, NONCE_LEN, TAG_LEN};
-use crate::{Result, StoreError};
+use crate::files::{self, create_private_dir, io_error};
+use crate::{Result, Store, StoreError};
 
 pub(crate) const PROFILE_FILE: &str = "profile";
 const MAGIC: [u8; 8] = *b"CONFERPF";
@@ -36,11 +42,14 @@ const FORMAT_VERSION: u16 = 1;
 const SALT_LEN: usize = 16;
 const HEADER_LEN: usize = 8 + 2 + 4 + 4 + 4 + SALT_LEN + NONCE_LEN;
 
-/// Argon2id memory cost for new profiles, in KiB (OWASP: 19 MiB).
-const DEFAULT_M_COST: u32 = 19 * 1024;
-/// Argon2id passes for new profiles (OWASP: 2).
-const DEFAULT_T_COST: u32 = 2;
-/// Argon2id lanes for new profiles (OWASP: 1).
+/// Argon2id memory cost for new profiles, in KiB: 64 MiB (RFC 9106's second recommended
+/// setting). The key is derived once per unlock, at the start of `confer node run`, so
+/// a fraction of a second is cheap for the owner and costly for a guesser.
+const DEFAULT_M_COST: u32 = 64 * 1024;
+/// Argon2id passes for new profiles (RFC 9106: 3 with 64 MiB).
+const DEFAULT_T_COST: u32 = 3;
+/// Argon2id lanes for new profiles. This build computes lanes one after another, so more
+/// lanes would cost the owner as much and give a guesser parallelism for free.
 const DEFAULT_P_COST: u32 = 1;
 
 // Bounds accepted when reading a header. The upper bounds keep a tampered
@@ -187,6 +196,44 @@ impl Header {
     }
 }
 
+/// The Argon2id parameters written into a profile's header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct KdfParams {
+    m_cost: u32,
+    t_cost: u32,
+    p_cost: u32,
+}
+
+impl KdfParams {
+    /// What new profiles and changed passphrases get.
+    const DEFAULT: Self = Self {
+        m_cost: DEFAULT_M_COST,
+        t_cost: DEFAULT_T_COST,
+        p_cost: DEFAULT_P_COST,
+    };
+}
+
+/// The whole profile file for `secrets` under `passphrase`: a header with `params`, a
+/// fresh salt and a fresh nonce, then the sealed secrets.
+fn seal_secrets(secrets: &ProfileSecrets, passphrase: &str, params: KdfParams) -> Result<Vec<u8>> {
+    let mut salt = [0u8; SALT_LEN];
+    crypto::fill_random(&mut salt)?;
+    let header = Header {
+        m_cost: params.m_cost,
+        t_cost: params.t_cost,
+        p_cost: params.p_cost,
+        salt,
+        nonce: crypto::random_nonce()?,
+    };
+    let key = header.derive_key(passphrase)?;
+    let header_bytes = header.encode();
+    let ciphertext = crypto::seal(&key, &header.nonce, &header_bytes, &secrets.encode())?;
+    let mut contents = Vec::with_capacity(HEADER_LEN + ciphertext.len());
+    contents.extend_from_slice(&header_bytes);
+    contents.extend_from_slice(&ciphertext);
+    Ok(contents)
+}
+
 /// An unlocked profile: where it lives and its secrets.
 pub struct Profile {
     home: PathBuf,
@@ -207,6 +254,49 @@ impl fmt::Debug for Profile {
 /// cannot save a short passphrase from an attacker who copies the disk.
 pub const MIN_PASSPHRASE_CHARS: usize = 10;
 
+/// The fewest guesses, as a power of ten, that the strength estimator (zxcvbn) must
+/// expect an attacker to need: its top band, "very unguessable". At 10^10 guesses,
+/// each an Argon2id of 64 MiB, a copied profile holds out for years against one
+/// computer and for days against a large rented cluster; most passphrases of three or
+/// four unrelated words are far above it.
+const MIN_GUESSES_LOG10: f64 = 10.0;
+
+/// Whether `passphrase` may protect a new profile (or replace a profile's passphrase):
+/// at least [`MIN_PASSPHRASE_CHARS`] characters, and not easy to guess by the strength
+/// estimator, which knows common passwords, words, names, dates, keyboard patterns and
+/// repeats, and is told the profile's `name`. Callers that ask for a passphrase twice
+/// can check after the first.
+pub fn check_passphrase(passphrase: &str, name: &str) -> Result<()> {
+    if passphrase.chars().count() < MIN_PASSPHRASE_CHARS {
+        return Err(StoreError::ShortPassphrase {
+            min: MIN_PASSPHRASE_CHARS,
+        });
+    }
+    let estimate = zxcvbn::zxcvbn(passphrase, &[name, "confer"]);
+    if estimate.guesses_log10() >= MIN_GUESSES_LOG10 {
+        return Ok(());
+    }
+    // The estimator's warning, as part of one sentence: "this is a very common
+    // password" rather than "This is a very common password.".
+    let warning = estimate
+        .feedback()
+        .and_then(zxcvbn::feedback::Feedback::warning)
+        .map(|warning| {
+            let text = warning.to_string();
+            let text = text.trim_end_matches('.');
+            let mut chars = text.chars();
+            chars
+                .next()
+                .map(|first| first.to_lowercase().chain(chars).collect::<String>())
+                .unwrap_or_default()
+        });
+    Err(StoreError::WeakPassphrase {
+        reason: warning.unwrap_or_else(|| {
+            "a computer trying likely passphrases would find it too soon".to_owned()
+        }),
+    })
+}
+
 /// Whether `name` can be a profile's name: one line of visible text, at most
 /// [`MAX_NAME_LEN`] bytes. [`Profile::create`] checks it too; callers that ask for a
 /// passphrase can check first.
@@ -222,18 +312,26 @@ pub fn check_name(name: &str) -> Result<()> {
 
 impl Profile {
     /// Creates a new profile in `home` (created with mode 0700 if missing),
-    /// protected by `passphrase`, with fresh random secrets.
+    /// protected by `passphrase`, with fresh random secrets and the current Argon2id
+    /// parameters (64 MiB, 3 passes).
     ///
-    /// Refuses with [`StoreError::AlreadyExists`], changing nothing, if a
+    /// Refuses, changing nothing, a bad name or a passphrase [`check_passphrase`]
+    /// refuses. Refuses with [`StoreError::AlreadyExists`], changing nothing, if a
     /// profile file is already there. The file is written atomically (temporary
     /// file, fsync, link into place, fsync of the directory) with mode 0600.
     pub fn create(home: &Path, passphrase: &str, name: &str) -> Result<Profile> {
         check_name(name)?;
-        if passphrase.chars().count() < MIN_PASSPHRASE_CHARS {
-            return Err(StoreError::ShortPassphrase {
-                min: MIN_PASSPHRASE_CHARS,
-            });
-        }
+        check_passphrase(passphrase, name)?;
+        Self::create_with(home, passphrase, name, KdfParams::DEFAULT)
+    }
+
+    /// [`Profile::create`] with the given Argon2id parameters and no strength check.
+    fn create_with(
+        home: &Path,
+        passphrase: &str,
+        name: &str,
+        params: KdfParams,
+    ) -> Result<Profile> {
         create_private_dir(home)?;
         if Self::exists(home) {
             return Err(StoreError::AlreadyExists {
@@ -248,27 +346,40 @@ impl Profile {
         };
         crypto::fill_random(&mut secrets.device_secret)?;
         crypto::fill_random(&mut secrets.storage_key)?;
-        let mut salt = [0u8; SALT_LEN];
-        crypto::fill_random(&mut salt)?;
-        let header = Header {
-            m_cost: DEFAULT_M_COST,
-            t_cost: DEFAULT_T_COST,
-            p_cost: DEFAULT_P_COST,
-            salt,
-            nonce: crypto::random_nonce()?,
-        };
-        let key = header.derive_key(passphrase)?;
-        let header_bytes = header.encode();
-        let ciphertext = crypto::seal(&key, &header.nonce, &header_bytes, &secrets.encode())?;
-        let mut contents = Vec::with_capacity(HEADER_LEN + ciphertext.len());
-        contents.extend_from_slice(&header_bytes);
-        contents.extend_from_slice(&ciphertext);
-
-        write_new_file_atomically(home, &profile_path(home), &contents)?;
+        let contents = seal_secrets(&secrets, passphrase, params)?;
+        files::write_new_file(home, &profile_path(home), &contents, || {
+            StoreError::AlreadyExists {
+                dir: home.to_path_buf(),
+            }
+        })?;
         Ok(Profile {
             home: home.to_path_buf(),
             secrets,
         })
+    }
+
+    /// Seals this profile's secrets again under `new_passphrase`, with a fresh salt and
+    /// nonce and the Argon2id parameters new profiles get, and replaces the profile file
+    /// (temporary file, fsync, rename, fsync of the directory: a crash leaves the old
+    /// file or the new one). The device secret and the storage key stay the same, so the
+    /// store needs no rewriting; a copy of the old file still opens with the old
+    /// passphrase.
+    ///
+    /// Taking the open `store` proves that no node runs on this profile meanwhile: a
+    /// node holds the store while it runs, so none runs now and none can start until the
+    /// change is done. Refuses, changing nothing,
+    /// if `new_passphrase` is too weak ([`check_passphrase`]), if `store` is not this
+    /// profile's, or if the profile file is no longer the one `store` was opened with.
+    pub fn change_passphrase(&self, store: &Store, new_passphrase: &str) -> Result<()> {
+        check_passphrase(new_passphrase, self.name())?;
+        if store.home() != self.home {
+            return Err(StoreError::Corrupt {
+                dir: self.home.clone(),
+                reason: "the store given is another profile's".to_owned(),
+            });
+        }
+        let contents = seal_secrets(&self.secrets, new_passphrase, KdfParams::DEFAULT)?;
+        store.replace_profile_file(&contents)
     }
 
     /// Unlocks the profile in `home` with `passphrase`.
@@ -329,32 +440,8 @@ impl Profile {
     }
 }
 
-fn profile_path(home: &Path) -> PathBuf {
+pub(crate) fn profile_path(home: &Path) -> PathBuf {
     home.join(PROFILE_FILE)
-}
-
-fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
-    let path = path.to_path_buf();
-    move |source| StoreError::Io {
-        action,
-        path,
-        source,
-    }
-}
-
-/// Creates `dir` and any missing parents with mode 0700. An existing
-/// directory is left as it is.
-pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        builder.mode(0o700);
-    }
-    builder
-        .create(dir)
-        .map_err(io_error("create the directory", dir))
 }
 
 /// Reads at most `MAX_FILE_LEN + 1` bytes of the profile file.
@@ -374,62 +461,6 @@ fn read_bounded(home: &Path, path: &Path) -> Result<Zeroizing<Vec<u8>>> {
         .read_to_end(&mut bytes)
         .map_err(io_error("read", path))?;
     Ok(bytes)
-}
-
-/// Writes `contents` to `dest`, which must not exist, so that `dest` either
-/// does not appear or appears complete: temporary file, fsync, hard link into
-/// place (which fails if `dest` exists), fsync of the directory.
-fn write_new_file_atomically(home: &Path, dest: &Path, contents: &[u8]) -> Result<()> {
-    let mut suffix = [0u8; 8];
-    crypto::fill_random(&mut suffix)?;
-    let suffix: String = suffix.iter().map(|b| format!("{b:02x}")).collect();
-    let tmp = home.join(format!(".{PROFILE_FILE}.tmp-{suffix}"));
-
-    let written = write_and_sync(&tmp, contents).and_then(|()| link_into_place(home, &tmp, dest));
-    // Best effort: the temporary file holds only ciphertext, and after a
-    // successful link it is a second name for the profile.
-    let _ = fs::remove_file(&tmp);
-    written?;
-    sync_dir(home)
-}
-
-fn write_and_sync(path: &Path, contents: &[u8]) -> Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(io_error("create", path))?;
-    file.write_all(contents).map_err(io_error("write", path))?;
-    file.sync_all().map_err(io_error("write", path))
-}
-
-fn link_into_place(home: &Path, tmp: &Path, dest: &Path) -> Result<()> {
-    let exists = || StoreError::AlreadyExists {
-        dir: home.to_path_buf(),
-    };
-    match fs::hard_link(tmp, dest) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Err(exists()),
-        // File systems without hard links: check, then rename. Only a
-        // concurrent `create` in the same directory can slip in between.
-        Err(_) if Profile::exists(home) => Err(exists()),
-        Err(_) => fs::rename(tmp, dest).map_err(io_error("create", dest)),
-    }
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_error("sync the directory", dir))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 #[cfg(test)]
@@ -520,6 +551,148 @@ mod tests {
         assert_eq!(Profile::unlock(dir.path(), PASS).unwrap().name(), name);
     }
 
+    /// The Argon2id parameters in a profile file's header.
+    fn params_in_file(home: &Path) -> KdfParams {
+        let header = Header::decode(&fs::read(profile_path(home)).unwrap()).unwrap();
+        KdfParams {
+            m_cost: header.m_cost,
+            t_cost: header.t_cost,
+            p_cost: header.p_cost,
+        }
+    }
+
+    /// The parameters profiles were created with before they were raised.
+    const EARLIER: KdfParams = KdfParams {
+        m_cost: 19 * 1024,
+        t_cost: 2,
+        p_cost: 1,
+    };
+
+    /// A new profile's key costs an attacker at least 64 MiB and 3 passes of Argon2id
+    /// per guess.
+    #[test]
+    fn new_profiles_use_argon2id_of_64_mib_and_3_passes() {
+        let dir = home();
+        Profile::create(dir.path(), PASS, "Alice").unwrap();
+        let params = params_in_file(dir.path());
+        assert!(params.m_cost >= 64 * 1024, "{params:?}");
+        assert!(params.t_cost >= 3, "{params:?}");
+    }
+
+    /// A profile created with the earlier, cheaper parameters (they are in its header)
+    /// still opens, and keeps them until its passphrase is changed.
+    #[test]
+    fn a_profile_with_the_earlier_parameters_still_opens() {
+        let dir = home();
+        let created = Profile::create_with(dir.path(), PASS, "Alice", EARLIER).unwrap();
+        let unlocked = Profile::unlock(dir.path(), PASS).unwrap();
+        assert_eq!(unlocked.storage_key(), created.storage_key());
+        assert_eq!(params_in_file(dir.path()), EARLIER);
+    }
+
+    /// Passphrases that are long enough but easy to guess are refused, with the
+    /// estimator's reason in one plain sentence; the profile's name counts as easy to
+    /// guess. Nothing is created.
+    #[test]
+    fn weak_passphrases_are_refused_with_a_reason() {
+        let dir = home();
+        for (weak, reason) in [
+            ("aaaaaaaaaaaa", "repeats like"),
+            ("password12", "very common password"),
+            ("qwertyuiop", "top-100 common password"),
+            ("zxcvbnm,./asdfg", "keys are easy to guess"),
+            ("Priya Priya Priya", "only slightly harder to guess"),
+            ("a passphrase", "would find it too soon"),
+        ] {
+            let err = Profile::create(dir.path(), weak, "Priya").unwrap_err();
+            let StoreError::WeakPassphrase { reason: given } = &err else {
+                panic!("{weak:?}: {err:?}");
+            };
+            assert!(given.contains(reason), "{weak:?}: {given}");
+            let sentence = err.to_string();
+            assert!(
+                sentence.starts_with("that passphrase would be easy to guess ("),
+                "{sentence}"
+            );
+            assert!(!sentence.contains(". "), "one sentence: {sentence}");
+            assert!(!Profile::exists(dir.path()));
+        }
+        for strong in [PASS, "plum kettle harbour nine", "Monday group notes"] {
+            check_passphrase(strong, "Priya").unwrap();
+        }
+    }
+
+    /// Changing the passphrase seals the same secrets under the new one with the current
+    /// parameters: the old passphrase stops opening the file, the new one opens it with
+    /// the same keys (so the store still opens), the directory is synced after the
+    /// rename, and nothing temporary is left.
+    #[test]
+    fn changing_the_passphrase_reseals_with_the_current_parameters() {
+        const NEW: &str = "lantern orchard velvet 47";
+        let dir = home();
+        let profile = Profile::create_with(dir.path(), PASS, "Alice", EARLIER).unwrap();
+        let store = Store::open(&profile).unwrap();
+        store.put_room(&[1; 32], b"room").unwrap();
+        let syncs = crate::files::tests::dir_syncs_during(|| {
+            profile.change_passphrase(&store, NEW).unwrap();
+        });
+        assert_eq!(syncs, 1);
+        // The store goes on writing into the profile it now belongs to.
+        store.write_manifest().unwrap();
+        drop(store);
+
+        assert_eq!(params_in_file(dir.path()), KdfParams::DEFAULT);
+        let err = Profile::unlock(dir.path(), PASS).unwrap_err();
+        assert!(matches!(err, StoreError::WrongPassphrase), "{err:?}");
+        let unlocked = Profile::unlock(dir.path(), NEW).unwrap();
+        assert_eq!(unlocked.storage_key(), profile.storage_key());
+        assert_eq!(unlocked.device_secret(), profile.device_secret());
+        assert_eq!(unlocked.name(), "Alice");
+        let store = Store::open(&unlocked).unwrap();
+        assert_eq!(store.rooms().unwrap().len(), 1);
+        drop(store);
+        let mut names: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["db", "db.manifest", PROFILE_FILE]);
+    }
+
+    /// A weak new passphrase, another profile's store, or a profile file replaced since
+    /// the store was opened: refused, and the profile file is unchanged.
+    #[test]
+    fn a_refused_passphrase_change_changes_nothing() {
+        let dir = home();
+        let profile = Profile::create(dir.path(), PASS, "Alice").unwrap();
+        let before = fs::read(profile_path(dir.path())).unwrap();
+        let store = Store::open(&profile).unwrap();
+        let err = profile.change_passphrase(&store, "password12").unwrap_err();
+        assert!(matches!(err, StoreError::WeakPassphrase { .. }), "{err:?}");
+        assert_eq!(fs::read(profile_path(dir.path())).unwrap(), before);
+
+        let other_dir = home();
+        let other = Profile::create(other_dir.path(), PASS, "Bob").unwrap();
+        let other_store = Store::open(&other).unwrap();
+        assert!(
+            profile
+                .change_passphrase(&other_store, "plum kettle harbour nine")
+                .is_err()
+        );
+        assert_eq!(fs::read(profile_path(dir.path())).unwrap(), before);
+
+        // The file changed behind the store's back (a profile created anew in its place).
+        fs::write(profile_path(dir.path()), b"someone else's").unwrap();
+        let err = profile
+            .change_passphrase(&store, "plum kettle harbour nine")
+            .unwrap_err();
+        assert!(err.to_string().contains("deleted or replaced"), "{err}");
+        assert_eq!(
+            fs::read(profile_path(dir.path())).unwrap(),
+            b"someone else's"
+        );
+    }
+
     #[test]
     fn second_create_refused_and_file_unchanged() {
         let dir = home();
@@ -539,8 +712,12 @@ mod tests {
         // existing profile is never replaced.
         let dir = home();
         fs::write(profile_path(dir.path()), b"existing").unwrap();
-        let err =
-            write_new_file_atomically(dir.path(), &profile_path(dir.path()), b"new").unwrap_err();
+        let err = files::write_new_file(dir.path(), &profile_path(dir.path()), b"new", || {
+            StoreError::AlreadyExists {
+                dir: dir.path().to_path_buf(),
+            }
+        })
+        .unwrap_err();
         assert!(matches!(err, StoreError::AlreadyExists { .. }), "{err:?}");
         assert_eq!(fs::read(profile_path(dir.path())).unwrap(), b"existing");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
