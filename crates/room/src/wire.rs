@@ -5,7 +5,10 @@
 //! - refuses input longer than the caller's limit before looking at it,
 //! - uses bincode's own allocation limit ([`MAX_WIRE`]) so a forged length prefix
 //!   cannot make the decoder allocate more than that,
-//! - and rejects trailing bytes, so one value has exactly one encoding that decodes.
+//! - rejects trailing bytes,
+//! - and rejects any encoding but the one [`encode`] gives (bincode also reads numbers
+//!   written in more bytes than they need), so one value has exactly one encoding that
+//!   decodes.
 //!
 //! One exception, for what is sealed inside a room envelope: [`pad`] lengthens an
 //! encoding with zero bytes so that the ciphertext's length tells an observer little
@@ -31,6 +34,18 @@ type Config = bincode::config::Configuration<
 
 const CONFIG: Config = bincode::config::standard().with_limit::<MAX_WIRE>();
 
+/// The largest value of the few kinds that can hold a whole room (a stored room record, a
+/// welcome), in bytes: a log at its cap of 4,096 operations fits.
+pub const MAX_LARGE: usize = 4 * 1024 * 1024;
+
+type LargeConfig = bincode::config::Configuration<
+    bincode::config::LittleEndian,
+    bincode::config::Varint,
+    bincode::config::Limit<MAX_LARGE>,
+>;
+
+const LARGE_CONFIG: LargeConfig = bincode::config::standard().with_limit::<MAX_LARGE>();
+
 /// Why bytes did not decode.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum WireError {
@@ -48,6 +63,9 @@ pub enum WireError {
     /// A valid value was followed by more bytes.
     #[error("unexpected trailing bytes")]
     TrailingBytes,
+    /// The value decodes, but from an encoding other than its one canonical encoding.
+    #[error("non-canonical encoding")]
+    NotCanonical,
 }
 
 /// Encodes a value. Encoding a value built by this crate cannot fail in practice;
@@ -63,17 +81,53 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
     Ok(bytes)
 }
 
+/// [`encode`] for a value that may hold a whole room, up to [`MAX_LARGE`].
+pub fn encode_large<T: Serialize>(value: &T) -> Result<Vec<u8>, WireError> {
+    let bytes =
+        bincode::serde::encode_to_vec(value, LARGE_CONFIG).map_err(|_| WireError::Malformed)?;
+    if bytes.len() > MAX_LARGE {
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            limit: MAX_LARGE,
+        });
+    }
+    Ok(bytes)
+}
+
 /// Decodes exactly one value from `bytes`, which must be at most `limit` bytes long.
-pub fn decode<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, WireError> {
+pub fn decode<T: Serialize + DeserializeOwned>(bytes: &[u8], limit: usize) -> Result<T, WireError> {
     match decode_leading(bytes, limit)? {
         (value, used) if used == bytes.len() => Ok(value),
         _ => Err(WireError::TrailingBytes),
     }
 }
 
+/// [`decode`] for a value that may hold a whole room, up to [`MAX_LARGE`].
+pub fn decode_large<T: Serialize + DeserializeOwned>(
+    bytes: &[u8],
+    limit: usize,
+) -> Result<T, WireError> {
+    let limit = limit.min(MAX_LARGE);
+    if bytes.len() > limit {
+        return Err(WireError::TooLarge {
+            len: bytes.len(),
+            limit,
+        });
+    }
+    let (value, used): (T, usize) =
+        bincode::serde::decode_from_slice(bytes, LARGE_CONFIG).map_err(|_| WireError::Malformed)?;
+    if used != bytes.len() {
+        return Err(WireError::TrailingBytes);
+    }
+    canonical(&value, bytes, |v| {
+        bincode::serde::encode_to_vec(v, LARGE_CONFIG).map_err(|_| WireError::Malformed)
+    })?;
+    Ok(value)
+}
+
 /// Decodes the value at the start of `bytes` (at most `limit` bytes long); returns it and
 /// the length of its encoding. The callers decide what may follow it.
-fn decode_leading<T: DeserializeOwned>(
+fn decode_leading<T: Serialize + DeserializeOwned>(
     bytes: &[u8],
     limit: usize,
 ) -> Result<(T, usize), WireError> {
@@ -84,7 +138,26 @@ fn decode_leading<T: DeserializeOwned>(
             limit,
         });
     }
-    bincode::serde::decode_from_slice(bytes, CONFIG).map_err(|_| WireError::Malformed)
+    let (value, used): (T, usize) =
+        bincode::serde::decode_from_slice(bytes, CONFIG).map_err(|_| WireError::Malformed)?;
+    canonical(&value, &bytes[..used], encode)?;
+    Ok((value, used))
+}
+
+/// Refuses a value whose encoding is not the one `encode` gives it: bincode also reads a
+/// number written in more bytes than it needs, and one value must have one encoding
+/// (message ids, duplicate checks and the gossip cache all rely on it).
+fn canonical<T>(
+    value: &T,
+    bytes: &[u8],
+    encode: impl Fn(&T) -> Result<Vec<u8>, WireError>,
+) -> Result<(), WireError> {
+    let again = zeroize::Zeroizing::new(encode(value)?);
+    if again.as_slice() == bytes {
+        Ok(())
+    } else {
+        Err(WireError::NotCanonical)
+    }
 }
 
 /// The shortest a padded plaintext is: every message up to a few hundred characters
@@ -115,7 +188,7 @@ pub fn pad(bytes: &mut Vec<u8>) {
 /// [`decode`] for a plaintext that may carry [`pad`]'s zeros after the value: anything
 /// but zeros there is [`WireError::TrailingBytes`]. Returns the value and the length of
 /// its encoding (the bytes before the padding).
-pub fn decode_padded<T: DeserializeOwned>(
+pub fn decode_padded<T: Serialize + DeserializeOwned>(
     bytes: &[u8],
     limit: usize,
 ) -> Result<(T, usize), WireError> {
@@ -202,6 +275,27 @@ mod tests {
         assert_eq!(
             decode::<(u32, String)>(&bytes, 1000),
             Err(WireError::TrailingBytes)
+        );
+    }
+
+    /// A length prefix written in three bytes where one does: the same value, another
+    /// encoding, refused.
+    #[test]
+    fn a_value_has_one_encoding() {
+        let bytes = encode(&vec![7u8; 3]).unwrap();
+        assert_eq!(bytes, [3, 7, 7, 7]);
+        assert_eq!(decode::<Vec<u8>>(&bytes, 100).unwrap(), vec![7; 3]);
+        let wide = [251, 3, 0, 7, 7, 7];
+        assert_eq!(decode::<Vec<u8>>(&wide, 100), Err(WireError::NotCanonical));
+        assert_eq!(
+            decode_large::<Vec<u8>>(&wide, 100),
+            Err(WireError::NotCanonical)
+        );
+        let mut padded = wide.to_vec();
+        pad(&mut padded);
+        assert_eq!(
+            decode_padded::<Vec<u8>>(&padded, 1000),
+            Err(WireError::NotCanonical)
         );
     }
 
