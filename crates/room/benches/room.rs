@@ -1,5 +1,6 @@
-//! Benchmarks for a room of 8 (issue 3, "Proof"): seal and open a 1 KiB message, create a
-//! rotation, apply a rotation.
+//! Benchmarks for a room of 8: seal and open a 1 KiB message, create a rotation, apply a
+//! rotation; and for a room whose log holds 4,000 operations: take in one more, and load
+//! the room from its stored record.
 //!
 //! Run with `cargo bench -p confer-room --bench room`; results and targets are in
 //! `docs/BENCHMARKS.md`. Every room is built through the real invite and join path
@@ -103,6 +104,62 @@ fn rotate_apply_8(c: &mut Criterion) {
     });
 }
 
+/// Operations in the long log: a room that rotated this often in its life.
+const LONG_LOG: usize = 4000;
+
+/// A room of three whose facilitator has rotated until the log holds [`LONG_LOG`]
+/// operations; the member at index 1 has taken every one in.
+fn long_room(seed: u64) -> Vec<Room> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut rooms = room_of(3, &mut rng);
+    while rooms[1].log().len() < LONG_LOG {
+        let rotation = rooms[0]
+            .rotate(NOW, &mut rng)
+            .expect("facilitator can rotate");
+        rooms[1].open(&rotation, NOW).expect("rotation applies");
+    }
+    rooms
+}
+
+fn merge_into_4000(c: &mut Criterion) {
+    let mut rooms = long_room(9);
+    let mut rng = StdRng::seed_from_u64(10);
+    let rotation = rooms[0]
+        .rotate(NOW, &mut rng)
+        .expect("facilitator can rotate");
+    let receiver = &rooms[1];
+    assert_eq!(receiver.log().len(), LONG_LOG);
+    {
+        let mut check = receiver.clone();
+        assert_eq!(check.open(&rotation, NOW), Ok(Incoming::Op { new: true }));
+        assert_eq!(check.topic(), rooms[0].topic());
+    }
+    c.bench_function("merge_into_4000", |b| {
+        b.iter_batched_ref(
+            || receiver.clone(),
+            |r| r.open(black_box(&rotation), NOW).expect("rotation applies"),
+            BatchSize::LargeInput,
+        )
+    });
+}
+
+fn load_4000(c: &mut Criterion) {
+    let rooms = long_room(11);
+    let record = rooms[1].to_bytes().expect("the record encodes");
+    let loaded = Room::from_bytes(&record).expect("the record loads");
+    assert_eq!(loaded.log().len(), LONG_LOG);
+    assert_eq!(loaded.topic(), rooms[1].topic());
+    c.bench_function("load_4000", |b| {
+        b.iter(|| Room::from_bytes(black_box(&record)).expect("the record loads"))
+    });
+}
+
+criterion_group! {
+    name = long;
+    config = Criterion::default().measurement_time(Duration::from_secs(10)).sample_size(20);
+    targets = merge_into_4000, load_4000
+}
+
 criterion_group! {
     name = benches;
     // 10 s per benchmark, so even `rotate_create_8` (about 1 ms an iteration) collects its
@@ -110,4 +167,4 @@ criterion_group! {
     config = Criterion::default().measurement_time(Duration::from_secs(10));
     targets = seal_1k, open_1k, rotate_create_8, rotate_apply_8
 }
-criterion_main!(benches);
+criterion_main!(benches, long);

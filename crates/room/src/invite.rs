@@ -150,7 +150,7 @@ impl Invite {
         let body = &invite.body;
         if body.addresses.len() > MAX_ADDRESSES
             || body.addresses.iter().any(|a| a.len() > MAX_ADDRESS_LEN)
-            || body.facilitator_peer.len() > 128
+            || body.facilitator_peer.len() > crate::log::MAX_PEER_LEN
         {
             return Err(InviteError::Malformed);
         }
@@ -180,6 +180,8 @@ pub struct IssuedInvite {
     pub expires_at: u64,
     /// Set once redeemed; an invite is single-use.
     pub used: bool,
+    /// How often a request with this invite was refused because its name was taken.
+    pub name_refusals: u8,
 }
 
 /// The signed part of a join request.
@@ -227,7 +229,7 @@ impl JoinRequest {
         let request: JoinRequest =
             wire::decode(bytes, MAX_JOIN_REQUEST).map_err(|_| InviteError::BadRequest)?;
         check_display_name(&request.body.display_name).map_err(|_| InviteError::BadRequest)?;
-        if request.body.peer.len() > 128 {
+        if request.body.peer.len() > crate::log::MAX_PEER_LEN {
             return Err(InviteError::BadRequest);
         }
         let encoded = wire::encode(&request.body).map_err(|_| InviteError::BadRequest)?;
