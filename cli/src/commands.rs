@@ -97,7 +97,23 @@ pub async fn status(home: &Path, json: bool) -> Result<(), Error> {
     if info.other_versions > 0 {
         output::line(&other_versions_sentence(info.other_versions))?;
     }
+    if info.unreadable_rooms > 0 {
+        output::line(&unreadable_rooms_sentence(info.unreadable_rooms))?;
+    }
     print_rooms(&info.rooms)
+}
+
+/// What `status` says of stored rooms the node could not read when it started.
+pub fn unreadable_rooms_sentence(rooms: usize) -> String {
+    let (count, verb) = if rooms == 1 {
+        ("A room stored on this computer".to_owned(), "was")
+    } else {
+        (format!("{rooms} rooms stored on this computer"), "were")
+    };
+    format!(
+        "Warning: {count} could not be read when your node started (damaged, or made by          another version of Confer) and {verb} left as {}; your other rooms work as usual.",
+        if rooms == 1 { "it is" } else { "they are" }
+    )
 }
 
 /// What `status` and `node run` say when members' nodes run another version of Confer.

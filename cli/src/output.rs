@@ -84,6 +84,9 @@ pub fn event_line(event: &EventInfo) -> String {
         "left" => format!("{subject} left"),
         "removed" => format!("{by} removed {object}"),
         "handover" => format!("{by} made {object} the facilitator"),
+        "bad-key" => format!(
+            "{subject} started a new key whose copy for you was damaged; your node started another"
+        ),
         other => format!("{subject}: {}", safe_line(other)),
     };
     format!("[{}] — {what}", safe_line(&event.at))

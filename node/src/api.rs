@@ -281,6 +281,11 @@ pub struct StatusInfo {
     /// it could not be reached (`confer join --wait`; given up when the asker goes).
     #[serde(default)]
     pub joining: usize,
+    /// Stored rooms that could not be read when the node started (damaged, or written by
+    /// a version of Confer that this one cannot read); they are kept as they are, and the
+    /// other rooms run.
+    #[serde(default)]
+    pub unreadable_rooms: usize,
     /// Messages in this profile's name, sent while this node was running, that reached it
     /// from other members and that it did not send: the profile is running on another
     /// computer as well (a copy, or a backup started while this one runs). Each copy then

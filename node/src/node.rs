@@ -273,9 +273,19 @@ impl Node {
     pub async fn start(profile: Profile, config: NodeConfig) -> Result<Node, NodeError> {
         let store = Store::open(&profile)?;
         let mut rooms = HashMap::new();
+        // A record that does not read (damaged, or written by a version of Confer whose
+        // rooms this one cannot read) is left as it is and counted; the other rooms run.
+        let mut unreadable = 0;
         for (_, bytes) in store.rooms()? {
-            let room = Room::from_bytes(&bytes)?;
-            rooms.insert(room.id(), room);
+            match Room::from_bytes(&bytes) {
+                Ok(room) => {
+                    rooms.insert(room.id(), room);
+                }
+                Err(e) => {
+                    unreadable += 1;
+                    tracing::error!("a stored room could not be read and is set aside: {e}");
+                }
+            }
         }
         let settings = Settings::read(&store)?;
         let mut relays = Vec::new();
@@ -409,6 +419,7 @@ impl Node {
             joins_refused_for_rate: HashMap::new(),
             events_told: HashMap::new(),
             dropped: 0,
+            unreadable_rooms: unreadable,
             caught_up: 0,
             leaves_heard: 0,
             other_copy: 0,
@@ -609,6 +620,8 @@ struct EventLoop {
     /// Per room: the membership changes (operation hashes) its followers have been shown.
     events_told: HashMap<RoomId, HashSet<[u8; 32]>>,
     dropped: u64,
+    /// Stored rooms that could not be read at start, set aside untouched.
+    unreadable_rooms: usize,
     /// Messages sent before this node started, first stored since (see [`StatusInfo`]).
     caught_up: u64,
     /// See `StatusInfo::leaves_heard`.
@@ -814,6 +827,17 @@ impl EventLoop {
                 let _ = self.change(id, |room, now, rng| room.rotate(now, rng));
             }
         }
+        // A key older than a week is replaced, so that no key spans more than about a
+        // week of a room's life.
+        let aged: Vec<RoomId> = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.epoch_too_old(now_ms()))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in aged {
+            let _ = self.change(id, |room, now, rng| room.rotate(now, rng));
+        }
         let now = Instant::now();
         self.transfers.wanted.prune(now);
         if std::mem::take(&mut self.manifest_dirty) {
@@ -968,11 +992,16 @@ impl EventLoop {
         }
     }
 
-    fn save_room(&mut self, id: &RoomId) -> Result<(), confer_store::StoreError> {
+    /// Writes a room's record and flushes it. A room that cannot be encoded (too large
+    /// to keep) is an error, and its last good record stays as it was.
+    fn save_room(&mut self, id: &RoomId) -> Result<(), String> {
         self.manifest_dirty = true;
         if let Some(room) = self.rooms.get(id) {
-            self.store.put_room(&id.0, &room.to_bytes())?;
-            self.store.flush()?;
+            let record = room.to_bytes().map_err(|e| e.to_string())?;
+            self.store
+                .put_room(&id.0, &record)
+                .map_err(|e| e.to_string())?;
+            self.store.flush().map_err(|e| e.to_string())?;
         }
         Ok(())
     }
@@ -1155,6 +1184,7 @@ impl EventLoop {
                     .filter(|peer| self.known_peer(peer))
                     .count(),
                 joining: self.pending_joins.len() + self.joins_waiting.len(),
+                unreadable_rooms: self.unreadable_rooms,
             }),
             Request::ListRooms => Reply::Rooms {
                 rooms: self.summaries(),

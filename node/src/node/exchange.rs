@@ -804,11 +804,13 @@ impl EventLoop {
         }
         let reconciles = push.reconciles();
         if !push.ops.is_empty() {
-            let changed = self
+            let taken = self
                 .rooms
                 .get_mut(&id)
-                .is_some_and(|r| r.merge_ops(push.ops, now_ms()));
-            if changed {
+                .map(|r| r.merge_ops(push.ops, now_ms()))
+                .unwrap_or_default();
+            self.dropped += taken.refused as u64;
+            if taken.new > 0 {
                 self.after_log_change(id);
             }
         }

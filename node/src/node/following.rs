@@ -17,6 +17,7 @@ fn event_info(change: MembershipChange) -> EventInfo {
         ChangeKind::Left { who } => ("left", who, None),
         ChangeKind::Removed { who, by } => ("removed", who, Some(by)),
         ChangeKind::Handover { from, to } => ("handover", to, Some(from)),
+        ChangeKind::BadKey { by } => ("bad-key", by, None),
     };
     EventInfo {
         at: rfc3339_ms(change.at),
