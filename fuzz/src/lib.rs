@@ -185,8 +185,18 @@ pub fn seeds() -> Vec<(&'static str, Vec<u8>)> {
         assert!(opened.is_ok(), "seed envelope does not open: {opened:?}");
     }
 
-    out.push(("room_record", f.rooms[0].to_bytes()));
-    out.push(("room_record", f.rooms[1].to_bytes()));
+    out.push(("room_record", f.rooms[0].to_bytes().expect("encodes").to_vec()));
+    out.push(("room_record", f.rooms[1].to_bytes().expect("encodes").to_vec()));
     out.push(("message_record", record.to_bytes()));
+
+    // A member's log as a sync push carries it, and one with a rotation more.
+    let ops = f.rooms[1].log().ops();
+    out.push(("log_ops", confer_room::wire::encode(&ops).expect("encodes")));
+    let mut more = f.rooms[3].clone();
+    more.rotate(NOW, &mut rng).expect("rotate");
+    out.push((
+        "log_ops",
+        confer_room::wire::encode(&more.log().ops()).expect("encodes"),
+    ));
     out
 }
