@@ -93,12 +93,13 @@ use crate::wire;
 
 /// The most members a room can have, facilitator included.
 pub const MAX_MEMBERS: usize = 8;
-/// The most operations a log holds. A member adds at most one rotation for each other
-/// operation in the room, so an honest room reaches this only after decades of weekly
-/// rotations;
-/// the last [`EVENT_RESERVE`] places are kept for operations other than rotations, so that
-/// a facilitator can always still remove someone.
-pub const MAX_OPS: usize = 4096;
+/// The most operations a log holds: a room that changes its key every week reaches it after
+/// about 150 years, and its record (rotations whose epochs are past keep no sealed shares,
+/// about 450 bytes each in a room of eight) stays under the store's 4 MiB. A member who is
+/// not the facilitator adds at most one rotation for each other operation in the room. The
+/// last [`EVENT_RESERVE`] places are kept for operations other than rotations, so that a
+/// facilitator can always still remove someone.
+pub const MAX_OPS: usize = 8192;
 /// Places at the end of the log kept for operations other than rotations.
 pub const EVENT_RESERVE: usize = 256;
 /// The most operations kept waiting for their parents.
@@ -858,18 +859,21 @@ impl Membership {
     /// Orders a batch parents first, dropping known operations, and marks each operation
     /// that another current member's operation in the batch descends from (`needed`).
     fn batch_order(&self, ops: Vec<SignedOp>, mark: bool) -> Vec<(SignedOp, Trust)> {
-        let mut by_hash: BTreeMap<OpHash, SignedOp> = BTreeMap::new();
+        // In the order given (a log is handed over parents first, so one pass places it).
+        let mut batch: Vec<(OpHash, SignedOp)> = Vec::with_capacity(ops.len());
+        let mut in_batch: HashMap<OpHash, usize> = HashMap::with_capacity(ops.len());
         for op in ops {
             let h = op.hash();
-            if !self.index.contains_key(&h) {
-                by_hash.insert(h, op);
+            if !self.index.contains_key(&h) && !in_batch.contains_key(&h) {
+                in_batch.insert(h, batch.len());
+                batch.push((h, op));
             }
         }
         let mut needed: BTreeSet<OpHash> = BTreeSet::new();
         let mut needed_by_author: BTreeSet<OpHash> = BTreeSet::new();
         if mark {
             let state = &self.state;
-            for (h, op) in &by_hash {
+            for (h, op) in &batch {
                 if state.member(&op.op.author).is_none() {
                     continue;
                 }
@@ -877,10 +881,13 @@ impl Membership {
                 let mut stack = vec![*h];
                 let mut seen = BTreeSet::new();
                 while let Some(x) = stack.pop() {
-                    let Some(xop) = by_hash.get(&x) else { continue };
-                    for p in &xop.op.parents {
-                        if by_hash.contains_key(p) && seen.insert(*p) {
-                            if by_hash[p].op.author != author {
+                    let Some(&xi) = in_batch.get(&x) else {
+                        continue;
+                    };
+                    for p in &batch[xi].1.op.parents {
+                        let Some(&pi) = in_batch.get(p) else { continue };
+                        if seen.insert(*p) {
+                            if batch[pi].1.op.author != author {
                                 needed.insert(*p);
                             } else {
                                 needed_by_author.insert(*p);
@@ -900,33 +907,42 @@ impl Membership {
                 Trust::Outside
             }
         };
-        // Parents first: repeatedly take those whose parents are all known or placed.
-        let mut placed: BTreeSet<OpHash> = BTreeSet::new();
-        let mut out = Vec::with_capacity(by_hash.len());
-        let mut rest: Vec<(OpHash, SignedOp)> = by_hash.into_iter().collect();
-        loop {
-            let before = rest.len();
-            let mut waiting = Vec::new();
-            for (h, op) in rest {
-                let ready = op
-                    .op
-                    .parents
-                    .iter()
-                    .all(|p| self.index.contains_key(p) || placed.contains(p));
-                if ready {
-                    placed.insert(h);
-                    out.push((op, trust(&h)));
-                } else {
-                    waiting.push((h, op));
+        // Parents first (Kahn's algorithm within the batch, in the order given among those
+        // ready): linear, whatever order the batch came in.
+        let mut waiting_on: Vec<usize> = vec![0; batch.len()];
+        let mut children: Vec<Vec<usize>> = vec![Vec::new(); batch.len()];
+        for (i, (_, op)) in batch.iter().enumerate() {
+            for p in &op.op.parents {
+                if let Some(&pi) = in_batch.get(p) {
+                    waiting_on[i] += 1;
+                    children[pi].push(i);
                 }
             }
-            rest = waiting;
-            if rest.is_empty() || rest.len() == before {
-                break;
+        }
+        let mut ready: BTreeSet<usize> = (0..batch.len()).filter(|&i| waiting_on[i] == 0).collect();
+        let mut order = Vec::with_capacity(batch.len());
+        while let Some(i) = ready.pop_first() {
+            order.push(i);
+            for &c in &children[i] {
+                waiting_on[c] -= 1;
+                if waiting_on[c] == 0 {
+                    ready.insert(c);
+                }
             }
         }
+        let mut slots: Vec<Option<(OpHash, SignedOp)>> = batch.into_iter().map(Some).collect();
+        let mut out = Vec::with_capacity(slots.len());
+        for i in order {
+            if let Some((h, op)) = slots[i].take() {
+                out.push((op, trust(&h)));
+            }
+        }
+        let rest: Vec<(OpHash, SignedOp)> = slots.into_iter().flatten().collect();
         // Whatever is left waits for parents that are not in the batch.
-        out.extend(rest.into_iter().map(|(h, op)| (op, trust(&h))));
+        out.extend(rest.into_iter().map(|(h, op)| {
+            let t = trust(&h);
+            (op, t)
+        }));
         out
     }
 

@@ -35,7 +35,8 @@ type Config = bincode::config::Configuration<
 const CONFIG: Config = bincode::config::standard().with_limit::<MAX_WIRE>();
 
 /// The largest value of the few kinds that can hold a whole room (a stored room record, a
-/// welcome), in bytes: a log at its cap of 4,096 operations fits.
+/// welcome), in bytes: a log at its cap of 8,192 operations fits once the shares of past
+/// epochs are deleted.
 pub const MAX_LARGE: usize = 4 * 1024 * 1024;
 
 type LargeConfig = bincode::config::Configuration<
