@@ -1997,6 +1997,19 @@ impl EventLoop {
         }
         self.sync_topics(id);
         self.retry_unknown_authors(id);
+        self.maybe_take_role(id);
         self.maybe_rotate(id);
+    }
+
+    /// If a handover made this profile the facilitator, says at once that it takes the
+    /// role: that settles the role against any other handover its predecessor signs.
+    fn maybe_take_role(&mut self, id: RoomId) {
+        if self
+            .rooms
+            .get(&id)
+            .is_some_and(|r| r.role_to_take().is_some())
+        {
+            let _ = self.change(id, |room, now, rng| room.take_role(now, rng));
+        }
     }
 }

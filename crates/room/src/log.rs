@@ -259,6 +259,14 @@ pub enum OpBody {
         /// The invite.
         invite_id: InviteId,
     },
+    /// The member a handover named takes the role: its node says so as soon as it learns
+    /// of the handover. Of a facilitator's concurrent handovers, one taken counts before
+    /// any other, so a second handover signed later, back-dated to before the first,
+    /// changes nothing once the first was taken.
+    TakeRole {
+        /// The handover taken.
+        handover: OpHash,
+    },
 }
 
 impl OpBody {
@@ -459,6 +467,10 @@ pub enum Rule {
     /// The invite was revoked already.
     #[error("the invite was revoked already")]
     AlreadyRevoked,
+    /// The handover is not one to the author in its past, or it was taken already, or a
+    /// concurrent handover of the same facilitator was taken.
+    #[error("the role cannot be taken by this handover")]
+    NotYourRole,
 }
 
 /// Why a valid operation was not taken (see the module docs).
@@ -558,6 +570,8 @@ struct Roster {
     handovers: Vec<u32>,
     /// Every event of the set, in its canonical order (topological, ties by hash).
     order_of_events: Vec<u32>,
+    /// Handovers (positions) their target has taken.
+    taken: BTreeSet<u32>,
 }
 
 /// The room's state, computed from the log.
@@ -1137,21 +1151,27 @@ impl Membership {
             }
         }
 
-        // Handovers: of one author's concurrent handovers the smallest hash counts.
+        // Handovers: of one author's concurrent handovers, one its target took counts
+        // before one not taken; then the smallest hash.
         let handovers: Vec<u32> = subset
             .iter()
             .copied()
             .filter(|&h| matches!(op(h).body, OpBody::Handover { .. }))
             .collect();
+        let taken: BTreeSet<u32> = subset
+            .iter()
+            .filter_map(|&t| match &op(t).body {
+                OpBody::TakeRole { handover } => self.index.get(handover).copied(),
+                _ => None,
+            })
+            .collect();
         let effective_handover = |h: u32| {
             let OpBody::Handover { to } = op(h).body else {
                 return false;
             };
+            let key = |x: u32| (!taken.contains(&x), hash_of(x));
             let wins = handovers.iter().all(|&r| {
-                r == h
-                    || op(r).author != op(h).author
-                    || !self.concurrent(h, r)
-                    || hash_of(h) < hash_of(r)
+                r == h || op(r).author != op(h).author || !self.concurrent(h, r) || key(h) < key(r)
             });
             wins && to != op(h).author
         };
@@ -1178,6 +1198,7 @@ impl Membership {
 
         let mut s = Roster {
             order_of_events: order.clone(),
+            taken: taken.clone(),
             ..Roster::default()
         };
         for &x in &order {
@@ -1273,6 +1294,10 @@ impl Membership {
                     }
                     ok
                 }
+                OpBody::TakeRole { handover } => self
+                    .index
+                    .get(handover)
+                    .is_some_and(|h| effective_handovers.contains(h)),
                 OpBody::Rotate { .. } => false,
             };
             if took {
@@ -1354,7 +1379,30 @@ impl Membership {
             OpBody::RevokeInvite { invite_id } => (!past.revoked.contains(invite_id))
                 .then_some(())
                 .ok_or(Rule::AlreadyRevoked),
+            OpBody::TakeRole { handover } => {
+                let ok = self.index.get(handover).is_some_and(|&h| {
+                    let ho = &self.entries[h as usize].op.op;
+                    bit_get(ancestors, h)
+                        && matches!(ho.body, OpBody::Handover { to } if to == author)
+                        && !self.taken_in(ancestors, |t| {
+                            t == h
+                                || (self.entries[t as usize].op.op.author == ho.author
+                                    && self.concurrent(t, h))
+                        })
+                });
+                ok.then_some(()).ok_or(Rule::NotYourRole)
+            }
         }
+    }
+
+    /// Whether the past `ancestors` holds a taking of a handover (its position) that
+    /// `which` picks.
+    fn taken_in(&self, ancestors: &[u64], which: impl Fn(u32) -> bool) -> bool {
+        self.events.iter().any(|&e| {
+            bit_get(ancestors, e)
+                && matches!(&self.entries[e as usize].op.op.body,
+                    OpBody::TakeRole { handover } if self.index.get(handover).is_some_and(|&h| which(h)))
+        })
     }
 
     /// Whether `author` made a rotation in the past `ancestors` after which that past holds
@@ -1408,13 +1456,14 @@ impl Membership {
             return Some(Refusal::FormerMember);
         }
         // The role's operations concurrent with their author's handover: without effect.
-        // Of one author's concurrent handovers, the one with the smallest hash counts.
-        let concurrent_handover = |smaller_only: bool| {
+        // A new handover concurrent with one that counts, and was taken or has a smaller
+        // hash, would not count either.
+        let concurrent_handover = |beating_only: bool| {
             roster.handovers.iter().any(|&h| {
                 let held = &self.entries[h as usize];
                 held.op.op.author == o.author
                     && !bit_get(ancestors, h)
-                    && (!smaller_only || held.hash < *hash)
+                    && (!beating_only || roster.taken.contains(&h) || held.hash < *hash)
             })
         };
         match o.body {

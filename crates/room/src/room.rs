@@ -677,7 +677,9 @@ impl Room {
                     },
                     *to,
                 ),
-                OpBody::Rotate { .. } | OpBody::RevokeInvite { .. } => continue,
+                OpBody::Rotate { .. } | OpBody::RevokeInvite { .. } | OpBody::TakeRole { .. } => {
+                    continue;
+                }
             };
             let about_me = mine(&subject);
             changes.push(MembershipChange {
@@ -1341,6 +1343,39 @@ impl Room {
     ) -> Result<Vec<u8>, RoomError> {
         let to = self.another_member_for_facilitator(member)?;
         self.author_op(OpBody::Handover { to }, now_ms, rng)
+    }
+
+    /// The handover that made this member the facilitator, if it has not yet said that it
+    /// takes the role ([`OpBody::TakeRole`]): its node does so at once.
+    pub fn role_to_take(&self) -> Option<OpHash> {
+        if !self.is_facilitator() {
+            return None;
+        }
+        let me = self.me.id();
+        let handover = self
+            .log
+            .events_in_order()
+            .filter(|(h, op)| {
+                matches!(op.op.body, OpBody::Handover { to } if to == me)
+                    && self.log.state().is_valid(h)
+            })
+            .map(|(h, _)| *h)
+            .last()?;
+        let taken = self.log.events_in_order().any(|(_, op)| {
+            op.op.author == me
+                && matches!(op.op.body, OpBody::TakeRole { handover: t } if t == handover)
+        });
+        (!taken).then_some(handover)
+    }
+
+    /// Says that this member takes the role a handover gave it (see [`Self::role_to_take`]).
+    pub fn take_role<R: CryptoRng + ?Sized>(
+        &mut self,
+        now_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<u8>, RoomError> {
+        let handover = self.role_to_take().ok_or(RoomError::NotFacilitator)?;
+        self.author_op(OpBody::TakeRole { handover }, now_ms, rng)
     }
 
     /// Invites this member issued that are neither used, revoked nor expired.

@@ -533,9 +533,10 @@ fn a_removed_former_facilitator_cannot_take_the_room_back() {
 }
 
 /// A former facilitator who is still a member back-dates each of the role's actions to
-/// before its handover: an admission of a sock puppet, a removal, a second handover. No
-/// member takes them, and held anyway they have no effect: the role passed with the
-/// handover ("handover wins").
+/// before its handover: an admission of a sock puppet, a removal, and a second handover,
+/// its hash ground below the first's. No member takes them, and held anyway they have no
+/// effect: the role passed with the handover ("handover wins"), and the new facilitator
+/// took it, which settles it against any other handover of the old one.
 #[test]
 fn a_former_facilitator_still_in_the_room_cannot_act_as_one() {
     let mut r = rng(21);
@@ -545,21 +546,33 @@ fn a_former_facilitator_still_in_the_room_cannot_act_as_one() {
     let z_id = rooms[z].me();
     let handover = rooms[x].handover(&y_id.to_hex(), NOW + 1, &mut r).unwrap();
     broadcast(&mut rooms, x, &handover);
-    // The new facilitator's node rotates when it takes the role, as any node would after
-    // a change, and the room moves on.
-    let rotation = rooms[y].rotate(NOW + 2, &mut r).unwrap();
-    broadcast(&mut rooms, y, &rotation);
+    // The new facilitator's node takes the role as soon as it learns of it.
+    assert!(rooms[y].role_to_take().is_some());
+    let taken = rooms[y].take_role(NOW + 2, &mut r).unwrap();
+    broadcast(&mut rooms, y, &taken);
+    assert!(rooms[y].role_to_take().is_none());
     let h1 = find(&rooms[x], |b| matches!(b, OpBody::Handover { .. }));
     let before_h1 = rooms[x].log().op(&h1).unwrap().op.parents.clone();
-    let forgeries: Vec<SignedOp> = [
+    let second = (0..64)
+        .map(|t| {
+            rooms[x].forge_op_for_tests(
+                before_h1.clone(),
+                ForgedKind::Handover(z_id),
+                NOW + 3 + t,
+                &mut r,
+            )
+        })
+        .find(|op| op.hash() < h1)
+        .expect("a hash below the first handover's within 64 tries");
+    let mut forgeries: Vec<SignedOp> = [
         ForgedKind::Admit,
         ForgedKind::Remove(z_id),
         ForgedKind::Remove(y_id),
-        ForgedKind::Handover(z_id),
     ]
     .into_iter()
     .map(|kind| rooms[x].forge_op_for_tests(before_h1.clone(), kind, NOW + 3, &mut r))
     .collect();
+    forgeries.push(second.clone());
     let state_before = rooms[z].log().state().clone();
     for forged in &forgeries {
         let taken = rooms[z].merge_ops(vec![forged.clone()], NOW + 4);
@@ -576,6 +589,12 @@ fn a_former_facilitator_still_in_the_room_cannot_act_as_one() {
         "nobody removed, nobody added"
     );
     assert_eq!(all.state().frontier(), state_before.frontier());
+    // Even holding the second handover, the member it names cannot take the role: the
+    // first was taken in its past.
+    let mut zr = rooms[z].clone();
+    zr.merge_ops(vec![second], NOW + 5);
+    assert!(zr.role_to_take().is_none());
+    assert!(!zr.is_facilitator());
 }
 
 /// A facilitator's leave signed on parents from before its handover is invalid in its own

@@ -133,9 +133,16 @@ impl Sim {
         self.rooms.iter().map(Room::me).collect()
     }
 
-    /// What a node does after taking something in: the facilitator rotates when the log
-    /// asks for it.
+    /// What a node does after taking something in: a new facilitator takes the role; the
+    /// facilitator rotates when the log asks for it.
     fn react(&mut self, m: usize) {
+        let room = &mut self.rooms[m];
+        if room.role_to_take().is_some() {
+            let env = room
+                .take_role(self.now, &mut self.rng)
+                .expect("a new facilitator takes the role");
+            self.publish_op(env);
+        }
         let room = &mut self.rooms[m];
         if room.is_member() && room.is_facilitator() && room.needs_rotation() {
             let env = room
