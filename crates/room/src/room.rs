@@ -312,6 +312,10 @@ pub struct Admission {
     /// `None` when the request had been admitted before (its answer was lost on the way
     /// and the joiner's node asked again): nothing new happened.
     pub announcement: Option<Vec<u8>>,
+    /// The room as it was before the admission (to put back if the admission cannot be
+    /// stored); `None` when nothing new happened. It is the room's own earlier state,
+    /// moved out, not a copy: a request that is refused costs no copy of the room.
+    pub previous: Option<Box<Room>>,
 }
 
 /// A change of membership, as shown among a room's messages.
@@ -1517,6 +1521,7 @@ impl Room {
             return Ok(Admission {
                 response: self.welcome(&body.member, rng)?,
                 announcement: None,
+                previous: None,
             });
         }
         if now_ms / 1000 >= issued.expires_at || issued.name_refusals >= MAX_NAME_REFUSALS {
@@ -1571,11 +1576,12 @@ impl Room {
         if let Some(issued) = after.invites.get_mut(&body.invite_id) {
             issued.used = true;
         }
-        *self = after;
+        let previous = std::mem::replace(self, after);
         let (announcement, _) = self.seal_payload(&epoch, Payload::Op(Box::new(op)), rng);
         Ok(Admission {
             response,
             announcement: Some(announcement),
+            previous: Some(Box::new(previous)),
         })
     }
 

@@ -402,19 +402,19 @@ impl EventLoop {
         let Some(room) = self.rooms.get_mut(&id) else {
             return JoinResponse::Refused(InviteError::Unknown);
         };
-        let before = room.clone();
         let admission = match room.admit(request, now_ms(), &mut rng()) {
             Ok(admission) => admission,
             Err(reason) => return JoinResponse::Refused(reason),
         };
-        let Some(announcement) = admission.announcement else {
+        let (Some(announcement), Some(before)) = (admission.announcement, admission.previous)
+        else {
             // Admitted before (nothing changed): its node asks again because our answer
             // was lost.
             return admission.response;
         };
         if let Err(e) = self.save_room(&id) {
             tracing::error!("could not record an admission: {e}");
-            self.rooms.insert(id, before);
+            self.rooms.insert(id, *before);
             return JoinResponse::Refused(InviteError::BadRequest);
         }
         self.rescore_peers();
