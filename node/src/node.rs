@@ -1603,12 +1603,17 @@ impl EventLoop {
                 message_id,
                 message,
             } => {
+                // Only from a member of the topic's room: a member of another room that
+                // learned the topic is not heard, and nothing it sends is opened.
+                let gate = self.swarm.behaviour().gossipsub.gate();
                 let acceptance = match self.topics.get(&message.topic).copied() {
-                    None => {
+                    Some(id) if gate.allows(&propagation_source, &message.topic) => {
+                        self.receive(id, message.data)
+                    }
+                    _ => {
                         self.dropped += 1;
                         MessageAcceptance::Ignore
                     }
-                    Some(id) => self.receive(id, message.data),
                 };
                 tracing::debug!(?acceptance, "room traffic received");
                 let _ = self

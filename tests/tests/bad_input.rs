@@ -8,6 +8,10 @@ use confer_node::net::{self, NetConfig};
 use confer_room::InviteError;
 use confer_room::invite::JoinResponse;
 use confer_tests::{TestNode, within};
+use rand::SeedableRng;
+
+mod bare;
+use bare::BareFacilitator;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::swarm::SwarmEvent;
@@ -468,4 +472,91 @@ async fn a_member_of_another_room_gets_nothing_of_this_one() {
         "Carol received {} messages of Bob's room",
         elsewhere.len()
     );
+}
+
+/// A member of one of Alice's rooms, with a modified client, publishes on the topic of
+/// another of Alice's rooms a genuine message of that room (one its facilitator, Sam,
+/// sealed), then a message of her own room. Alice's node takes her own room's message and
+/// ignores the other without opening it: gossip on a room's topic is heard only from that
+/// room's members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_another_room_cannot_post_into_this_one() {
+    let (mut sam, alice) = BareFacilitator::with_member("Sam's room", "Alice").await;
+    let carol = TestNode::start("Carol").await;
+    alice
+        .form_room("Carol's room", "Alice", &[(&carol, "Carol")])
+        .await;
+    let addr: Multiaddr = alice.node.listen_addrs()[0].parse().unwrap();
+
+    // Carol's node steps aside; her identity and her room come back in a bare swarm.
+    carol.node.clone().shutdown().await;
+    let profile = confer_store::Profile::unlock(carol.home(), confer_tests::PASSPHRASE).unwrap();
+    let carols_room = {
+        let store = confer_store::Store::open(&profile).unwrap();
+        let (_, bytes) = store.rooms().unwrap().into_iter().next().unwrap();
+        confer_room::Room::from_bytes(&bytes).unwrap()
+    };
+    let mut secret = *profile.device_secret();
+    let keypair = identity::Keypair::ed25519_from_bytes(&mut secret).unwrap();
+    let mut carol_swarm =
+        net::build_swarm(keypair, &NetConfig::for_tests(), net::DialPolicy::open()).unwrap();
+    carol_swarm.dial(addr).unwrap();
+    let sams_topic = IdentTopic::new(sam.room.sending_topic().unwrap());
+    let carols_topic = IdentTopic::new(carols_room.sending_topic().unwrap());
+    within("Alice's two room topics", async {
+        let mut heard = std::collections::HashSet::new();
+        while !(heard.contains(&sams_topic.hash()) && heard.contains(&carols_topic.hash())) {
+            if let SwarmEvent::Behaviour(net::BehaviourEvent::Gossipsub(
+                gossipsub::Event::Subscribed { topic, .. },
+            )) = carol_swarm.select_next_some().await
+            {
+                heard.insert(topic);
+            }
+        }
+    })
+    .await;
+
+    let dropped_before = dropped(&alice).await;
+    let sams = sam.seal("Sam's words, carried by Carol");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (carols, _) = carols_room
+        .seal_message(
+            "Carol's own words",
+            now,
+            &mut rand::rngs::StdRng::seed_from_u64(3),
+        )
+        .unwrap();
+    let gossip = &mut carol_swarm.behaviour_mut().gossipsub;
+    gossip.publish(sams_topic, sams).unwrap();
+    gossip.publish(carols_topic, carols).unwrap();
+    let driver = tokio::spawn(async move {
+        loop {
+            carol_swarm.select_next_some().await;
+        }
+    });
+    // Both went over one connection in order: once Carol's is in, Sam's was handled.
+    within("Carol's message", async {
+        while !alice
+            .said("Carol's room")
+            .await
+            .iter()
+            .any(|m| m.text == "Carol's own words")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    driver.abort();
+    assert!(
+        !alice
+            .said("Sam's room")
+            .await
+            .iter()
+            .any(|m| m.text == "Sam's words, carried by Carol"),
+        "a member of another room posted into Sam's"
+    );
+    assert!(dropped(&alice).await > dropped_before, "counted as dropped");
 }
