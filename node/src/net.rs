@@ -404,6 +404,14 @@ impl DialPolicy {
         }
     }
 
+    /// Forbids direct dials to this relay again (one learned for a join that failed).
+    pub fn forbid_relay(&self, relay: &Multiaddr) {
+        let part = transport_part(relay);
+        if let Ok(mut state) = self.0.write() {
+            state.relays.retain(|r| *r != part);
+        }
+    }
+
     /// Whether the TCP transport may dial `addr` directly. Relayed addresses are never
     /// dialled by the TCP transport itself (the relay transport handles them). A poisoned
     /// lock refuses everything: failing closed keeps a relay-only node's address private.

@@ -1869,12 +1869,10 @@ impl EventLoop {
         }
     }
 
-    /// Reserves on a relay learned at run time (from an invite) and adds it to the
-    /// profile's settings for the next start (relays given with `--relay` stay out of them).
-    fn use_relay(&mut self, relay: Multiaddr) {
-        if !self.reach.add_relay(relay.clone()) {
-            return;
-        }
+    /// Adds a relay learned from an invite, once that invite has let this profile in, to
+    /// the profile's settings for the next start (relays given with `--relay` stay out of
+    /// them).
+    fn keep_relay(&mut self, relay: &Multiaddr) {
         match self.settings.add_relay(&relay.to_string()) {
             Ok(true) => {
                 if let Err(e) = self.settings.write(&self.store) {

@@ -310,6 +310,30 @@ impl Reach {
         self.connections.remove(&id);
     }
 
+    /// Stops using a relay learned at run time: no more reservations, and in relay-only
+    /// mode no more direct dials to it. Its connection is closed, which ends a reservation
+    /// (removing the listener instead, while a reservation is being answered, panics in
+    /// libp2p's relay client), unless a relayed connection goes through it. False if it
+    /// was not in use.
+    pub(crate) fn drop_relay(&mut self, swarm: &mut Swarm<Behaviour>, relay: &Multiaddr) -> bool {
+        let Some(slot) = self.relays.remove(relay) else {
+            return false;
+        };
+        self.listeners.retain(|_, r| r != relay);
+        self.policy.forbid_relay(relay);
+        let carries_circuits = |peer: PeerId| {
+            self.connections.values().any(|(_, address, relayed)| {
+                *relayed && relay_of(address).as_ref().and_then(peer_of) == Some(peer)
+            })
+        };
+        if let Some(peer) = slot.peer
+            && !carries_circuits(peer)
+        {
+            let _ = swarm.disconnect_peer_id(peer);
+        }
+        true
+    }
+
     /// AutoNAT changed its mind.
     pub(crate) fn on_nat(&mut self, status: &autonat::NatStatus) {
         self.nat = match status {

@@ -20,6 +20,11 @@ pub(super) struct PendingJoin {
     pub(super) wait_until: Option<Instant>,
     /// How long until the next try, if this one cannot reach the facilitator either.
     pub(super) retry_in: Duration,
+    /// The relays of the invite's addresses this node did not use before: used for this
+    /// join only, and kept in the profile's settings once a welcome has been verified
+    /// (anyone can make an invite, and a relay kept would learn where and when this node
+    /// is online for good).
+    pub(super) relays: Vec<Multiaddr>,
 }
 
 /// The first pause before trying again to reach a facilitator's node that could not be
@@ -98,16 +103,11 @@ impl EventLoop {
             };
             return refuse(reply, message.into());
         }
-        // The facilitator's relays become ours too: we stay reachable to the room through
-        // them, which a relay-only member needs.
-        for relay in self.reach.new_relays(&usable) {
-            self.use_relay(relay);
-        }
         for addr in &usable {
             self.swarm.add_peer_address(peer, addr.clone());
         }
         // The facilitator we are joining counts as a member here (see `known_peer`).
-        if self.addresses.learn(peer, true, usable) {
+        if self.addresses.learn(peer, true, usable.iter().cloned()) {
             self.addresses_dirty = true;
         }
         let doubtful = self.doubtful_join(&invite);
@@ -125,6 +125,14 @@ impl EventLoop {
             Ok(request) => request,
             Err(e) => return refuse(reply, e.to_string()),
         };
+        // The facilitator's relays are used to reach it, and if it lets us in they become
+        // ours: we stay reachable to the room through them, which a relay-only member needs.
+        let mut relays = Vec::new();
+        for relay in self.reach.new_relays(&usable) {
+            if self.reach.add_relay(relay.clone()) {
+                relays.push(relay);
+            }
+        }
         self.send_join(
             peer,
             PendingJoin {
@@ -136,9 +144,29 @@ impl EventLoop {
                 perhaps_admitted,
                 wait_until: (!wait.is_zero()).then(|| Instant::now() + wait),
                 retry_in: JOIN_RETRY_FIRST,
+                relays,
             },
         );
         Ok(())
+    }
+
+    /// A join that ended: its relays are kept in the settings if it let us in, otherwise
+    /// no longer used (unless another join in progress uses them).
+    fn join_ended(&mut self, relays: Vec<Multiaddr>, joined: bool) {
+        for relay in relays {
+            if joined {
+                self.keep_relay(&relay);
+                continue;
+            }
+            let wanted = self
+                .pending_joins
+                .values()
+                .chain(self.joins_waiting.iter().map(|(_, _, p)| p))
+                .any(|p| p.relays.contains(&relay));
+            if !wanted && self.reach.drop_relay(&mut self.swarm, &relay) {
+                tracing::debug!("no longer using the relay of an invite that let nobody in");
+            }
+        }
     }
 
     pub(super) fn send_join(&mut self, facilitator: PeerId, mut pending: PendingJoin) {
@@ -184,11 +212,13 @@ impl EventLoop {
             keys,
             reply,
             perhaps_admitted,
+            relays,
             ..
         } = pending;
         if perhaps_admitted {
             self.keep_doubtful_join(&invite, &keys);
         }
+        self.join_ended(relays, false);
         let message = if matches!(failure, OutboundFailure::UnsupportedProtocols) {
             "the facilitator's node does not speak this version's join protocol; make sure you both run the same version of Confer".to_owned()
         } else if unreachable {
@@ -227,6 +257,7 @@ impl EventLoop {
                         "the facilitator's node could not be reached before the invite expired; ask the facilitator for a new one",
                     ));
                 }
+                self.join_ended(pending.relays, false);
                 continue;
             }
             // A failed dial makes libp2p forget the addresses it tried: give them again.
@@ -282,6 +313,7 @@ impl EventLoop {
             invite,
             keys,
             reply,
+            relays,
             ..
         } = pending;
         let answer = match JoinResponse::from_bytes(response) {
@@ -333,6 +365,7 @@ impl EventLoop {
                 error("the facilitator's node sent an answer that could not be read")
             }
         };
+        self.join_ended(relays, matches!(answer, Reply::Room(_)));
         let _ = reply.send(answer);
     }
 
