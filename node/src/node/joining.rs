@@ -44,6 +44,10 @@ const JOIN_ATTEMPTS: u32 = 3;
 /// "could not reach the facilitator" would be the wrong thing to tell the person.
 const JOIN_PAUSE: Duration = Duration::from_secs(60);
 
+/// Most joiners remembered as answered (see `EventLoop::answered`); past that, a joiner
+/// may be reconnected before it has read its answer, and asks again.
+const MAX_ANSWERED: usize = 1024;
+
 /// Largest [`DOUBTFUL_JOIN`] record read back (an invite id and two 32-byte secrets).
 const MAX_DOUBTFUL_JOIN: usize = 1024;
 
@@ -167,6 +171,7 @@ impl EventLoop {
                 tracing::debug!("no longer using the relay of an invite that let nobody in");
             }
         }
+        self.recognise_peers();
     }
 
     pub(super) fn send_join(&mut self, facilitator: PeerId, mut pending: PendingJoin) {
@@ -177,6 +182,7 @@ impl EventLoop {
             .join
             .send_request(&facilitator, pending.request.clone());
         self.pending_joins.insert(id, pending);
+        self.recognise_peers();
     }
 
     /// A join request that got no answer: sent again if the connection failed while the
@@ -338,8 +344,9 @@ impl EventLoop {
                                         "could not store the facilitator's address: {e}"
                                     );
                                 }
-                                self.rescore_peers();
+                                self.recognise_peers();
                                 self.sync_topics(id);
+                                self.reconnect_to_facilitator(&invite);
                                 Reply::Room(info)
                             }
                             Err(e) => {
@@ -367,6 +374,18 @@ impl EventLoop {
         };
         self.join_ended(relays, matches!(answer, Reply::Room(_)));
         let _ = reply.send(answer);
+    }
+
+    /// Replaces the connection a join went over, once the welcome is in: the
+    /// facilitator's node took it for a stranger's when it was made, so neither gossip
+    /// nor sync runs on it there (`net::Gated`).
+    fn reconnect_to_facilitator(&mut self, invite: &Invite) {
+        let Ok(facilitator) = PeerId::from_bytes(&invite.body.facilitator_peer) else {
+            return;
+        };
+        if self.swarm.is_connected(&facilitator) && !self.replacing.contains_key(&facilitator) {
+            self.replace_connections(facilitator);
+        }
     }
 
     /// A former member's node asking to join again with a valid invite: the room's key
@@ -450,7 +469,7 @@ impl EventLoop {
             self.rooms.insert(id, before);
             return JoinResponse::Refused(InviteError::BadRequest);
         }
-        self.rescore_peers();
+        self.recognise_peers();
         // Gate the joiner in before it subscribes. Whatever subscription of its node was
         // refused before (an old epoch's topic, if it was once a member) is not reheard
         // by reconnecting it: that would cut the connection the welcome goes back on, and
@@ -472,8 +491,11 @@ impl EventLoop {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
+                    request_id,
+                    request,
+                    channel,
                 } => {
+                    self.answering.insert(request_id, peer);
                     let now = std::time::Instant::now();
                     if self.limits.allow(peer, limits::Kind::Join, now) {
                         self.admit(peer, &request, channel);
@@ -509,11 +531,24 @@ impl EventLoop {
                     self.join_failed(peer, pending, e);
                 }
             }
-            request_response::Event::InboundFailure { error: e, .. } => {
+            request_response::Event::InboundFailure {
+                request_id,
+                error: e,
+                ..
+            } => {
+                self.answering.remove(&request_id);
                 self.dropped += 1;
                 tracing::debug!("inbound join request failed: {e}");
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent {
+                request_id, peer, ..
+            } => {
+                // A joiner let in reconnects itself once it has read its welcome.
+                self.answering.remove(&request_id);
+                if self.answered.len() < MAX_ANSWERED {
+                    self.answered.insert(peer, Instant::now());
+                }
+            }
         }
     }
 }
