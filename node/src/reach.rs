@@ -334,6 +334,15 @@ impl Reach {
             .map(|(id, c)| (*id, c.peer, c.since))
     }
 
+    /// The addresses `peer`'s direct connections to this node come from.
+    pub(crate) fn remote_addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.connections
+            .values()
+            .filter(|c| c.peer == *peer && !c.relayed)
+            .map(|c| c.address.clone())
+            .collect()
+    }
+
     /// The relays the node keeps a slot on.
     pub(crate) fn relay_peers(&self) -> HashSet<PeerId> {
         self.relays.values().filter_map(|s| s.peer).collect()

@@ -470,6 +470,12 @@ impl EventLoop {
             return JoinResponse::Refused(InviteError::BadRequest);
         }
         self.recognise_peers();
+        // Where the new member can be reached: identify tells no peer its listening
+        // addresses, and the member's own entry comes in its first sync push, which may
+        // never arrive if this node stops first. A joiner's node dials from its listening
+        // port when it can (TCP port reuse), so where its join came from is a good guess.
+        let seen = self.reach.remote_addresses(&from);
+        self.learn_addresses(from, seen);
         // Gate the joiner in before it subscribes. Whatever subscription of its node was
         // refused before (an old epoch's topic, if it was once a member) is not reheard
         // by reconnecting it: that would cut the connection the welcome goes back on, and
