@@ -676,7 +676,7 @@ fn other_version_sentence(theirs: &str) -> String {
         "    Their node runs another version of Confer ({}; yours is {}): messages between \
          you may not get through until you both run the same version.",
         safe_line(&number(theirs)),
-        number(confer_node::net::IDENTIFY_PROTOCOL_VERSION)
+        number(confer_node::net::CONFER_VERSION)
     )
 }
 

@@ -292,7 +292,7 @@ pub struct StatusInfo {
     /// holds only part of the discussion.
     #[serde(default)]
     pub other_copy: u64,
-    /// Members' nodes connected now that announce another Confer version than this one:
+    /// Members' nodes connected now that tell another Confer version than this one's:
     /// messages between them and this node may not get through (`MemberInfo::other_version`
     /// says whose).
     #[serde(default)]
@@ -451,8 +451,8 @@ pub struct MemberInfo {
     /// nodes next reach a member's.
     #[serde(default)]
     pub connected: bool,
-    /// The Confer protocol version the member's connected node announces, when it is
-    /// not this node's ([`crate::net::IDENTIFY_PROTOCOL_VERSION`]): messages between the
+    /// The Confer version the member's connected node tells this one, when it is not
+    /// this node's ([`crate::net::CONFER_VERSION`]): messages between the
     /// two may not get through (an older node cannot read what a newer one sends) until
     /// both run the same version.
     #[serde(default, skip_serializing_if = "Option::is_none")]

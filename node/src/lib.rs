@@ -21,6 +21,7 @@ mod node;
 mod reach;
 pub mod relay;
 pub mod settings;
+pub mod strangers;
 pub mod sync;
 
 pub use node::{FOLLOW_QUEUE, FollowUpdate, Following, Node, NodeConfig, NodeError};

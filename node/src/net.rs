@@ -6,15 +6,35 @@
 //! * **Transport**: TCP, secured with noise (XX, ed25519 identities) and multiplexed with
 //!   yamux. These are libp2p's standard protocols, so independent implementations (for
 //!   example js-libp2p) can talk to a Confer node.
-//! * **gossipsub** carries room traffic. Topic names are announced to every connected peer,
-//!   so the caller must use opaque topic names (never a room name).
+//! * **gossipsub** carries room traffic, between members only (see "Strangers" below).
+//!   Topic names are announced to every member's node, so the caller must use opaque
+//!   topic names (never a room name).
 //! * **request-response** on [`JOIN_PROTOCOL`] carries the join handshake: one opaque request,
 //!   one opaque response ([`FrameCodec`]); [`SYNC_PROTOCOL`], framed the same way, carries
 //!   what members exchange directly: operations, reconciliation summaries and wants, and
 //!   the envelopes asked for (see `crate::sync`).
-//! * **identify** (protocol version [`IDENTIFY_PROTOCOL_VERSION`]) and **ping** (every
-//!   [`PING_INTERVAL`]; the node closes a connection after two failed pings).
-//! * **connection limits** bound the number of connections (see [`build_swarm`]).
+//! * **identify** and **ping** (every [`PING_INTERVAL`]; the node closes a connection after
+//!   two failed pings). Identify tells every peer the same generic protocol version and
+//!   agent ([`IDENTIFY_PROTOCOL_VERSION`], [`IDENTIFY_AGENT`]) and no listening address (only
+//!   addresses confirmed as external, such as a relayed one): members learn a node's
+//!   Confer version ([`CONFER_VERSION`]) and addresses over the sync protocol instead.
+//!
+//! # Strangers
+//!
+//! A peer is a stranger unless the node recognises it ([`Peers`], kept by the node: the
+//! members of its rooms and the facilitators it is joining through; and, for the sync
+//! protocol, anyone its rooms' logs name). Which behaviours run on a connection is decided
+//! when it is established ([`Gated`]): on a stranger's, gossipsub and sync do not run at
+//! all, so gossipsub neither announces the node's topics to it nor hears anything from it,
+//! and it cannot open a sync stream; it can redeem an invite ([`JOIN_PROTOCOL`], requests
+//! of at most [`MAX_JOIN_REQUEST`] bytes, [`MAX_JOIN_STREAMS`] at a time), and identify and
+//! ping it. AutoNAT (whose probe carries every address the node listens on) runs only with
+//! members and the node's relays, DCUtR only with members. A peer recognised later is
+//! connected to again (the node dials it and closes the old connection once the new one is
+//! up; or closes it, and the peer dials); one no longer recognised is blacklisted in
+//! gossipsub and disconnected, and the node takes up a new topic only once it has gone
+//! ([`RoomGossip::subscribe`]). Connections are admitted by `crate::strangers`: caps per
+//! peer, host and network, and slots kept for members.
 //!
 //! # Reaching peers behind NAT
 //!
@@ -78,10 +98,11 @@
 //! [`NetConfig::idle_timeout`] (one hour by default instead of libp2p's 10 s). gossipsub
 //! only keeps a connection alive while the peer is in a mesh, so without this a peer that
 //! is connected but not (yet) meshed, or only used for the join handshake, would be
-//! dropped after 10 s of silence.
+//! dropped after 10 s of silence. The node closes strangers' connections much sooner
+//! (`crate::strangers::STRANGER_IDLE`).
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
     io,
     ops::{Deref, DerefMut},
     pin::Pin,
@@ -90,9 +111,10 @@ use std::{
     time::Duration,
 };
 
+use either::Either;
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, autonat, connection_limits,
+    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, Transport, autonat,
     core::{
         Endpoint,
         multiaddr::Protocol,
@@ -101,12 +123,16 @@ use libp2p::{
     },
     dcutr, gossipsub, identify, identity, noise, ping, relay, request_response,
     swarm::{
-        ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, SwarmEvent, THandler,
-        THandlerInEvent, THandlerOutEvent, ToSwarm, behaviour::toggle::Toggle,
+        CloseConnection, ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour,
+        NotifyHandler, SwarmEvent, THandler, THandlerInEvent, THandlerOutEvent, ToSwarm,
+        behaviour::{ConnectionClosed, ConnectionEstablished, toggle::Toggle},
+        dummy,
     },
     tcp, yamux,
 };
 use sha2::{Digest, Sha256};
+
+use crate::strangers::{self, Admission, Peers};
 
 /// How long [`listen_all`] waits for more addresses once every listener has one.
 const LISTEN_SETTLE: Duration = Duration::from_millis(50);
@@ -221,16 +247,34 @@ pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/join/1");
 /// framed by [`FrameCodec`] like [`JOIN_PROTOCOL`].
 pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/sync/3");
 
-/// Protocol version announced by identify: which Confer nodes understand each other. It
-/// changes whenever nodes start sending what older ones cannot read (0.2.0: messages
-/// padded, which nodes of 0.1.0 refuse). A node tells its person which members' nodes
-/// announce another version (`MemberInfo::other_version`).
-pub const IDENTIFY_PROTOCOL_VERSION: &str = "/confer/0.2.0";
+/// The Confer version: which Confer nodes understand each other. It changes whenever
+/// nodes start sending what older ones cannot read (0.2.0: messages padded, which nodes
+/// of 0.1.0 refuse). Members' nodes tell each other theirs over the sync protocol (see
+/// `crate::sync::SyncPush::addresses`), and a node tells its person which members' nodes
+/// run another (`MemberInfo::other_version`). Nodes before 0.2.0 announced it through
+/// identify, where a node still reads it.
+pub const CONFER_VERSION: &str = "/confer/0.2.0";
 
-/// Largest join request, in bytes (excluding the 4-byte length prefix).
+/// The protocol version identify announces to every peer: the value go-libp2p and
+/// js-libp2p announce by default, so that it does not tell a Confer node from others.
+pub const IDENTIFY_PROTOCOL_VERSION: &str = "ipfs/0.1.0";
+
+/// The agent identify announces to every peer: the library's name, no version.
+pub const IDENTIFY_AGENT: &str = "libp2p";
+
+/// Largest sync request, in bytes (excluding the 4-byte length prefix).
 pub const MAX_REQUEST: usize = 64 * 1024;
 
-/// Largest join response, in bytes (excluding the 4-byte length prefix).
+/// Largest join request, in bytes (excluding the 4-byte length prefix): a join request
+/// holds keys, a short name and a signature, and every stranger can send one.
+pub const MAX_JOIN_REQUEST: usize = confer_room::invite::MAX_JOIN_REQUEST;
+
+/// Most join streams open at once on one connection: a joiner asks once and waits, so
+/// this is for retries crossing answers; a stranger holds at most this many join
+/// requests ([`MAX_JOIN_REQUEST`] bytes each) on a connection.
+pub const MAX_JOIN_STREAMS: usize = 8;
+
+/// Largest join or sync response, in bytes (excluding the 4-byte length prefix).
 pub const MAX_RESPONSE: usize = 1024 * 1024;
 
 /// gossipsub's `max_transmit_size`: the largest gossipsub frame accepted, in bytes. The
@@ -272,13 +316,6 @@ pub fn ping_behaviour() -> ping::Behaviour {
     )
 }
 
-/// Most connections to one peer (two allows a simultaneous dial in both directions).
-pub const MAX_CONNECTIONS_PER_PEER: u32 = 2;
-/// Most incoming connections still in their handshake.
-pub const MAX_PENDING_INCOMING: u32 = 32;
-/// Most established connections in total (a node may be in many rooms).
-pub const MAX_ESTABLISHED: u32 = 256;
-
 /// Tunable network parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetConfig {
@@ -301,8 +338,8 @@ pub struct NetConfig {
     /// reconciliation, asking only for what it lacks, rather than every member sending a
     /// reconnecting member the room's latest envelopes whether it holds them or not.
     pub recent_window: Duration,
-    /// The protocol version announced through identify: [`IDENTIFY_PROTOCOL_VERSION`].
-    /// Only tests change it, to play a node of another version.
+    /// The Confer version this node tells members' nodes: [`CONFER_VERSION`]. Only tests
+    /// change it, to play a node of another version.
     pub protocol_version: &'static str,
 }
 
@@ -315,7 +352,7 @@ impl Default for NetConfig {
             autonat_global_only: true,
             sync_interval: Duration::from_secs(15),
             recent_window: Duration::from_secs(10),
-            protocol_version: IDENTIFY_PROTOCOL_VERSION,
+            protocol_version: CONFER_VERSION,
         }
     }
 }
@@ -401,6 +438,14 @@ impl DialPolicy {
             && !state.relays.contains(&part)
         {
             state.relays.push(part);
+        }
+    }
+
+    /// Forbids direct dials to this relay again (one learned for a join that failed).
+    pub fn forbid_relay(&self, relay: &Multiaddr) {
+        let part = transport_part(relay);
+        if let Ok(mut state) = self.0.write() {
+            state.relays.retain(|r| *r != part);
         }
     }
 
@@ -595,20 +640,317 @@ impl gossipsub::TopicSubscriptionFilter for GateFilter {
 /// The gossipsub behaviour used by the node.
 type Gossip = gossipsub::Behaviour<gossipsub::IdentityTransform, GateFilter>;
 
-/// gossipsub, gated per room: a peer's subscription to a room's topic is only recorded
-/// if the peer is a member of that room ([`TopicGate`]). gossipsub sends a topic's
-/// messages (flood publishing, mesh forwarding, gossip) only to peers it has recorded as
-/// subscribed, and accepts a GRAFT only from them, so a peer that is not a member of the
-/// room (a stranger, or a member of another room that learned the opaque topic name)
-/// receives none of its traffic.
+/// Which peers a [`Gated`] behaviour runs for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admits {
+    /// Members of the node's rooms and facilitators it is joining through
+    /// ([`Peers::is_member`]).
+    Members,
+    /// Those, and every peer the rooms' logs name ([`Peers::is_acquainted`]).
+    Acquainted,
+    /// Members, and the relays the node keeps a slot on ([`Peers::is_member_or_relay`]).
+    MembersAndRelays,
+}
+
+/// A behaviour that runs only on connections to peers the node recognises when the
+/// connection is established (see [`Admits`]); on every other connection its place is
+/// taken by a handler that does nothing and offers no protocol, so the peer can neither
+/// open the behaviour's streams nor receive anything from it, and the behaviour never
+/// learns of the connection. It dereferences to the behaviour.
+pub struct Gated<B: NetworkBehaviour> {
+    inner: B,
+    peers: Peers,
+    admits: Admits,
+    /// The connections the behaviour runs on, by peer.
+    handled: HashMap<PeerId, Vec<ConnectionId>>,
+}
+
+impl<B: NetworkBehaviour> std::fmt::Debug for Gated<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gated")
+            .field("admits", &self.admits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: NetworkBehaviour> Gated<B> {
+    /// `inner`, run for the peers `peers` says `admits`.
+    pub fn new(inner: B, peers: Peers, admits: Admits) -> Self {
+        Self {
+            inner,
+            peers,
+            admits,
+            handled: HashMap::new(),
+        }
+    }
+
+    fn admits(&self, peer: &PeerId) -> bool {
+        match self.admits {
+            Admits::Members => self.peers.is_member(peer),
+            Admits::Acquainted => self.peers.is_acquainted(peer),
+            Admits::MembersAndRelays => self.peers.is_member_or_relay(peer),
+        }
+    }
+
+    /// Whether the behaviour runs on this connection.
+    pub fn handles(&self, peer: &PeerId, connection: &ConnectionId) -> bool {
+        self.handled
+            .get(peer)
+            .is_some_and(|conns| conns.contains(connection))
+    }
+
+    /// The peers the behaviour runs for that the node no longer recognises.
+    pub fn unrecognised(&self) -> Vec<PeerId> {
+        self.handled
+            .keys()
+            .filter(|peer| !self.admits(peer))
+            .copied()
+            .collect()
+    }
+
+    fn handle(&mut self, peer: PeerId, connection: ConnectionId) {
+        self.handled.entry(peer).or_default().push(connection);
+    }
+
+    /// Forgets a connection; returns how many of the peer's remain handled, or `None` if
+    /// this one was not.
+    fn unhandle(&mut self, peer: &PeerId, connection: &ConnectionId) -> Option<usize> {
+        let conns = self.handled.get_mut(peer)?;
+        let at = conns.iter().position(|c| c == connection)?;
+        conns.remove(at);
+        let left = conns.len();
+        if left == 0 {
+            self.handled.remove(peer);
+        }
+        Some(left)
+    }
+
+    /// Forgets a connection that never became established (refused by a behaviour after
+    /// this one).
+    fn forget(&mut self, connection: &ConnectionId) {
+        let peer = self
+            .handled
+            .iter()
+            .find(|(_, conns)| conns.contains(connection))
+            .map(|(peer, _)| *peer);
+        if let Some(peer) = peer {
+            self.unhandle(&peer, connection);
+        }
+    }
+}
+
+impl<B: NetworkBehaviour> Deref for Gated<B> {
+    type Target = B;
+    fn deref(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B: NetworkBehaviour> DerefMut for Gated<B> {
+    fn deref_mut(&mut self) -> &mut B {
+        &mut self.inner
+    }
+}
+
+impl<B: NetworkBehaviour> NetworkBehaviour for Gated<B> {
+    type ConnectionHandler = Either<THandler<B>, dummy::ConnectionHandler>;
+    type ToSwarm = B::ToSwarm;
+
+    fn handle_pending_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<(), ConnectionDenied> {
+        self.inner
+            .handle_pending_inbound_connection(connection_id, local_addr, remote_addr)
+    }
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        local_addr: &Multiaddr,
+        remote_addr: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if !self.admits(&peer) {
+            return Ok(Either::Right(dummy::ConnectionHandler));
+        }
+        let handler = self.inner.handle_established_inbound_connection(
+            connection_id,
+            peer,
+            local_addr,
+            remote_addr,
+        )?;
+        self.handle(peer, connection_id);
+        Ok(Either::Left(handler))
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        maybe_peer: Option<PeerId>,
+        addresses: &[Multiaddr],
+        effective_role: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.inner.handle_pending_outbound_connection(
+            connection_id,
+            maybe_peer,
+            addresses,
+            effective_role,
+        )
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        connection_id: ConnectionId,
+        peer: PeerId,
+        addr: &Multiaddr,
+        role_override: Endpoint,
+        port_use: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if !self.admits(&peer) {
+            return Ok(Either::Right(dummy::ConnectionHandler));
+        }
+        let handler = self.inner.handle_established_outbound_connection(
+            connection_id,
+            peer,
+            addr,
+            role_override,
+            port_use,
+        )?;
+        self.handle(peer, connection_id);
+        Ok(Either::Left(handler))
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm) {
+        // The behaviour is told only of its own connections, counted among themselves.
+        match event {
+            FromSwarm::ConnectionEstablished(established) => {
+                let Some(conns) = self.handled.get(&established.peer_id) else {
+                    return;
+                };
+                if !conns.contains(&established.connection_id) {
+                    return;
+                }
+                let other_established = conns.len().saturating_sub(1);
+                self.inner.on_swarm_event(FromSwarm::ConnectionEstablished(
+                    ConnectionEstablished {
+                        other_established,
+                        ..established
+                    },
+                ));
+            }
+            FromSwarm::ConnectionClosed(closed) => {
+                let Some(remaining_established) =
+                    self.unhandle(&closed.peer_id, &closed.connection_id)
+                else {
+                    return;
+                };
+                self.inner
+                    .on_swarm_event(FromSwarm::ConnectionClosed(ConnectionClosed {
+                        remaining_established,
+                        ..closed
+                    }));
+            }
+            FromSwarm::AddressChange(change) => {
+                if self.handles(&change.peer_id, &change.connection_id) {
+                    self.inner.on_swarm_event(event);
+                }
+            }
+            FromSwarm::ListenFailure(failure) => {
+                self.forget(&failure.connection_id);
+                self.inner.on_swarm_event(event);
+            }
+            FromSwarm::DialFailure(failure) => {
+                self.forget(&failure.connection_id);
+                self.inner.on_swarm_event(event);
+            }
+            other => self.inner.on_swarm_event(other),
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        peer_id: PeerId,
+        connection_id: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {
+            Either::Left(event) => {
+                self.inner
+                    .on_connection_handler_event(peer_id, connection_id, event)
+            }
+            Either::Right(never) => match never {},
+        }
+    }
+
+    fn poll(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        loop {
+            let event = match self.inner.poll(cx) {
+                Poll::Ready(event) => event,
+                Poll::Pending => return Poll::Pending,
+            };
+            let event = match event {
+                // A handler of the behaviour's own, never the stand-in on a stranger's
+                // connection.
+                ToSwarm::NotifyHandler {
+                    peer_id,
+                    handler: NotifyHandler::Any,
+                    event,
+                } => {
+                    let Some(&connection) = self.handled.get(&peer_id).and_then(|c| c.first())
+                    else {
+                        continue;
+                    };
+                    ToSwarm::NotifyHandler {
+                        peer_id,
+                        handler: NotifyHandler::One(connection),
+                        event: Either::Left(event),
+                    }
+                }
+                other => other.map_in(Either::Left),
+            };
+            return Poll::Ready(event);
+        }
+    }
+}
+
+/// Most connections [`RoomGossip`] has decided to close but not yet handed to the swarm.
+const MAX_GOSSIP_CLOSING: usize = strangers::MAX_ESTABLISHED;
+
+/// gossipsub, between members only and gated per room.
+///
+/// It runs only on connections to members ([`Gated`], [`Admits::Members`]): gossipsub
+/// announces the node's topics only to the peers it knows, so a stranger never learns one.
+/// And a peer's subscription to a room's topic is only recorded if the peer is a member of
+/// that room ([`TopicGate`]). gossipsub sends a topic's messages (flood publishing, mesh
+/// forwarding, gossip) only to peers it has recorded as subscribed, and accepts a GRAFT
+/// only from them, so a peer that is not a member of the room (a member of another room
+/// that learned the opaque topic name) receives none of its traffic.
+///
+/// A member that is no longer one ([`Self::refresh`]) is blacklisted (gossipsub drops its
+/// messages), and the node closes its connections once its last pushes to it are answered
+/// ([`Self::disconnect`]). gossipsub's `subscribe` announces a topic to every peer it
+/// knows, blacklisted or not, so while such a peer is still connected a new topic is held
+/// back, and taken up once it has gone.
 ///
 /// gossipsub's subscription filter does not say whose subscription it is looking at, so
 /// this wrapper tells the filter (through the shared gate) which peer's event is being
 /// handled, around the one synchronous call that handles it. Everything else is passed
 /// through unchanged; it dereferences to the gossipsub behaviour.
 pub struct RoomGossip {
-    inner: Gossip,
+    inner: Gated<Gossip>,
     gate: TopicGate,
+    /// Topics subscribed to while a peer no longer recognised was still connected.
+    held_back: Vec<gossipsub::IdentTopic>,
+    /// Peers this wrapper blacklisted.
+    blacklisted: HashSet<PeerId>,
+    /// Connections to close (peers no longer recognised).
+    closing: VecDeque<(PeerId, ConnectionId)>,
 }
 
 impl std::fmt::Debug for RoomGossip {
@@ -622,23 +964,114 @@ impl RoomGossip {
     pub fn gate(&self) -> &TopicGate {
         &self.gate
     }
+
+    /// Whether gossip runs on this connection.
+    pub fn handles(&self, peer: &PeerId, connection: &ConnectionId) -> bool {
+        self.inner.handles(peer, connection)
+    }
+
+    /// Subscribes to `topic`, or, while a peer the node no longer recognises is still
+    /// connected to gossip (it would be told the topic), as soon as it has gone.
+    pub fn subscribe(
+        &mut self,
+        topic: &gossipsub::IdentTopic,
+    ) -> Result<bool, gossipsub::SubscriptionError> {
+        let unrecognised = self.inner.unrecognised();
+        if unrecognised.is_empty() {
+            return self.inner.subscribe(topic);
+        }
+        if self.held_back.iter().any(|t| t.hash() == topic.hash()) {
+            return Ok(false);
+        }
+        tracing::debug!(
+            ?unrecognised,
+            "a new topic waits until former peers have gone"
+        );
+        self.held_back.push(topic.clone());
+        Ok(true)
+    }
+
+    /// Unsubscribes from `topic` (or forgets it, if held back).
+    pub fn unsubscribe(&mut self, topic: &gossipsub::IdentTopic) -> bool {
+        let before = self.held_back.len();
+        self.held_back.retain(|t| t.hash() != topic.hash());
+        before != self.held_back.len() || self.inner.unsubscribe(topic)
+    }
+
+    /// Follows a change in the peers the node recognises: a peer gossip runs for that is
+    /// no longer a member is blacklisted (gossipsub drops what it sends); one recognised
+    /// again is taken off the blacklist. The node disconnects the former
+    /// ([`Self::former_members`], [`Self::disconnect`]).
+    pub fn refresh(&mut self) {
+        let gone = self.inner.unrecognised();
+        let back: Vec<PeerId> = self
+            .blacklisted
+            .iter()
+            .filter(|p| !gone.contains(p))
+            .copied()
+            .collect();
+        for peer in back {
+            self.blacklisted.remove(&peer);
+            self.inner.remove_blacklisted_peer(&peer);
+        }
+        for peer in gone {
+            if self.blacklisted.insert(peer) {
+                self.inner.blacklist_peer(&peer);
+            }
+        }
+    }
+
+    /// The peers gossip runs for that the node no longer recognises: new topics wait
+    /// until they have gone ([`Self::subscribe`]).
+    pub fn former_members(&self) -> Vec<PeerId> {
+        self.inner.unrecognised()
+    }
+
+    /// Closes every connection of `peer` that gossip runs on.
+    pub fn disconnect(&mut self, peer: &PeerId) {
+        let conns = self.inner.handled.get(peer).cloned().unwrap_or_default();
+        for connection in conns {
+            if self.closing.len() < MAX_GOSSIP_CLOSING
+                && !self.closing.contains(&(*peer, connection))
+            {
+                self.closing.push_back((*peer, connection));
+            }
+        }
+    }
+
+    /// After a connection closed: forgets a peer gone for good, and takes up the topics
+    /// held back once no peer the node no longer recognises is connected.
+    fn after_close(&mut self, peer: &PeerId) {
+        if !self.inner.handled.contains_key(peer) && self.blacklisted.remove(peer) {
+            self.inner.remove_blacklisted_peer(peer);
+        }
+        if self.held_back.is_empty() || !self.inner.unrecognised().is_empty() {
+            return;
+        }
+        tracing::debug!("taking up the topics held back");
+        for topic in std::mem::take(&mut self.held_back) {
+            if let Err(e) = self.inner.subscribe(&topic) {
+                tracing::warn!("could not subscribe to a room topic: {e}");
+            }
+        }
+    }
 }
 
 impl Deref for RoomGossip {
     type Target = Gossip;
     fn deref(&self) -> &Gossip {
-        &self.inner
+        &self.inner.inner
     }
 }
 
 impl DerefMut for RoomGossip {
     fn deref_mut(&mut self) -> &mut Gossip {
-        &mut self.inner
+        &mut self.inner.inner
     }
 }
 
 impl NetworkBehaviour for RoomGossip {
-    type ConnectionHandler = <Gossip as NetworkBehaviour>::ConnectionHandler;
+    type ConnectionHandler = <Gated<Gossip> as NetworkBehaviour>::ConnectionHandler;
     type ToSwarm = <Gossip as NetworkBehaviour>::ToSwarm;
 
     fn handle_pending_inbound_connection(
@@ -699,7 +1132,14 @@ impl NetworkBehaviour for RoomGossip {
     }
 
     fn on_swarm_event(&mut self, event: FromSwarm) {
+        let closed = match &event {
+            FromSwarm::ConnectionClosed(closed) => Some(closed.peer_id),
+            _ => None,
+        };
         self.inner.on_swarm_event(event);
+        if let Some(peer) = closed {
+            self.after_close(&peer);
+        }
     }
 
     fn on_connection_handler_event(
@@ -718,37 +1158,54 @@ impl NetworkBehaviour for RoomGossip {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        if let Some((peer_id, connection)) = self.closing.pop_front() {
+            return Poll::Ready(ToSwarm::CloseConnection {
+                peer_id,
+                connection: CloseConnection::One(connection),
+            });
+        }
         self.inner.poll(cx)
     }
 }
 
+/// The sync protocol's behaviour: request-response, run only for acquainted peers.
+pub type Sync = Gated<request_response::Behaviour<FrameCodec>>;
+
 /// The node's libp2p behaviour. Its events are [`BehaviourEvent`]s, one variant per field
-/// (`Limits`, `Gossipsub`, `Join`, `Sync`, `Identify`, `Ping`, `RelayClient`, `Dcutr`,
+/// (`Admission`, `Gossipsub`, `Join`, `Sync`, `Identify`, `Ping`, `RelayClient`, `Dcutr`,
 /// `Autonat`).
 #[derive(NetworkBehaviour)]
 pub struct Behaviour {
-    /// Connection limits (it emits no events). First: libp2p asks the behaviours about a
-    /// new connection in field order, and the ones before a denial have already taken the
+    /// Connection admission (it emits no events). First: libp2p asks the behaviours about
+    /// a new connection in field order, and the ones before a denial have already taken the
     /// connection into their books (request-response then routes requests to a connection
-    /// that never runs; rust-libp2p issue #4870).
-    pub limits: connection_limits::Behaviour,
-    /// Room traffic, gated per room (see the module documentation; every received message
-    /// MUST be reported).
+    /// that never runs).
+    pub admission: Admission,
+    /// Room traffic, between members and gated per room (see the module documentation;
+    /// every received message MUST be reported).
     pub gossipsub: RoomGossip,
     /// The join handshake on [`JOIN_PROTOCOL`].
     pub join: request_response::Behaviour<FrameCodec>,
-    /// Pushes of recent envelopes on [`SYNC_PROTOCOL`].
-    pub sync: request_response::Behaviour<FrameCodec>,
-    /// Exchange of protocol versions and listen addresses.
+    /// What members push to each other on [`SYNC_PROTOCOL`].
+    pub sync: Sync,
+    /// Exchange of protocol lists and observed addresses.
     pub identify: identify::Behaviour,
     /// Liveness checks.
     pub ping: ping::Behaviour,
     /// Reservations on relays and connections through them.
     pub relay_client: relay::client::Behaviour,
-    /// Hole punching over relayed connections (off in relay-only mode).
-    pub dcutr: Toggle<dcutr::Behaviour>,
-    /// Reachability probes, as client and server (off in relay-only mode).
-    pub autonat: Toggle<autonat::Behaviour>,
+    /// Hole punching over relayed connections to members (off in relay-only mode).
+    pub dcutr: Toggle<Gated<dcutr::Behaviour>>,
+    /// Reachability probes, as client and server, with members and the node's relays (off
+    /// in relay-only mode).
+    pub autonat: Toggle<Gated<autonat::Behaviour>>,
+}
+
+impl Behaviour {
+    /// The peers the node recognises (shared with the node, which keeps it up to date).
+    pub fn peers(&self) -> &Peers {
+        self.admission.peers()
+    }
 }
 
 impl std::fmt::Debug for Behaviour {
@@ -792,7 +1249,9 @@ pub const SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120
 
 /// The score an application gives a peer that is not a member of any of its rooms: far
 /// below gossipsub's graylist threshold (-80), so the node ignores everything the peer
-/// sends on gossip and neither publishes nor forwards anything to it.
+/// sends on gossip and neither publishes nor forwards anything to it. Gossip runs only
+/// for members ([`RoomGossip`]); this covers a member that has just ceased to be one,
+/// until its connection has closed.
 pub const STRANGER_SCORE: f64 = -1000.0;
 
 /// Peer scoring is used only as a gate: the application score (weight 1) says whether a
@@ -818,6 +1277,7 @@ pub fn build_swarm(
     let local = keypair.public().to_peer_id();
     let relay_only = policy.is_relay_only();
     let gate = TopicGate::default();
+    let peers = Peers::default();
     let mut gossipsub = Gossip::new_with_subscription_filter(
         gossipsub::MessageAuthenticity::Anonymous,
         gossipsub_config(config)?,
@@ -830,40 +1290,44 @@ pub fn build_swarm(
             gossipsub::PeerScoreThresholds::default(),
         )
         .map_err(NetError::PeerScore)?;
-    let join = request_response::Behaviour::new(
+    let join = request_response::Behaviour::with_codec(
+        FrameCodec::join(),
         [(JOIN_PROTOCOL, request_response::ProtocolSupport::Full)],
-        request_response::Config::default(),
+        request_response::Config::default().with_max_concurrent_streams(MAX_JOIN_STREAMS),
     );
     // Catching up on a long absence takes many pushes at once (each at most MAX_REQUEST);
     // the default of 100 concurrent streams per connection dropped the excess. Kept below
-    // yamux's own stream limit (256); pacing the pushes is the real fix (issue 4).
-    let sync = request_response::Behaviour::new(
+    // yamux's own stream limit (256); pacing the pushes is the real fix.
+    let sync = request_response::Behaviour::with_codec(
+        FrameCodec::sync(),
         [(SYNC_PROTOCOL, request_response::ProtocolSupport::Full)],
         request_response::Config::default()
             .with_max_concurrent_streams(MAX_SYNC_STREAMS)
             .with_request_timeout(SYNC_TIMEOUT),
     );
-    let identify = identify::Behaviour::new(identify::Config::new(
-        config.protocol_version.to_owned(),
-        keypair.public(),
-    ));
-    let limits = connection_limits::Behaviour::new(
-        connection_limits::ConnectionLimits::default()
-            .with_max_established_per_peer(Some(MAX_CONNECTIONS_PER_PEER))
-            .with_max_pending_incoming(Some(MAX_PENDING_INCOMING))
-            .with_max_established(Some(MAX_ESTABLISHED)),
+    // Every peer, stranger or member, is told the same generic version and agent and no
+    // listening address (every interface's: LAN, VPN, containers).
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL_VERSION.to_owned(), keypair.public())
+            .with_agent_version(IDENTIFY_AGENT.to_owned())
+            .with_hide_listen_addrs(true),
     );
+    // AutoNAT asks a peer to dial the node back at every address it listens on: only
+    // members and the node's relays are asked, or answered. DCUtR tells a peer where to
+    // punch through: members only.
     let autonat = (!relay_only).then(|| {
-        autonat::Behaviour::new(
+        let autonat = autonat::Behaviour::new(
             local,
             autonat::Config {
                 boot_delay: config.autonat_delay,
                 only_global_ips: config.autonat_global_only,
                 ..autonat::Config::default()
             },
-        )
+        );
+        Gated::new(autonat, peers.clone(), Admits::MembersAndRelays)
     });
-    let dcutr = (!relay_only).then(|| dcutr::Behaviour::new(local));
+    let dcutr = (!relay_only)
+        .then(|| Gated::new(dcutr::Behaviour::new(local), peers.clone(), Admits::Members));
     let idle_timeout = config.idle_timeout;
     let noise = noise::Config::new(&keypair)?;
     let swarm = SwarmBuilder::with_existing_identity(keypair)
@@ -877,15 +1341,18 @@ pub fn build_swarm(
         .unwrap_or_else(|never| match never {})
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(|_, relay_client| Behaviour {
+            admission: Admission::new(peers.clone()),
             gossipsub: RoomGossip {
-                inner: gossipsub,
+                inner: Gated::new(gossipsub, peers.clone(), Admits::Members),
                 gate,
+                held_back: Vec::new(),
+                blacklisted: HashSet::new(),
+                closing: VecDeque::new(),
             },
             join,
-            sync,
+            sync: Gated::new(sync, peers, Admits::Acquainted),
             identify,
             ping: ping_behaviour(),
-            limits,
             relay_client,
             dcutr: dcutr.into(),
             autonat: autonat.into(),
@@ -899,13 +1366,32 @@ pub fn build_swarm(
 /// The codec of the join and sync protocols: each request and each response is opaque
 /// bytes, framed as a `u32` big-endian length followed by that many bytes.
 ///
-/// Reading rejects a length above [`MAX_REQUEST`] / [`MAX_RESPONSE`] with
+/// Reading rejects a length above the protocol's largest request ([`FrameCodec::join`]:
+/// [`MAX_JOIN_REQUEST`]; [`FrameCodec::sync`]: [`MAX_REQUEST`]) or [`MAX_RESPONSE`] with
 /// [`io::ErrorKind::InvalidData`] before allocating anything for the body, and the body
 /// buffer grows only as bytes actually arrive; a stream that ends early yields
 /// [`io::ErrorKind::UnexpectedEof`]. Writing refuses (with [`io::ErrorKind::InvalidInput`])
 /// a message the peer would reject. Bytes after the frame are ignored.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct FrameCodec;
+#[derive(Debug, Clone, Copy)]
+pub struct FrameCodec {
+    max_request: usize,
+}
+
+impl FrameCodec {
+    /// The join protocol's: requests of at most [`MAX_JOIN_REQUEST`] bytes.
+    pub const fn join() -> FrameCodec {
+        FrameCodec {
+            max_request: MAX_JOIN_REQUEST,
+        }
+    }
+
+    /// The sync protocol's: requests of at most [`MAX_REQUEST`] bytes.
+    pub const fn sync() -> FrameCodec {
+        FrameCodec {
+            max_request: MAX_REQUEST,
+        }
+    }
+}
 
 async fn read_frame<T>(io: &mut T, max: usize) -> io::Result<Vec<u8>>
 where
@@ -962,7 +1448,7 @@ impl request_response::Codec for FrameCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, MAX_REQUEST).await
+        read_frame(io, self.max_request).await
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
@@ -981,7 +1467,7 @@ impl request_response::Codec for FrameCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &request, MAX_REQUEST).await
+        write_frame(io, &request, self.max_request).await
     }
 
     async fn write_response<T>(

@@ -19,7 +19,9 @@ use confer_room::{
 use confer_store::{Profile, Store};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance, TopicHash};
-use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ResponseChannel};
+use libp2p::request_response::{
+    self, InboundRequestId, OutboundFailure, OutboundRequestId, ResponseChannel,
+};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, PeerId, Swarm, identity};
 use rand::rand_core::UnwrapErr;
@@ -44,6 +46,7 @@ mod exchange;
 mod following;
 mod joining;
 mod leaving;
+mod peers;
 
 use commit::GroupCommit;
 use commit::{flush_done, flush_due};
@@ -314,6 +317,12 @@ impl Node {
             .map_err(|_| NodeError::BadListen("device key".into()))?;
         let peer_id = keypair.public().to_peer_id();
         let mut swarm = net::build_swarm(keypair, &config.net, reach.policy())?;
+        // Who is recognised, before the first connection (the relays' come next).
+        let (members, acquainted) = peers::recognised(rooms.values(), peer_id, []);
+        swarm
+            .behaviour()
+            .peers()
+            .set(members, acquainted, reach.relay_peers());
 
         let parsed = listen_on
             .iter()
@@ -394,6 +403,10 @@ impl Node {
             listen: listen.clone(),
             pending_joins: HashMap::new(),
             joins_waiting: Vec::new(),
+            answering: HashMap::new(),
+            answered: HashMap::new(),
+            replacing: HashMap::new(),
+            former: HashMap::new(),
             leaves_waiting: Vec::new(),
             confirm_soon: HashMap::new(),
             followers: HashMap::new(),
@@ -431,6 +444,7 @@ impl Node {
             commit: GroupCommit::default(),
             transfers: Transfers::default(),
         };
+        event_loop.recognise_peers();
         let ids: Vec<RoomId> = event_loop.rooms.keys().copied().collect();
         for id in ids {
             event_loop.sync_topics(id);
@@ -570,6 +584,17 @@ struct EventLoop {
     pending_joins: HashMap<OutboundRequestId, PendingJoin>,
     /// Joins waiting to try again to reach the facilitator's node: when, and whose.
     joins_waiting: Vec<(Instant, PeerId, PendingJoin)>,
+    /// Join requests received and not yet answered, and from whom (a joiner is not
+    /// disconnected while its answer is on the way).
+    answering: HashMap<InboundRequestId, PeerId>,
+    /// Joiners answered, and when: left alone for `strangers::JOINER_GRACE`.
+    answered: HashMap<PeerId, Instant>,
+    /// Peers gossip runs for that ceased to be members, and since when (see
+    /// `release_former_members`).
+    former: HashMap<PeerId, Instant>,
+    /// Peers being connected to again: the connections to close once the new one is up,
+    /// and since when (see `replace_connections`).
+    replacing: HashMap<PeerId, (Vec<libp2p::swarm::ConnectionId>, Instant)>,
     leaves_waiting: Vec<WaitingLeave>,
     /// Per room, this member's messages sent since the last tick: at the next tick, those
     /// still unconfirmed are pushed to one connected member, whose answer confirms them.
@@ -628,9 +653,9 @@ struct EventLoop {
     leaves_heard: u64,
     /// See `StatusInfo::other_copy`.
     other_copy: u64,
-    /// The identify protocol version this node announces (`NetConfig::protocol_version`).
+    /// The Confer version this node tells members (`NetConfig::protocol_version`).
     protocol_version: &'static str,
-    /// Connected peers whose nodes announced another Confer version (see `on_identify`).
+    /// Connected peers whose nodes told another Confer version (see `heard_version`).
     versions: HashMap<PeerId, String>,
     /// When this node started (Unix milliseconds).
     started_ms: u64,
@@ -712,13 +737,22 @@ impl EventLoop {
         self.write_manifest();
     }
 
-    /// Listens on the topic of every epoch key the room holds, and stops listening on
-    /// topics whose keys were deleted.
+    /// Listens on the topic of the room's newest epoch key (the current epoch's, or while
+    /// its key has not arrived, the last one held), and on no other: an older epoch's
+    /// topic, announced beside the new one, would tell anyone who heard both that they
+    /// are the same room. Envelopes sealed under an older key that arrive late come by
+    /// the sync protocol's reconciliation. A room this profile is no longer in has none.
     ///
-    /// It also keeps gossip gated to the room: each of its topics admits only the peers
-    /// of its current members (see `net::RoomGossip`).
+    /// It also keeps gossip gated to the room: its topic admits only the peers of its
+    /// current members (see `net::RoomGossip`).
     fn sync_topics(&mut self, id: RoomId) {
-        let wanted = self.rooms.get(&id).map(Room::topics).unwrap_or_default();
+        let wanted: Vec<String> = self
+            .rooms
+            .get(&id)
+            .filter(|r| r.is_member())
+            .and_then(Room::sending_topic)
+            .into_iter()
+            .collect();
         let held = self.room_topics.remove(&id).unwrap_or_default();
         let gate = self.swarm.behaviour().gossipsub.gate().clone();
         for old in held.iter().filter(|t| !wanted.contains(t)) {
@@ -811,6 +845,13 @@ impl EventLoop {
             self.ask_one_to_confirm(id, &sent);
         }
         self.reach.reserve_due(&mut self.swarm);
+        let now = Instant::now();
+        self.drop_idle_strangers(now);
+        self.answered
+            .retain(|_, at| now.saturating_duration_since(*at) < crate::strangers::JOINER_GRACE);
+        self.expire_replacements(now);
+        self.release_former_members(now);
+        self.reconnect_recognised();
         let due: Vec<RoomId> = self
             .rotation_due
             .iter()
@@ -968,7 +1009,7 @@ impl EventLoop {
         );
         self.tell_new_events(id);
         self.end_following_if_out(id);
-        self.rescore_peers();
+        self.recognise_peers();
         self.sync_topics(id);
         self.maybe_rotate(id);
         let others = self.member_peers(&id);
@@ -1321,6 +1362,7 @@ impl EventLoop {
             Err(e) => return error(format!("could not delete the room from the store: {e}")),
         };
         self.rooms.remove(&id);
+        self.recognise_peers();
         self.sync_topics(id);
         self.room_topics.remove(&id);
         self.confirm_soon.remove(&id);
@@ -1535,12 +1577,15 @@ impl EventLoop {
             } => {
                 self.reach
                     .on_connection(&mut self.swarm, connection_id, peer_id, &endpoint);
+                let replacing = self.replacing.contains_key(&peer_id);
+                self.replaced(&peer_id, connection_id);
                 self.score_peer(peer_id);
                 if endpoint.is_dialer() {
                     self.learn_addresses(peer_id, [endpoint.get_remote_address().clone()]);
                 }
-                // A member we were not connected to: catch up with each other.
-                if num_established.get() == 1 {
+                // A member we were not connected to, or only over connections that did not
+                // carry sync: catch up with each other.
+                if num_established.get() == 1 || replacing {
                     let peer_bytes = peer_id.to_bytes();
                     let shared: Vec<RoomId> = self
                         .rooms
@@ -1591,6 +1636,7 @@ impl EventLoop {
             } => {
                 self.reach.on_connection_closed(connection_id);
                 if num_established == 0 {
+                    self.replacing.remove(&peer_id);
                     self.versions.remove(&peer_id);
                     let member = self.known_peer(&peer_id);
                     self.addresses.disconnected(&peer_id, member);
@@ -1602,6 +1648,9 @@ impl EventLoop {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, .. } => {
                 self.reach.on_dial_failed(peer_id);
+                if let Some(peer) = peer_id {
+                    self.replacement_failed(&peer);
+                }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(
                 libp2p::autonat::Event::StatusChanged { new, .. },
@@ -1633,12 +1682,17 @@ impl EventLoop {
                 message_id,
                 message,
             } => {
+                // Only from a member of the topic's room: a member of another room that
+                // learned the topic is not heard, and nothing it sends is opened.
+                let gate = self.swarm.behaviour().gossipsub.gate();
                 let acceptance = match self.topics.get(&message.topic).copied() {
-                    None => {
+                    Some(id) if gate.allows(&propagation_source, &message.topic) => {
+                        self.receive(id, message.data)
+                    }
+                    _ => {
                         self.dropped += 1;
                         MessageAcceptance::Ignore
                     }
-                    Some(id) => self.receive(id, message.data),
                 };
                 tracing::debug!(?acceptance, "room traffic received");
                 let _ = self
@@ -1894,12 +1948,10 @@ impl EventLoop {
         }
     }
 
-    /// Reserves on a relay learned at run time (from an invite) and adds it to the
-    /// profile's settings for the next start (relays given with `--relay` stay out of them).
-    fn use_relay(&mut self, relay: Multiaddr) {
-        if !self.reach.add_relay(relay.clone()) {
-            return;
-        }
+    /// Adds a relay learned from an invite, once that invite has let this profile in, to
+    /// the profile's settings for the next start (relays given with `--relay` stay out of
+    /// them).
+    fn keep_relay(&mut self, relay: &Multiaddr) {
         match self.settings.add_relay(&relay.to_string()) {
             Ok(true) => {
                 if let Err(e) = self.settings.write(&self.store) {
@@ -1920,16 +1972,29 @@ impl EventLoop {
         }
     }
 
-    /// What a peer's node says of itself. From a node of this version, its addresses; a
-    /// Confer node of another version is remembered while connected, so that `members`
-    /// can say which members' nodes cannot read what this one sends, or it theirs.
+    /// What a peer's node says of itself through identify: the addresses it gives (a node
+    /// of this version gives only external ones, such as a relayed address). Nodes before
+    /// this version also announced their Confer version there, which is heard as if told
+    /// over the sync protocol ([`Self::heard_version`]).
     fn on_identify(&mut self, peer: PeerId, info: libp2p::identify::Info) {
-        if info.protocol_version == self.protocol_version {
+        let version = info.protocol_version;
+        if version.starts_with("/confer/") {
+            self.heard_version(peer, &version);
+            if version != self.protocol_version {
+                return;
+            }
+        }
+        self.learn_addresses(peer, info.listen_addrs);
+    }
+
+    /// The Confer version a peer's node runs, as it told: one other than this node's is
+    /// remembered while connected, so that `members` can say which members' nodes cannot
+    /// read what this one sends, or it theirs.
+    pub(super) fn heard_version(&mut self, peer: PeerId, version: &str) {
+        if version == self.protocol_version {
             self.versions.remove(&peer);
-            self.learn_addresses(peer, info.listen_addrs);
             return;
         }
-        let version = info.protocol_version;
         let shown = version.starts_with("/confer/")
             && version.len() <= 32
             && version.bytes().all(|b| b.is_ascii_graphic());
@@ -1937,53 +2002,14 @@ impl EventLoop {
             return;
         }
         // A relay may run another version without harm: it reads nothing.
-        if self.versions.get(&peer) != Some(&version) && self.known_peer(&peer) {
+        if self.versions.get(&peer).map(String::as_str) != Some(version) && self.known_peer(&peer) {
             tracing::warn!(
                 theirs = %version,
                 ours = self.protocol_version,
                 "a member's node runs another version of Confer: messages between the two may not get through"
             );
         }
-        self.versions.insert(peer, version);
-    }
-
-    /// Whether `peer` is a member of one of our rooms, or the facilitator of a join in
-    /// progress: not a stranger.
-    fn known_peer(&self, peer: &PeerId) -> bool {
-        let bytes = peer.to_bytes();
-        let member = self.rooms.values().any(|r| {
-            (r.is_member() || self.unheard_leaves.contains(&r.id()))
-                && r.members().iter().any(|m| m.peer == bytes)
-        });
-        member
-            || self
-                .pending_joins
-                .values()
-                .chain(self.joins_waiting.iter().map(|(_, _, p)| p))
-                .any(|p| p.invite.body.facilitator_peer == bytes)
-    }
-
-    /// Gates gossip by membership: a connected peer that is a member of none of our rooms
-    /// (and not a facilitator we are joining through) is scored far below gossipsub's
-    /// graylist threshold, so we ignore its gossip and send it none.
-    fn score_peer(&mut self, peer: PeerId) {
-        let score = if self.known_peer(&peer) {
-            0.0
-        } else {
-            net::STRANGER_SCORE
-        };
-        self.swarm
-            .behaviour_mut()
-            .gossipsub
-            .set_application_score(&peer, score);
-    }
-
-    /// Re-scores every connected peer (after membership changed).
-    fn rescore_peers(&mut self) {
-        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
-        for peer in peers {
-            self.score_peer(peer);
-        }
+        self.versions.insert(peer, version.to_owned());
     }
 
     /// Follows a change in a room's log: persist, listen on the right topics, retry
@@ -1991,7 +2017,7 @@ impl EventLoop {
     fn after_log_change(&mut self, id: RoomId) {
         self.tell_new_events(id);
         self.end_following_if_out(id);
-        self.rescore_peers();
+        self.recognise_peers();
         if let Err(e) = self.save_room(&id) {
             tracing::error!("could not store a membership change: {e}");
         }

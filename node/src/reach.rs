@@ -2,7 +2,7 @@
 //! mode, its NAT status and its open connections. The event loop owns one [`Reach`] and
 //! hands it the swarm and the events that concern it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use libp2p::core::ConnectedPoint;
@@ -66,7 +66,17 @@ pub(crate) struct Reach {
     relays: BTreeMap<Multiaddr, Slot>,
     listeners: HashMap<ListenerId, Multiaddr>,
     nat: &'static str,
-    connections: HashMap<ConnectionId, (PeerId, Multiaddr, bool)>,
+    connections: HashMap<ConnectionId, Connection>,
+}
+
+/// One open connection.
+#[derive(Debug)]
+struct Connection {
+    peer: PeerId,
+    /// The remote address (an inbound relayed one: our circuit address and the peer).
+    address: Multiaddr,
+    relayed: bool,
+    since: Instant,
 }
 
 /// Whether an address goes through a relay.
@@ -287,8 +297,15 @@ impl Reach {
             }
             _ => endpoint.get_remote_address().clone(),
         };
-        self.connections
-            .insert(id, (peer, address, endpoint.is_relayed()));
+        self.connections.insert(
+            id,
+            Connection {
+                peer,
+                address,
+                relayed: endpoint.is_relayed(),
+                since: Instant::now(),
+            },
+        );
         if endpoint.is_relayed() {
             return;
         }
@@ -308,6 +325,59 @@ impl Reach {
     /// A connection closed.
     pub(crate) fn on_connection_closed(&mut self, id: ConnectionId) {
         self.connections.remove(&id);
+    }
+
+    /// The open connections: each one's peer and since when it is open.
+    pub(crate) fn connections(&self) -> impl Iterator<Item = (ConnectionId, PeerId, Instant)> {
+        self.connections
+            .iter()
+            .map(|(id, c)| (*id, c.peer, c.since))
+    }
+
+    /// The addresses `peer`'s direct connections to this node come from.
+    pub(crate) fn remote_addresses(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.connections
+            .values()
+            .filter(|c| c.peer == *peer && !c.relayed)
+            .map(|c| c.address.clone())
+            .collect()
+    }
+
+    /// The relays the node keeps a slot on.
+    pub(crate) fn relay_peers(&self) -> HashSet<PeerId> {
+        self.relays.values().filter_map(|s| s.peer).collect()
+    }
+
+    /// The relays the node uses: those it keeps a slot on, and those a relayed connection
+    /// of it goes through.
+    pub(crate) fn relays_in_use(&self) -> HashSet<PeerId> {
+        let mut relays = self.relay_peers();
+        relays.extend(
+            self.connections
+                .values()
+                .filter(|c| c.relayed)
+                .filter_map(|c| relay_of(&c.address).as_ref().and_then(peer_of)),
+        );
+        relays
+    }
+
+    /// Stops using a relay learned at run time: no more reservations, and in relay-only
+    /// mode no more direct dials to it. Its connection is closed, which ends a reservation
+    /// (removing the listener instead, while a reservation is being answered, panics in
+    /// libp2p's relay client), unless a relayed connection goes through it. False if it
+    /// was not in use.
+    pub(crate) fn drop_relay(&mut self, swarm: &mut Swarm<Behaviour>, relay: &Multiaddr) -> bool {
+        let Some(slot) = self.relays.remove(relay) else {
+            return false;
+        };
+        self.listeners.retain(|_, r| r != relay);
+        self.policy.forbid_relay(relay);
+        if let Some(peer) = slot.peer
+            && !self.relays_in_use().contains(&peer)
+        {
+            let _ = swarm.disconnect_peer_id(peer);
+        }
+        true
     }
 
     /// AutoNAT changed its mind.
@@ -345,10 +415,10 @@ impl Reach {
         let mut infos: Vec<ConnectionInfo> = self
             .connections
             .values()
-            .map(|(peer, address, relayed)| ConnectionInfo {
-                peer_id: peer.to_string(),
-                address: address.to_string(),
-                relayed: *relayed,
+            .map(|c| ConnectionInfo {
+                peer_id: c.peer.to_string(),
+                address: c.address.to_string(),
+                relayed: c.relayed,
             })
             .collect();
         infos.sort_by(|a, b| (&a.peer_id, &a.address).cmp(&(&b.peer_id, &b.address)));

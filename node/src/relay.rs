@@ -29,7 +29,7 @@ use libp2p::{
 };
 use tokio::sync::oneshot;
 
-use crate::net::{IDENTIFY_PROTOCOL_VERSION, NetError};
+use crate::net::{CONFER_VERSION, NetError};
 
 /// How much a relay serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -162,7 +162,7 @@ pub fn load_or_create_key(dir: &Path) -> Result<identity::Keypair, RelayError> {
 #[derive(NetworkBehaviour)]
 struct RelayBehaviour {
     /// First, so that a connection it denies was never taken in by the others (see
-    /// [`crate::net::Behaviour::limits`]).
+    /// [`crate::net::Behaviour::admission`]).
     limits: connection_limits::Behaviour,
     relay: relay::Behaviour,
     identify: identify::Behaviour,
@@ -226,7 +226,7 @@ impl Relay {
         let behaviour = RelayBehaviour {
             relay: relay::Behaviour::new(peer_id, relay_config),
             identify: identify::Behaviour::new(identify::Config::new(
-                IDENTIFY_PROTOCOL_VERSION.to_owned(),
+                CONFER_VERSION.to_owned(),
                 keypair.public(),
             )),
             ping: crate::net::ping_behaviour(),

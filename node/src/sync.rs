@@ -53,6 +53,12 @@ const BUCKET_MS: u64 = 24 * 3600 * 1000;
 /// The most ids a reply lists (about 1 MiB).
 pub const MAX_REPLY_IDS: usize = 30_000;
 
+/// How a Confer version starts (`/confer/0.2.0`), told in [`SyncPush::addresses`].
+pub const VERSION_PREFIX: &str = "/confer/";
+
+/// The most entries of one node read from [`SyncPush::addresses`].
+pub const MAX_ADDRESSES_PER_PEER: usize = 8;
+
 /// What the store keeps for each message: the verified record, and the envelope as it
 /// travelled (sealed, signed inside), to hand on to members who missed it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -105,7 +111,11 @@ pub struct SyncPush {
     /// Message ids the sender wants sent to it.
     pub want: Vec<Id>,
     /// Addresses at which the sender has reached members of this room:
-    /// (libp2p peer id bytes, multiaddresses).
+    /// (libp2p peer id bytes, multiaddresses), at most eight of each read. The entry for
+    /// the sender's own node comes first; it lists the sender's Confer version
+    /// ([`VERSION_PREFIX`]…, which is no multiaddress, so a node that reads addresses only
+    /// passes over it), then where the sender can be reached. Identify tells no peer
+    /// either, so members learn them here.
     pub addresses: Vec<(Vec<u8>, Vec<String>)>,
     /// In routine rounds, instead of `summary`: the digest of the sender's summary under
     /// `salt` ([`summary_digest`]), 32 bytes however long the room's history. A receiver

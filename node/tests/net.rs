@@ -13,8 +13,8 @@ use std::{
 };
 
 use confer_node::net::{
-    self, Behaviour, BehaviourEvent, FrameCodec, JOIN_PROTOCOL, MAX_REQUEST, MAX_RESPONSE,
-    NetConfig,
+    self, Behaviour, BehaviourEvent, FrameCodec, JOIN_PROTOCOL, MAX_JOIN_REQUEST, MAX_REQUEST,
+    MAX_RESPONSE, NetConfig,
 };
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use libp2p::{
@@ -160,7 +160,7 @@ async fn oversized_request_is_refused_by_sender() {
         let too_big = b
             .behaviour_mut()
             .join
-            .send_request(&a_id, vec![7; MAX_REQUEST + 1]);
+            .send_request(&a_id, vec![7; MAX_JOIN_REQUEST + 1]);
         let mut valid = None;
 
         loop {
@@ -266,7 +266,7 @@ impl Codec for LaxCodec {
     }
 }
 
-/// A hostile peer sends a frame of `MAX_REQUEST + 1` bytes: the receiver's codec rejects it
+/// A hostile peer sends a join frame of `MAX_JOIN_REQUEST + 1` bytes: the receiver's codec rejects it
 /// and closes the stream without an answer, so the sender's request fails, and the
 /// application never sees a `Request` event for it. A valid request afterwards is the first
 /// and only request the receiver sees.
@@ -300,7 +300,7 @@ async fn oversized_request_is_rejected_by_receiver() {
         let hostile_id = *hostile.local_peer_id();
         let too_big = hostile
             .behaviour_mut()
-            .send_request(&a_id, vec![7; MAX_REQUEST + 1]);
+            .send_request(&a_id, vec![7; MAX_JOIN_REQUEST + 1]);
         let mut valid = None;
 
         loop {
@@ -400,6 +400,13 @@ async fn gossip_is_anonymous_and_content_addressed() {
     within(async {
         // Three nodes, all connected to each other like a small room.
         let (mut a, mut b, mut c) = (new_swarm(), new_swarm(), new_swarm());
+        // Gossip runs between members only: each takes the others for members.
+        let ids = [*a.local_peer_id(), *b.local_peer_id(), *c.local_peer_id()];
+        for swarm in [&a, &b, &c] {
+            for id in ids {
+                swarm.behaviour().peers().recognise(id);
+            }
+        }
         let addr_a = listen(&mut a).await;
         let addr_b = listen(&mut b).await;
         connect(&mut b, &mut a, addr_a.clone()).await;
@@ -483,15 +490,24 @@ impl AsyncRead for HeaderOnly {
 
 #[tokio::test]
 async fn codec_rejects_overlong_length_prefix_before_reading_body() {
-    for (claimed, limit_name) in [
-        (u32::MAX, "4 GiB request"),
-        (MAX_REQUEST as u32 + 1, "request one byte over"),
+    for (mut codec, claimed, limit_name) in [
+        (FrameCodec::sync(), u32::MAX, "4 GiB request"),
+        (
+            FrameCodec::sync(),
+            MAX_REQUEST as u32 + 1,
+            "request one byte over",
+        ),
+        (
+            FrameCodec::join(),
+            MAX_JOIN_REQUEST as u32 + 1,
+            "join request one byte over",
+        ),
     ] {
         let mut io = HeaderOnly {
             header: claimed.to_be_bytes(),
             sent: 0,
         };
-        let err = FrameCodec
+        let err = codec
             .read_request(&JOIN_PROTOCOL, &mut io)
             .await
             .expect_err(limit_name);
@@ -507,7 +523,7 @@ async fn codec_rejects_overlong_length_prefix_before_reading_body() {
             header: claimed.to_be_bytes(),
             sent: 0,
         };
-        let err = FrameCodec
+        let err = FrameCodec::sync()
             .read_response(&JOIN_PROTOCOL, &mut io)
             .await
             .expect_err("over-long response");
@@ -520,13 +536,13 @@ async fn codec_frames_round_trip_and_reject_bad_input() {
     // Round trip at the limit.
     let mut wire = futures::io::Cursor::new(Vec::new());
     let max = vec![0xab; MAX_REQUEST];
-    FrameCodec
+    FrameCodec::sync()
         .write_request(&JOIN_PROTOCOL, &mut wire, max.clone())
         .await
         .expect("write");
     assert_eq!(wire.get_ref()[..4], (MAX_REQUEST as u32).to_be_bytes());
     wire.set_position(0);
-    let got = FrameCodec
+    let got = FrameCodec::sync()
         .read_request(&JOIN_PROTOCOL, &mut wire)
         .await
         .expect("read");
@@ -534,12 +550,12 @@ async fn codec_frames_round_trip_and_reject_bad_input() {
 
     // Empty messages are fine.
     let mut wire = futures::io::Cursor::new(Vec::new());
-    FrameCodec
+    FrameCodec::sync()
         .write_response(&JOIN_PROTOCOL, &mut wire, Vec::new())
         .await
         .expect("write");
     wire.set_position(0);
-    let got = FrameCodec
+    let got = FrameCodec::sync()
         .read_response(&JOIN_PROTOCOL, &mut wire)
         .await
         .expect("read");
@@ -547,7 +563,7 @@ async fn codec_frames_round_trip_and_reject_bad_input() {
 
     // Writing over the limit is refused and writes nothing.
     let mut wire = futures::io::Cursor::new(Vec::new());
-    let err = FrameCodec
+    let err = FrameCodec::sync()
         .write_response(&JOIN_PROTOCOL, &mut wire, vec![0; MAX_RESPONSE + 1])
         .await
         .expect_err("over-long response");
@@ -556,7 +572,7 @@ async fn codec_frames_round_trip_and_reject_bad_input() {
 
     // Truncated header or body.
     for bad in [&[0u8, 0][..], &[0, 0, 0, 5, 1, 2][..], &[][..]] {
-        let err = FrameCodec
+        let err = FrameCodec::sync()
             .read_request(&JOIN_PROTOCOL, &mut futures::io::Cursor::new(bad))
             .await
             .expect_err("truncated frame");
@@ -626,7 +642,7 @@ async fn a_connection_over_the_limit_leaves_no_trace() {
         let mut b = new_swarm();
         let a_id = *a.local_peer_id();
         let addr = listen(&mut a).await;
-        let extra = net::MAX_CONNECTIONS_PER_PEER as usize + 1;
+        let extra = confer_node::strangers::MAX_CONNECTIONS_PER_PEER + 1;
         for _ in 0..extra {
             b.dial(
                 DialOpts::peer_id(a_id)
@@ -648,7 +664,10 @@ async fn a_connection_over_the_limit_leaves_no_trace() {
                 _ = a.select_next_some() => {}
             }
         }
-        assert_eq!(established, net::MAX_CONNECTIONS_PER_PEER as usize);
+        assert_eq!(
+            established,
+            confer_node::strangers::MAX_CONNECTIONS_PER_PEER
+        );
         // Closing the real connections must find every behaviour's books straight.
         assert!(b.disconnect_peer_id(a_id).is_ok());
         let mut closed = 0;
@@ -691,6 +710,130 @@ async fn a_connection_over_the_limit_leaves_no_trace() {
                 },
             }
         }
+    })
+    .await;
+}
+
+/// A codec that sends a join request's header claiming the largest body, then the body a
+/// byte at a time, slowly: a stranger holding streams open as long as it can. Writing to a
+/// stream the receiver has dropped fails, which ends the request.
+#[derive(Debug, Clone, Default)]
+struct TrickleCodec;
+
+impl Codec for TrickleCodec {
+    type Protocol = StreamProtocol;
+    type Request = Vec<u8>;
+    type Response = Vec<u8>;
+
+    async fn read_request<T>(&mut self, _: &StreamProtocol, _: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+
+    async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<Vec<u8>>
+    where
+        T: AsyncRead + Unpin + Send,
+    {
+        let mut data = Vec::new();
+        io.read_to_end(&mut data).await?;
+        Ok(data)
+    }
+
+    async fn write_request<T>(
+        &mut self,
+        _: &StreamProtocol,
+        io: &mut T,
+        _: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        let len = u32::try_from(MAX_JOIN_REQUEST).expect("fits in u32");
+        io.write_all(&len.to_be_bytes()).await?;
+        io.flush().await?;
+        for _ in 0..MAX_JOIN_REQUEST {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            io.write_all(&[0]).await?;
+            io.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn write_response<T>(
+        &mut self,
+        _: &StreamProtocol,
+        _: &mut T,
+        _: Vec<u8>,
+    ) -> io::Result<()>
+    where
+        T: AsyncWrite + Unpin + Send,
+    {
+        Err(io::ErrorKind::Unsupported.into())
+    }
+}
+
+/// A stranger opening many join streams and feeding each slowly holds only
+/// `MAX_JOIN_STREAMS` of them on a connection (each reading at most `MAX_JOIN_REQUEST`
+/// bytes); the node drops the others at once (well before a stream's 10 s timeout ends
+/// it), and none reaches the application.
+#[tokio::test]
+async fn a_stranger_holds_at_most_a_few_join_streams() {
+    const OPENED: usize = 20;
+    within(async {
+        let mut a = new_swarm();
+        let addr = listen(&mut a).await;
+        let mut hostile = SwarmBuilder::with_new_identity()
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default(),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .expect("transport builds")
+            .with_behaviour(|_| {
+                request_response::Behaviour::<TrickleCodec>::new(
+                    [(JOIN_PROTOCOL, ProtocolSupport::Full)],
+                    request_response::Config::default()
+                        .with_request_timeout(Duration::from_secs(300)),
+                )
+            })
+            .expect("behaviour builds")
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        connect(&mut hostile, &mut a, addr).await;
+        let a_id = *a.local_peer_id();
+        for _ in 0..OPENED {
+            hostile.behaviour_mut().send_request(&a_id, Vec::new());
+        }
+        let mut dropped = 0;
+        let dropping = async {
+            while dropped < OPENED - net::MAX_JOIN_STREAMS {
+                tokio::select! {
+                    event = a.select_next_some() => {
+                        assert!(
+                            join_event(event).is_none_or(|e| !matches!(
+                                e,
+                                request_response::Event::Message { .. }
+                            )),
+                            "a request reached the application"
+                        );
+                    }
+                    event = hostile.select_next_some() => {
+                        if let SwarmEvent::Behaviour(
+                            request_response::Event::OutboundFailure { .. },
+                        ) = event
+                        {
+                            dropped += 1;
+                        }
+                    }
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), dropping)
+            .await
+            .expect("the streams over the limit are dropped at once");
     })
     .await;
 }

@@ -8,10 +8,14 @@ use confer_node::net::{self, NetConfig};
 use confer_room::InviteError;
 use confer_room::invite::JoinResponse;
 use confer_tests::{TestNode, within};
+use rand::SeedableRng;
+
+mod bare;
+use bare::BareFacilitator;
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic};
 use libp2p::swarm::SwarmEvent;
-use libp2p::{Multiaddr, identity};
+use libp2p::{Multiaddr, PeerId, Swarm, identity};
 
 async fn invite(node: &TestNode, room: &str, expires_in_secs: u64) -> String {
     match node
@@ -192,91 +196,180 @@ async fn dropped(node: &TestNode) -> u64 {
     }
 }
 
-/// A stranger with an ordinary libp2p stack connects, learns the room's opaque topic from
-/// the subscription announcement, subscribes to it and sends garbage every way it can. It
-/// receives none of the room's messages, and nothing it sends reaches the store.
+/// A stranger's key, the same for the same seed.
+fn stranger_key(seed: u64) -> identity::Keypair {
+    let mut secret = [0x5a; 32];
+    secret[..8].copy_from_slice(&seed.to_le_bytes());
+    identity::Keypair::ed25519_from_bytes(secret).expect("any 32 bytes are a key")
+}
+
+/// A stranger's swarm: the node's own behaviours (an ordinary libp2p stack) under a
+/// fresh identity, modified to take part in gossip with `member`'s node.
+fn stranger_swarm(seed: u64, member: PeerId) -> Swarm<net::Behaviour> {
+    let swarm = net::build_swarm(
+        stranger_key(seed),
+        &NetConfig::for_tests(),
+        net::DialPolicy::open(),
+    )
+    .expect("swarm");
+    swarm.behaviour().peers().recognise(member);
+    swarm
+}
+
+/// What a stranger's swarm got from a member's node in one visit.
+#[derive(Debug, Default)]
+struct Visit {
+    /// Topics the node announced to it.
+    subscribed: Vec<gossipsub::TopicHash>,
+    /// Gossip messages it received.
+    messages: usize,
+    /// What the node's identify told it.
+    identified: Vec<libp2p::identify::Info>,
+    /// Its sync request failed (no sync for strangers).
+    sync_refused: bool,
+}
+
+/// Dials `member` at `addr`, sends garbage on the join and sync protocols once connected,
+/// and records what arrives until the member's node closes the connection.
+async fn visit(stranger: &mut Swarm<net::Behaviour>, member: PeerId, addr: Multiaddr) -> Visit {
+    use libp2p::request_response::Event as Rr;
+    let mut seen = Visit::default();
+    stranger.dial(addr).expect("dial");
+    loop {
+        match stranger.select_next_some().await {
+            SwarmEvent::ConnectionEstablished { peer_id, .. } if peer_id == member => {
+                let behaviour = stranger.behaviour_mut();
+                behaviour.join.send_request(&member, vec![0xFF; 100]);
+                behaviour.sync.send_request(&member, vec![0x00; 50]);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } if peer_id == member => return seen,
+            SwarmEvent::Behaviour(net::BehaviourEvent::Gossipsub(event)) => match event {
+                gossipsub::Event::Subscribed { topic, .. } => seen.subscribed.push(topic),
+                gossipsub::Event::Message { .. } => seen.messages += 1,
+                _ => {}
+            },
+            SwarmEvent::Behaviour(net::BehaviourEvent::Identify(
+                libp2p::identify::Event::Received { info, .. },
+            )) => seen.identified.push(info),
+            SwarmEvent::Behaviour(net::BehaviourEvent::Sync(Rr::OutboundFailure { .. })) => {
+                seen.sync_refused = true;
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Asserts that identify told a stranger nothing of Confer: no listening address, a
+/// generic version and agent, and neither gossip nor sync among the protocols offered.
+fn assert_identify_tells_nothing(seen: &Visit) {
+    assert!(!seen.identified.is_empty(), "identify answered");
+    for info in &seen.identified {
+        assert!(info.listen_addrs.is_empty(), "{:?}", info.listen_addrs);
+        assert!(!info.protocol_version.contains("confer"), "{info:?}");
+        assert!(!info.agent_version.contains("confer"), "{info:?}");
+        for protocol in &info.protocols {
+            let protocol = protocol.as_ref();
+            assert!(
+                !protocol.contains("meshsub") && *protocol != *net::SYNC_PROTOCOL.as_ref(),
+                "offered {protocol}"
+            );
+        }
+    }
+}
+
+/// A stranger with an ordinary libp2p stack, modified to take part in gossip, connects and
+/// sends garbage every way it can. It is told no topic (gossip does not run with it),
+/// nothing of Confer by identify, cannot use the sync protocol, and receives none of the
+/// room's messages; its join garbage is dropped and counted, nothing of it reaches the
+/// store, and the node closes the connection after a few seconds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stranger_gets_nothing_and_its_garbage_is_dropped() {
     let member = TestNode::start("Member").await;
     create(&member, "Private").await;
     member.send("Private", "kept").await;
     let addr: Multiaddr = member.node.listen_addrs()[0].parse().unwrap();
+    let member_peer: PeerId = member.node.peer_id().parse().unwrap();
 
-    let mut stranger = net::build_swarm(
-        identity::Keypair::generate_ed25519(),
-        &NetConfig::for_tests(),
-        net::DialPolicy::open(),
-    )
-    .unwrap();
-    stranger.dial(addr).unwrap();
-    let topic = within("the member's subscription", async {
-        loop {
-            if let SwarmEvent::Behaviour(net::BehaviourEvent::Gossipsub(
-                gossipsub::Event::Subscribed { topic, .. },
-            )) = stranger.select_next_some().await
-            {
-                return topic;
-            }
-        }
-    })
-    .await;
-    let member_peer: libp2p::PeerId = member.node.peer_id().parse().unwrap();
-    let topic = IdentTopic::new(topic.into_string());
-    stranger
-        .behaviour_mut()
-        .gossipsub
-        .subscribe(&topic)
-        .unwrap();
-    let _ = stranger
-        .behaviour_mut()
-        .gossipsub
-        .publish(topic.clone(), vec![0xAB; 300]);
-    let _ = stranger
-        .behaviour_mut()
-        .gossipsub
-        .publish(topic, b"not an envelope".to_vec());
-    stranger
-        .behaviour_mut()
-        .join
-        .send_request(&member_peer, vec![0xFF; 100]);
-    stranger
-        .behaviour_mut()
-        .sync
-        .send_request(&member_peer, vec![0x00; 50]);
-    let (received_tx, mut received_rx) = tokio::sync::mpsc::channel::<Vec<u8>>(16);
-    let driver = tokio::spawn(async move {
-        loop {
-            if let SwarmEvent::Behaviour(net::BehaviourEvent::Gossipsub(
-                gossipsub::Event::Message { message, .. },
-            )) = stranger.select_next_some().await
-            {
-                let _ = received_tx.send(message.data).await;
-            }
-        }
-    });
-
-    // The join and sync garbage are answered and counted.
+    let mut stranger = stranger_swarm(1, member_peer);
+    let visiting = tokio::spawn(async move { visit(&mut stranger, member_peer, addr).await });
+    // The join garbage is answered and counted.
     within("the garbage to be counted", async {
-        while dropped(&member).await < 2 {
+        while dropped(&member).await < 1 {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     })
     .await;
-    // The member keeps talking; over many gossip heartbeats the stranger hears nothing.
+    // The member keeps talking while the stranger is connected.
     for i in 0..5 {
         member.send("Private", &format!("private {i}")).await;
     }
-    let heard = tokio::time::timeout(Duration::from_secs(2), received_rx.recv()).await;
-    assert!(
-        heard.is_err(),
-        "the stranger received room traffic: {heard:?}"
-    );
-    driver.abort();
+    let seen = within("the node to close the stranger's connection", visiting)
+        .await
+        .unwrap();
+    assert!(seen.subscribed.is_empty(), "told {:?}", seen.subscribed);
+    assert_eq!(seen.messages, 0, "the stranger received room traffic");
+    assert!(seen.sync_refused, "the stranger used the sync protocol");
+    assert_identify_tells_nothing(&seen);
     assert_eq!(
         member.history("Private").await.len(),
         6,
         "nothing of the stranger's stored"
     );
+}
+
+/// A stranger connected while a member's node takes up a new key, and connected again
+/// after, is told neither the old topic nor the new one: the change of key cannot be seen,
+/// nor linked to the room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stranger_sees_no_topic_before_or_after_a_rotation() {
+    let member = TestNode::start("Member").await;
+    create(&member, "Private").await;
+    let addr: Multiaddr = member.node.listen_addrs()[0].parse().unwrap();
+    let member_peer: PeerId = member.node.peer_id().parse().unwrap();
+    let mut stranger = stranger_swarm(2, member_peer);
+    let stranger_peer = stranger.local_peer_id().to_string();
+
+    let first = {
+        let addr = addr.clone();
+        tokio::spawn(async move {
+            let seen = visit(&mut stranger, member_peer, addr).await;
+            (stranger, seen)
+        })
+    };
+    within("the stranger to connect", async {
+        while !member
+            .status()
+            .await
+            .connections
+            .iter()
+            .any(|c| c.peer_id == stranger_peer)
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    member
+        .ok(Request::Rotate {
+            room: "Private".into(),
+        })
+        .await;
+    member.send("Private", "under the new key").await;
+    let (mut stranger, during) = within("the node to close the first visit", first)
+        .await
+        .unwrap();
+    let after = within(
+        "the node to close the second visit",
+        visit(&mut stranger, member_peer, addr),
+    )
+    .await;
+    for seen in [&during, &after] {
+        assert!(seen.subscribed.is_empty(), "told {:?}", seen.subscribed);
+        assert_eq!(seen.messages, 0);
+    }
 }
 
 /// Someone who asks to join too often (here under a name already taken) is told so, each
@@ -402,6 +495,8 @@ async fn a_member_of_another_room_gets_nothing_of_this_one() {
     let keypair = identity::Keypair::ed25519_from_bytes(&mut secret).unwrap();
     let mut carol_swarm =
         net::build_swarm(keypair, &NetConfig::for_tests(), net::DialPolicy::open()).unwrap();
+    let alice_peer: PeerId = alice.node.peer_id().parse().unwrap();
+    carol_swarm.behaviour().peers().recognise(alice_peer);
     carol_swarm.dial(addr).unwrap();
     let mut heard = std::collections::HashSet::new();
     within("Alice's two room topics", async {
@@ -477,4 +572,257 @@ async fn a_member_of_another_room_gets_nothing_of_this_one() {
         "Carol received {} messages of Bob's room",
         elsewhere.len()
     );
+}
+
+/// A member of one of Alice's rooms, with a modified client, publishes on the topic of
+/// another of Alice's rooms a genuine message of that room (one its facilitator, Sam,
+/// sealed), then a message of her own room. Alice's node takes her own room's message and
+/// ignores the other without opening it: gossip on a room's topic is heard only from that
+/// room's members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_of_another_room_cannot_post_into_this_one() {
+    let (mut sam, alice) = BareFacilitator::with_member("Sam's room", "Alice").await;
+    let carol = TestNode::start("Carol").await;
+    alice
+        .form_room("Carol's room", "Alice", &[(&carol, "Carol")])
+        .await;
+    let addr: Multiaddr = alice.node.listen_addrs()[0].parse().unwrap();
+    let alice_peer: PeerId = alice.node.peer_id().parse().unwrap();
+
+    // Carol's node steps aside; her identity and her room come back in a bare swarm.
+    carol.node.clone().shutdown().await;
+    let profile = confer_store::Profile::unlock(carol.home(), confer_tests::PASSPHRASE).unwrap();
+    let carols_room = {
+        let store = confer_store::Store::open(&profile).unwrap();
+        let (_, bytes) = store.rooms().unwrap().into_iter().next().unwrap();
+        confer_room::Room::from_bytes(&bytes).unwrap()
+    };
+    let mut secret = *profile.device_secret();
+    let keypair = identity::Keypair::ed25519_from_bytes(&mut secret).unwrap();
+    let mut carol_swarm =
+        net::build_swarm(keypair, &NetConfig::for_tests(), net::DialPolicy::open()).unwrap();
+    carol_swarm.behaviour().peers().recognise(alice_peer);
+    carol_swarm.dial(addr).unwrap();
+    let sams_topic = IdentTopic::new(sam.room.sending_topic().unwrap());
+    let carols_topic = IdentTopic::new(carols_room.sending_topic().unwrap());
+    within("Alice's two room topics", async {
+        let mut heard = std::collections::HashSet::new();
+        while !(heard.contains(&sams_topic.hash()) && heard.contains(&carols_topic.hash())) {
+            if let SwarmEvent::Behaviour(net::BehaviourEvent::Gossipsub(
+                gossipsub::Event::Subscribed { topic, .. },
+            )) = carol_swarm.select_next_some().await
+            {
+                heard.insert(topic);
+            }
+        }
+    })
+    .await;
+
+    let dropped_before = dropped(&alice).await;
+    let sams = sam.seal("Sam's words, carried by Carol");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let (carols, _) = carols_room
+        .seal_message(
+            "Carol's own words",
+            now,
+            &mut rand::rngs::StdRng::seed_from_u64(3),
+        )
+        .unwrap();
+    let gossip = &mut carol_swarm.behaviour_mut().gossipsub;
+    gossip.publish(sams_topic, sams).unwrap();
+    gossip.publish(carols_topic, carols).unwrap();
+    let driver = tokio::spawn(async move {
+        loop {
+            carol_swarm.select_next_some().await;
+        }
+    });
+    // Both went over one connection in order: once Carol's is in, Sam's was handled.
+    within("Carol's message", async {
+        while !alice
+            .said("Carol's room")
+            .await
+            .iter()
+            .any(|m| m.text == "Carol's own words")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    driver.abort();
+    assert!(
+        !alice
+            .said("Sam's room")
+            .await
+            .iter()
+            .any(|m| m.text == "Sam's words, carried by Carol"),
+        "a member of another room posted into Sam's"
+    );
+    assert!(dropped(&alice).await > dropped_before, "counted as dropped");
+}
+
+/// A throwaway swarm that dials `addr` under its own key and holds whatever connection
+/// it gets; reports whether it got one.
+fn throwaway(
+    seed: u64,
+    addr: Multiaddr,
+    got: tokio::sync::mpsc::Sender<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(stranger_key(seed))
+        .with_tokio()
+        .with_tcp(
+            libp2p::tcp::Config::default(),
+            libp2p::noise::Config::new,
+            libp2p::yamux::Config::default,
+        )
+        .expect("transport")
+        .with_behaviour(|_| libp2p::swarm::dummy::Behaviour)
+        .expect("behaviour")
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(3600)))
+        .build();
+    tokio::spawn(async move {
+        swarm.dial(addr).expect("dial");
+        let mut told = false;
+        loop {
+            let outcome = match swarm.select_next_some().await {
+                SwarmEvent::ConnectionEstablished { .. } => true,
+                SwarmEvent::OutgoingConnectionError { .. } => false,
+                _ => continue,
+            };
+            if !std::mem::replace(&mut told, true) {
+                let _ = got.send(outcome).await;
+            }
+        }
+    })
+}
+
+/// Hundreds of throwaway identities connect to Alice's node from one host (one swarm
+/// each, dialling in batches) while Bob's node is off. When Bob's node starts again, it
+/// and Alice's connect and Bob's message reaches Alice: strangers can hold only a few of a
+/// node's connections, and never those kept for its members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_strangers_cannot_keep_a_member_out() {
+    const STRANGERS: u64 = 300;
+    const BATCH: u64 = 25;
+    let alice = TestNode::start("Alice").await;
+    let mut bob = TestNode::start("Bob").await;
+    alice.form_room("Room", "Alice", &[(&bob, "Bob")]).await;
+    bob.node.clone().shutdown().await;
+    alice.until_alone().await;
+
+    let addr: Multiaddr = alice.node.listen_addrs()[0].parse().unwrap();
+    let (got_tx, mut got) = tokio::sync::mpsc::channel(BATCH as usize);
+    let mut crowd = Vec::new();
+    let mut connected = 0;
+    for batch in 0..STRANGERS / BATCH {
+        for i in 0..BATCH {
+            crowd.push(throwaway(
+                100 + batch * BATCH + i,
+                addr.clone(),
+                got_tx.clone(),
+            ));
+        }
+        for _ in 0..BATCH {
+            connected += usize::from(within("a stranger's dial", got.recv()).await.unwrap());
+        }
+    }
+    eprintln!("{connected} of {STRANGERS} strangers got a connection");
+
+    bob.restart().await;
+    bob.send("Room", "through the crowd").await;
+    within("Bob's message to reach Alice", async {
+        while !alice
+            .said("Room")
+            .await
+            .iter()
+            .any(|m| m.text == "through the crowd")
+        {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+    for stranger in crowd {
+        stranger.abort();
+    }
+}
+
+/// Carol, removed from Alice's room while her node (a modified client here, under her
+/// own identity) is connected, is not told the room's new topic: Alice's node stops
+/// taking part in gossip with her and takes up the new key's topic only once her
+/// connection has closed. (Before, she had been told the old topic, as a member.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_is_not_told_the_new_topic() {
+    let alice = TestNode::start("Alice").await;
+    let bob = TestNode::start("Bob").await;
+    let carol = TestNode::start("Carol").await;
+    alice
+        .form_room("Room", "Alice", &[(&bob, "Bob"), (&carol, "Carol")])
+        .await;
+    let addr: Multiaddr = alice.node.listen_addrs()[0].parse().unwrap();
+    let alice_peer: PeerId = alice.node.peer_id().parse().unwrap();
+
+    carol.node.clone().shutdown().await;
+    let profile = confer_store::Profile::unlock(carol.home(), confer_tests::PASSPHRASE).unwrap();
+    let mut secret = *profile.device_secret();
+    let keypair = identity::Keypair::ed25519_from_bytes(&mut secret).unwrap();
+    let mut carol_swarm =
+        net::build_swarm(keypair, &NetConfig::for_tests(), net::DialPolicy::open()).unwrap();
+    carol_swarm.behaviour().peers().recognise(alice_peer);
+    carol_swarm.dial(addr).unwrap();
+    let old = within("the room's topic, told to Carol as a member", async {
+        loop {
+            if let SwarmEvent::Behaviour(net::BehaviourEvent::Gossipsub(
+                gossipsub::Event::Subscribed { topic, .. },
+            )) = carol_swarm.select_next_some().await
+            {
+                return topic;
+            }
+        }
+    })
+    .await;
+
+    let removing = tokio::spawn(async move {
+        let mut told = Vec::new();
+        loop {
+            match carol_swarm.select_next_some().await {
+                SwarmEvent::Behaviour(net::BehaviourEvent::Gossipsub(
+                    gossipsub::Event::Subscribed { topic, .. },
+                )) => told.push(topic),
+                SwarmEvent::ConnectionClosed {
+                    peer_id,
+                    num_established: 0,
+                    ..
+                } if peer_id == alice_peer => return told,
+                _ => {}
+            }
+        }
+    });
+    alice
+        .ok(Request::Remove {
+            room: "Room".into(),
+            member: "Carol".into(),
+        })
+        .await;
+    let told = within("Alice's node to close Carol's connection", removing)
+        .await
+        .unwrap();
+    assert!(
+        told.iter().all(|t| *t == old),
+        "Carol was told a new topic: {told:?}"
+    );
+    // The room did move on, and Bob is on the new topic.
+    bob.send("Room", "after Carol").await;
+    within("Bob's message", async {
+        while !alice
+            .said("Room")
+            .await
+            .iter()
+            .any(|m| m.text == "after Carol")
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
 }

@@ -223,3 +223,60 @@ async fn only_relays_learned_from_invites_are_kept_in_the_settings() {
     relay_a.shutdown().await;
     relay_b.shutdown().await;
 }
+
+/// A relay-only member given a forged invite (anyone can make one) that names a relay and
+/// a facilitator who never answers uses that relay for the attempt only: afterwards its
+/// node holds no reservation there and its settings (`confer config show`) name no relay.
+/// A relay kept would learn for good when, and from where, the member's node is online.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_invite_leaves_no_relay_behind() {
+    use rand::SeedableRng;
+    let relay = start_relay().await;
+    let relay_addr = relay.addresses()[0].to_string();
+    let bob = TestNode::start_reaching("Bob", true, &[]).await;
+
+    // A room nobody runs, and an invite to it from a facilitator whose node never
+    // reserved a slot on the relay.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let facilitator = libp2p::identity::Keypair::ed25519_from_bytes([0x46; 32])
+        .expect("a key")
+        .public()
+        .to_peer_id();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64;
+    let mut room =
+        confer_room::Room::create("Forged", "Mallory", facilitator.to_bytes(), now, &mut rng)
+            .expect("room");
+    let code = room
+        .issue_invite(
+            vec![format!("{relay_addr}/p2p-circuit/p2p/{facilitator}")],
+            facilitator.to_bytes(),
+            now / 1000 + 600,
+            &mut rng,
+        )
+        .expect("invite")
+        .to_code();
+
+    let message = bob
+        .err(Request::Join {
+            code,
+            display_name: Some("Bob".into()),
+            wait_secs: 0,
+        })
+        .await;
+    assert!(message.contains("could not reach"), "{message}");
+    assert!(
+        bob.status().await.relays.is_empty(),
+        "the invite's relay is still in use"
+    );
+
+    let home = bob.home.path().to_path_buf();
+    bob.node.clone().shutdown().await;
+    let profile = Profile::unlock(&home, PASSPHRASE).expect("unlock");
+    let settings = Settings::load(&profile).expect("settings");
+    assert!(settings.relays.is_empty(), "{:?}", settings.relays);
+    drop(bob);
+    relay.shutdown().await;
+}

@@ -401,7 +401,9 @@ impl EventLoop {
         } else {
             Vec::new()
         };
-        let addresses = self.member_addresses(&id);
+        let mut addresses = self.member_addresses(&id);
+        // Ours first: a receiver reads at most eight entries.
+        addresses.insert(0, self.own_entry());
         let mut salt = sync::Salt::default();
         rand::rand_core::Rng::fill_bytes(&mut rng(), &mut salt);
         let summary = self.durable_summary(&id, &salt);
@@ -433,6 +435,19 @@ impl EventLoop {
         let index = self.index.get(id).unwrap_or(&empty);
         let not_durable = &self.commit.not_durable;
         sync::summary_of(index, salt, |m| !not_durable.contains(m))
+    }
+
+    /// This node's own entry among the addresses it pushes (see
+    /// [`SyncPush::addresses`]): its Confer version, then where it can be reached (what an
+    /// invite of it would list: in relay-only mode relayed addresses only).
+    pub(super) fn own_entry(&self) -> (Vec<u8>, Vec<String>) {
+        let mut entry = vec![self.protocol_version.to_owned()];
+        entry.extend(
+            self.invite_addresses()
+                .into_iter()
+                .take(sync::MAX_ADDRESSES_PER_PEER - 1),
+        );
+        (self.swarm.local_peer_id().to_bytes(), entry)
     }
 
     /// Known addresses of the room's members, to share with other members.
@@ -657,6 +672,9 @@ impl EventLoop {
             out.in_flight = out.in_flight.saturating_sub(1);
         }
         self.pump(peer);
+        if self.former.contains_key(&peer) && !self.pushing_to(&peer) {
+            self.release_former_members(Instant::now());
+        }
     }
 
     /// The other side's answer to our push: confirmations, and where our histories differ.
@@ -838,6 +856,15 @@ impl EventLoop {
             }
             return Some(SyncReply::default());
         }
+        let version = push
+            .addresses
+            .iter()
+            .find(|(peer, _)| *peer == from_bytes)
+            .and_then(|(_, entry)| entry.iter().find(|a| a.starts_with(sync::VERSION_PREFIX)));
+        if let Some(version) = version {
+            let version = version.clone();
+            self.heard_version(from, &version);
+        }
         for (peer, addrs) in push.addresses.into_iter().take(8) {
             let Ok(peer) = PeerId::from_bytes(&peer) else {
                 continue;
@@ -849,7 +876,7 @@ impl EventLoop {
             if is_member && peer != *self.swarm.local_peer_id() {
                 let addrs: Vec<Multiaddr> = addrs
                     .iter()
-                    .take(8)
+                    .take(sync::MAX_ADDRESSES_PER_PEER)
                     .filter_map(|a| a.parse().ok())
                     .collect();
                 self.learn_addresses(peer, addrs);

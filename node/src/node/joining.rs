@@ -20,6 +20,11 @@ pub(super) struct PendingJoin {
     pub(super) wait_until: Option<Instant>,
     /// How long until the next try, if this one cannot reach the facilitator either.
     pub(super) retry_in: Duration,
+    /// The relays of the invite's addresses this node did not use before: used for this
+    /// join only, and kept in the profile's settings once a welcome has been verified
+    /// (anyone can make an invite, and a relay kept would learn where and when this node
+    /// is online for good).
+    pub(super) relays: Vec<Multiaddr>,
 }
 
 /// The first pause before trying again to reach a facilitator's node that could not be
@@ -38,6 +43,10 @@ const JOIN_ATTEMPTS: u32 = 3;
 /// join requests from it: that node answers so only once in a while, then not at all, and
 /// "could not reach the facilitator" would be the wrong thing to tell the person.
 const JOIN_PAUSE: Duration = Duration::from_secs(60);
+
+/// Most joiners remembered as answered (see `EventLoop::answered`); past that, a joiner
+/// may be reconnected before it has read its answer, and asks again.
+const MAX_ANSWERED: usize = 1024;
 
 /// Largest [`DOUBTFUL_JOIN`] record read back (an invite id and two 32-byte secrets).
 const MAX_DOUBTFUL_JOIN: usize = 1024;
@@ -98,16 +107,11 @@ impl EventLoop {
             };
             return refuse(reply, message.into());
         }
-        // The facilitator's relays become ours too: we stay reachable to the room through
-        // them, which a relay-only member needs.
-        for relay in self.reach.new_relays(&usable) {
-            self.use_relay(relay);
-        }
         for addr in &usable {
             self.swarm.add_peer_address(peer, addr.clone());
         }
         // The facilitator we are joining counts as a member here (see `known_peer`).
-        if self.addresses.learn(peer, true, usable) {
+        if self.addresses.learn(peer, true, usable.iter().cloned()) {
             self.addresses_dirty = true;
         }
         let doubtful = self.doubtful_join(&invite);
@@ -125,6 +129,14 @@ impl EventLoop {
             Ok(request) => request,
             Err(e) => return refuse(reply, e.to_string()),
         };
+        // The facilitator's relays are used to reach it, and if it lets us in they become
+        // ours: we stay reachable to the room through them, which a relay-only member needs.
+        let mut relays = Vec::new();
+        for relay in self.reach.new_relays(&usable) {
+            if self.reach.add_relay(relay.clone()) {
+                relays.push(relay);
+            }
+        }
         self.send_join(
             peer,
             PendingJoin {
@@ -136,9 +148,30 @@ impl EventLoop {
                 perhaps_admitted,
                 wait_until: (!wait.is_zero()).then(|| Instant::now() + wait),
                 retry_in: JOIN_RETRY_FIRST,
+                relays,
             },
         );
         Ok(())
+    }
+
+    /// A join that ended: its relays are kept in the settings if it let us in, otherwise
+    /// no longer used (unless another join in progress uses them).
+    fn join_ended(&mut self, relays: Vec<Multiaddr>, joined: bool) {
+        for relay in relays {
+            if joined {
+                self.keep_relay(&relay);
+                continue;
+            }
+            let wanted = self
+                .pending_joins
+                .values()
+                .chain(self.joins_waiting.iter().map(|(_, _, p)| p))
+                .any(|p| p.relays.contains(&relay));
+            if !wanted && self.reach.drop_relay(&mut self.swarm, &relay) {
+                tracing::debug!("no longer using the relay of an invite that let nobody in");
+            }
+        }
+        self.recognise_peers();
     }
 
     pub(super) fn send_join(&mut self, facilitator: PeerId, mut pending: PendingJoin) {
@@ -149,6 +182,7 @@ impl EventLoop {
             .join
             .send_request(&facilitator, pending.request.clone());
         self.pending_joins.insert(id, pending);
+        self.recognise_peers();
     }
 
     /// A join request that got no answer: sent again if the connection failed while the
@@ -184,11 +218,13 @@ impl EventLoop {
             keys,
             reply,
             perhaps_admitted,
+            relays,
             ..
         } = pending;
         if perhaps_admitted {
             self.keep_doubtful_join(&invite, &keys);
         }
+        self.join_ended(relays, false);
         let message = if matches!(failure, OutboundFailure::UnsupportedProtocols) {
             "the facilitator's node does not speak this version's join protocol; make sure you both run the same version of Confer".to_owned()
         } else if unreachable {
@@ -227,6 +263,7 @@ impl EventLoop {
                         "the facilitator's node could not be reached before the invite expired; ask the facilitator for a new one",
                     ));
                 }
+                self.join_ended(pending.relays, false);
                 continue;
             }
             // A failed dial makes libp2p forget the addresses it tried: give them again.
@@ -282,6 +319,7 @@ impl EventLoop {
             invite,
             keys,
             reply,
+            relays,
             ..
         } = pending;
         let answer = match JoinResponse::from_bytes(response) {
@@ -306,8 +344,9 @@ impl EventLoop {
                                         "could not store the facilitator's address: {e}"
                                     );
                                 }
-                                self.rescore_peers();
+                                self.recognise_peers();
                                 self.sync_topics(id);
+                                self.reconnect_to_facilitator(&invite);
                                 Reply::Room(info)
                             }
                             Err(e) => {
@@ -333,7 +372,20 @@ impl EventLoop {
                 error("the facilitator's node sent an answer that could not be read")
             }
         };
+        self.join_ended(relays, matches!(answer, Reply::Room(_)));
         let _ = reply.send(answer);
+    }
+
+    /// Replaces the connection a join went over, once the welcome is in: the
+    /// facilitator's node took it for a stranger's when it was made, so neither gossip
+    /// nor sync runs on it there (`net::Gated`).
+    fn reconnect_to_facilitator(&mut self, invite: &Invite) {
+        let Ok(facilitator) = PeerId::from_bytes(&invite.body.facilitator_peer) else {
+            return;
+        };
+        if self.swarm.is_connected(&facilitator) && !self.replacing.contains_key(&facilitator) {
+            self.replace_connections(facilitator);
+        }
     }
 
     /// A former member's node asking to join again with a valid invite: the room's key
@@ -417,7 +469,13 @@ impl EventLoop {
             self.rooms.insert(id, *before);
             return JoinResponse::Refused(InviteError::BadRequest);
         }
-        self.rescore_peers();
+        self.recognise_peers();
+        // Where the new member can be reached: identify tells no peer its listening
+        // addresses, and the member's own entry comes in its first sync push, which may
+        // never arrive if this node stops first. A joiner's node dials from its listening
+        // port when it can (TCP port reuse), so where its join came from is a good guess.
+        let seen = self.reach.remote_addresses(&from);
+        self.learn_addresses(from, seen);
         // Gate the joiner in before it subscribes. Whatever subscription of its node was
         // refused before (an old epoch's topic, if it was once a member) is not reheard
         // by reconnecting it: that would cut the connection the welcome goes back on, and
@@ -439,8 +497,11 @@ impl EventLoop {
         match event {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
-                    request, channel, ..
+                    request_id,
+                    request,
+                    channel,
                 } => {
+                    self.answering.insert(request_id, peer);
                     let now = std::time::Instant::now();
                     if self.limits.allow(peer, limits::Kind::Join, now) {
                         self.admit(peer, &request, channel);
@@ -476,11 +537,24 @@ impl EventLoop {
                     self.join_failed(peer, pending, e);
                 }
             }
-            request_response::Event::InboundFailure { error: e, .. } => {
+            request_response::Event::InboundFailure {
+                request_id,
+                error: e,
+                ..
+            } => {
+                self.answering.remove(&request_id);
                 self.dropped += 1;
                 tracing::debug!("inbound join request failed: {e}");
             }
-            request_response::Event::ResponseSent { .. } => {}
+            request_response::Event::ResponseSent {
+                request_id, peer, ..
+            } => {
+                // A joiner let in reconnects itself once it has read its welcome.
+                self.answering.remove(&request_id);
+                if self.answered.len() < MAX_ANSWERED {
+                    self.answered.insert(peer, Instant::now());
+                }
+            }
         }
     }
 }

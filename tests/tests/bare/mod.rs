@@ -140,7 +140,8 @@ impl BareFacilitator {
         };
         let mut join = tokio::spawn(async move { node.request(request).await });
         let mut answered = 0;
-        within("the join to end", async {
+        let mut joiner = None;
+        let reply = within("the join to end", async {
             loop {
                 let event = tokio::select! {
                     reply = &mut join => return reply.expect("join task"),
@@ -159,6 +160,7 @@ impl BareFacilitator {
                 else {
                     continue;
                 };
+                joiner = Some(from);
                 let request = JoinRequest::from_bytes(&request).expect("a valid request");
                 let admission = self
                     .room
@@ -183,7 +185,49 @@ impl BareFacilitator {
                 }
             }
         })
-        .await
+        .await;
+        if let (Reply::Room(_), Some(joiner)) = (&reply, joiner) {
+            self.recognise(joiner).await;
+        }
+        reply
+    }
+
+    /// Recognises `peer` as a member, as a node does once it has admitted it, and runs
+    /// until the joiner's node has replaced the connection it joined on (on which Sam's
+    /// node, having taken it for a stranger's, runs neither gossip nor sync) with a new
+    /// one, and closed the first.
+    async fn recognise(&mut self, peer: PeerId) {
+        self.swarm.behaviour().peers().recognise(peer);
+        let mut open = 1;
+        within("the joiner's node to connect again", async {
+            loop {
+                let gossips = self
+                    .swarm
+                    .behaviour()
+                    .gossipsub
+                    .all_peers()
+                    .any(|(p, _)| *p == peer);
+                if gossips && open == 1 {
+                    return;
+                }
+                match self.swarm.select_next_some().await {
+                    SwarmEvent::ConnectionEstablished {
+                        peer_id,
+                        num_established,
+                        ..
+                    } if peer_id == peer => open = num_established.get(),
+                    SwarmEvent::ConnectionClosed {
+                        peer_id,
+                        num_established,
+                        ..
+                    } if peer_id == peer => open = num_established,
+                    event => {
+                        self.take(event);
+                    }
+                }
+            }
+        })
+        .await;
     }
 
     /// Takes Sam's node off the network: every connection closes and nothing listens any
@@ -228,6 +272,7 @@ impl BareFacilitator {
         let peer: PeerId = status.peer_id.parse().expect("peer id");
         let address: Multiaddr = status.listen[0].parse().expect("address");
         self.swarm.add_peer_address(peer, address);
+        self.swarm.behaviour().peers().recognise(peer);
         peer
     }
 
