@@ -274,7 +274,7 @@ pub const MAX_JOIN_REQUEST: usize = confer_room::invite::MAX_JOIN_REQUEST;
 /// requests ([`MAX_JOIN_REQUEST`] bytes each) on a connection.
 pub const MAX_JOIN_STREAMS: usize = 8;
 
-/// Largest join or sync response, in bytes (excluding the 4-byte length prefix).
+/// Largest sync response, in bytes (excluding the 4-byte length prefix).
 pub const MAX_RESPONSE: usize = 1024 * 1024;
 
 /// gossipsub's `max_transmit_size`: the largest gossipsub frame accepted, in bytes. The
@@ -1375,20 +1375,26 @@ pub fn build_swarm(
 #[derive(Debug, Clone, Copy)]
 pub struct FrameCodec {
     max_request: usize,
+    max_response: usize,
 }
 
 impl FrameCodec {
-    /// The join protocol's: requests of at most [`MAX_JOIN_REQUEST`] bytes.
+    /// The join protocol's: requests of at most [`MAX_JOIN_REQUEST`] bytes, answers (a
+    /// welcome holds the whole room) of at most
+    /// [`confer_room::invite::MAX_JOIN_RESPONSE`].
     pub const fn join() -> FrameCodec {
         FrameCodec {
             max_request: MAX_JOIN_REQUEST,
+            max_response: confer_room::invite::MAX_JOIN_RESPONSE,
         }
     }
 
-    /// The sync protocol's: requests of at most [`MAX_REQUEST`] bytes.
+    /// The sync protocol's: requests of at most [`MAX_REQUEST`] bytes, answers of at most
+    /// [`MAX_RESPONSE`].
     pub const fn sync() -> FrameCodec {
         FrameCodec {
             max_request: MAX_REQUEST,
+            max_response: MAX_RESPONSE,
         }
     }
 }
@@ -1455,7 +1461,7 @@ impl request_response::Codec for FrameCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        read_frame(io, MAX_RESPONSE).await
+        read_frame(io, self.max_response).await
     }
 
     async fn write_request<T>(
@@ -1479,7 +1485,7 @@ impl request_response::Codec for FrameCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &response, MAX_RESPONSE).await
+        write_frame(io, &response, self.max_response).await
     }
 }
 

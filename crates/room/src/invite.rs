@@ -42,6 +42,9 @@ pub const MAX_ADDRESS_LEN: usize = 256;
 pub const MAX_NAME_LEN: usize = 64;
 /// The largest join request accepted, in bytes.
 pub const MAX_JOIN_REQUEST: usize = 4096;
+/// The largest answer to a join request, in bytes: a welcome holds the whole room, up to
+/// [`wire::MAX_LARGE`].
+pub const MAX_JOIN_RESPONSE: usize = wire::MAX_LARGE;
 
 const INVITE_LABEL: &[u8] = b"confer/v1/invite";
 const JOIN_LABEL: &[u8] = b"confer/v1/join-request";
@@ -256,12 +259,12 @@ pub enum JoinResponse {
 impl JoinResponse {
     /// Encodes for the network.
     pub fn to_bytes(&self) -> Vec<u8> {
-        wire::encode(self).unwrap_or_default()
+        wire::encode_large(self).unwrap_or_default()
     }
 
-    /// Decodes bytes from the network.
+    /// Decodes bytes from the network, at most [`MAX_JOIN_RESPONSE`].
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, InviteError> {
-        wire::decode(bytes, wire::MAX_WIRE).map_err(|_| InviteError::Malformed)
+        wire::decode_large(bytes, MAX_JOIN_RESPONSE).map_err(|_| InviteError::Malformed)
     }
 }
 

@@ -1608,6 +1608,10 @@ impl Room {
         let plaintext = zeroize::Zeroizing::new(
             wire::encode_large(&welcome).map_err(|_| InviteError::BadRequest)?,
         );
+        // What the sealing and the answer's framing add must still fit in an answer.
+        if plaintext.len() > crate::invite::MAX_JOIN_RESPONSE - WELCOME_OVERHEAD {
+            return Err(InviteError::BadRequest);
+        }
         let sealed = crypto::seal_to(
             &member.agreement,
             &welcome_aad(&self.id(), &member.id),
@@ -1906,6 +1910,10 @@ pub enum ForgedKind {
     /// An admission of a fresh key.
     Admit,
 }
+
+/// More than what sealing a welcome and framing it as an answer add to its plaintext
+/// (ephemeral key, nonce, tag and length prefixes: under 100 bytes).
+const WELCOME_OVERHEAD: usize = 1024;
 
 fn welcome_aad(room_id: &RoomId, joiner: &MemberId) -> Vec<u8> {
     let mut aad = WELCOME_LABEL.to_vec();

@@ -981,3 +981,45 @@ fn waiting_operations_are_bounded() {
     }
     assert_eq!(log.pending_len(), confer_room::log::MAX_PENDING_PER_AUTHOR);
 }
+
+/// A welcome holds the whole room: a room whose log is past the 1 MiB of an ordinary
+/// answer still admits, and the joiner's welcome decodes and opens.
+#[test]
+fn a_room_with_a_long_log_still_admits() {
+    let mut r = rng(32);
+    let mut rooms = room_of(MAX_MEMBERS - 1, &mut r);
+    while rooms[0].to_bytes().unwrap().len() < 1_200_000 {
+        for _ in 0..100 {
+            rooms[0].rotate(NOW, &mut r).unwrap();
+        }
+    }
+    let invite = rooms[0]
+        .issue_invite(vec![], b"fac".to_vec(), NOW / 1000 + 60, &mut r)
+        .unwrap();
+    let keys = MemberKeys::generate(&mut r);
+    let request = JoinRequest::new(
+        JoinBody {
+            room_id: invite.body.room_id,
+            invite_id: invite.body.invite_id,
+            secret: invite.body.secret.clone(),
+            member: keys.public(),
+            display_name: "Late".into(),
+            peer: b"late".to_vec(),
+        },
+        &keys,
+    )
+    .unwrap();
+    let answer = rooms[0]
+        .admit(&request, NOW, &mut r)
+        .unwrap()
+        .response
+        .to_bytes();
+    assert!(answer.len() > 1024 * 1024, "{} bytes", answer.len());
+    let confer_room::JoinResponse::Welcome(sealed) =
+        confer_room::JoinResponse::from_bytes(&answer).unwrap()
+    else {
+        panic!("refused")
+    };
+    let joined = Room::from_welcome(&invite, keys, &sealed, NOW).unwrap();
+    assert_eq!(joined.topic(), rooms[0].topic());
+}
