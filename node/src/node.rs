@@ -851,6 +851,7 @@ impl EventLoop {
         }
         self.redial_members();
         if self.ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
+            self.addresses.prune();
             let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
             for id in ids {
                 let pruned = self.rooms.get_mut(&id).is_some_and(|r| r.prune(now_ms()));
@@ -1915,7 +1916,7 @@ impl EventLoop {
     /// Keeps `addrs` for `peer` (bounded for non-members: see [`AddressBook`]).
     fn learn_addresses(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
         let member = self.known_peer(&peer);
-        if self.addresses.learn(peer, member, addrs) {
+        if self.addresses.learn(peer, member, addrs, Instant::now()) {
             self.addresses_dirty = true;
         }
     }
