@@ -1677,7 +1677,14 @@ impl EventLoop {
         if let Some(held) = self.transfers.held.get(&id).and_then(|h| h.get(&digest)) {
             return (MessageAcceptance::Accept, Some(*held));
         }
-        match room.open(&data, now_ms()) {
+        let now = now_ms();
+        match room.open(&data, now) {
+            // Dated more than a day ahead of this node's clock: refused for now (see
+            // `sync::too_far_ahead`); its author's node offers it again.
+            Ok(Incoming::Message(record)) if sync::too_far_ahead(record.sent_at, now) => {
+                self.dropped += 1;
+                (MessageAcceptance::Ignore, None)
+            }
             Ok(Incoming::Message(record)) => self.store_opened(id, record, data),
             Ok(Incoming::Op { new }) => {
                 if new {

@@ -53,6 +53,11 @@ const BUCKET_MS: u64 = 24 * 3600 * 1000;
 /// The most ids a reply lists (about 1 MiB).
 pub const MAX_REPLY_IDS: usize = 30_000;
 
+/// How far after the receiver's clock a message may be dated: one day. Later ones are
+/// refused ([`too_far_ahead`]); a clock that is hours wrong (a wrong time zone) still gets
+/// its messages through.
+pub const AHEAD_MS: u64 = BUCKET_MS;
+
 /// What the store keeps for each message: the verified record, and the envelope as it
 /// travelled (sealed, signed inside), to hand on to members who missed it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -169,6 +174,15 @@ impl SyncReply {
 /// The day bucket of a message sent at `sent_at` (Unix ms).
 pub fn day(sent_at: u64) -> u64 {
     sent_at / BUCKET_MS
+}
+
+/// Whether a message dated `sent_at` is dated too far after `now` (the receiver's clock,
+/// Unix ms) to be taken: more than [`AHEAD_MS`]. Refused now, it is taken once the
+/// receiver's clock has come close enough (its author's node offers it again). Without
+/// this a member could date its messages on thousands of days to come, one bucket each
+/// in every summary.
+pub fn too_far_ahead(sent_at: u64, now: u64) -> bool {
+    sent_at > now.saturating_add(AHEAD_MS)
 }
 
 /// Summarises an index of message id → sent_at, under `salt`.
@@ -421,6 +435,18 @@ mod tests {
         // Pruned once not asked again for `max` after the wait.
         wants.prune(now + Duration::from_secs(71));
         assert!(wants.asked.is_empty());
+    }
+
+    #[test]
+    fn a_message_more_than_a_day_ahead_is_too_far_ahead() {
+        let now = 1_800_000_000_000;
+        assert!(!too_far_ahead(now, now));
+        assert!(!too_far_ahead(now + 2 * 3600 * 1000, now));
+        assert!(!too_far_ahead(now + AHEAD_MS, now));
+        assert!(too_far_ahead(now + AHEAD_MS + 1, now));
+        assert!(!too_far_ahead(u64::MAX, u64::MAX - 1));
+        // Long ago is not refused: catch-up brings old messages.
+        assert!(!too_far_ahead(0, now));
     }
 
     fn index(entries: &[(u8, u64)]) -> BTreeMap<Id, u64> {

@@ -201,7 +201,7 @@ async fn a_leave_given_up_while_it_waits_is_not_carried_out_later() {
     );
 }
 
-/// A member whose clock is a year ahead (or who sets it so) must not pin its message to
+/// A member whose clock is hours ahead (or who sets it so) must not pin its message to
 /// the end of everyone's history: the message takes its place when it arrives, keeping
 /// the time its author gave it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,10 +213,7 @@ async fn a_message_dated_far_ahead_takes_its_place_when_it_arrives() {
             .expect("clock after 1970")
             .as_millis() as u64
     };
-    let ahead = sam.seal_at(
-        "Sam: read this last, always",
-        now_ms() + 365 * 24 * 3600 * 1000,
-    );
+    let ahead = sam.seal_at("Sam: read this last, always", now_ms() + 6 * 3600 * 1000);
     let answer = sam.push_to(&jo, vec![ahead], |_| true).await;
     assert_eq!(answer.stored.len(), 1, "Jo's node took it");
     // Jo's message is dated at least a millisecond after Sam's arrived.
@@ -236,6 +233,29 @@ async fn a_message_dated_far_ahead_takes_its_place_when_it_arrives() {
         history[0].sent_at,
         history[1].sent_at
     );
+}
+
+/// A message dated more than a day after the receiver's clock is refused: a member could
+/// otherwise spread its messages over thousands of days to come, and every summary
+/// would carry them. It is taken once the receiver's clock comes within a day of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_dated_more_than_a_day_ahead_is_refused() {
+    let (mut sam, jo) = BareFacilitator::with_member(ROOM, "Jo").await;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64
+    };
+    let dropped = jo.status().await.dropped;
+    let ahead = sam.seal_at(
+        "Sam: from the day after tomorrow",
+        now_ms() + 2 * 24 * 3600 * 1000,
+    );
+    let answer = sam.push_to(&jo, vec![ahead], |_| true).await;
+    assert!(answer.stored.is_empty(), "Jo's node took it: {answer:?}");
+    assert!(jo.history(ROOM).await.is_empty());
+    assert!(jo.status().await.dropped > dropped, "and counted it");
 }
 
 /// A member's node hands a member whose subscription it has just seen the envelopes it

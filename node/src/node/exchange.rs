@@ -269,7 +269,9 @@ impl EventLoop {
             threads,
             || room.clone(),
             |room, &i| match room.open(&envelopes[i], now) {
-                Ok(Incoming::Message(record)) => Some(record),
+                Ok(Incoming::Message(record)) if !sync::too_far_ahead(record.sent_at, now) => {
+                    Some(record)
+                }
                 _ => None,
             },
         );
