@@ -1,5 +1,13 @@
-//! Where peers can be reached: the addresses a node learns (from identify, from its own
-//! dials, from invites, from members' reports) and keeps for redialling room members.
+//! Where peers can be reached: the addresses a node learns and keeps for redialling room
+//! members.
+//!
+//! A member's addresses come from that member's own node only: what it says of itself
+//! (identify, its own entry in a push), where this node reached it, and its signed peer
+//! record ([`AddressBook::take_record`]: libp2p's routing record, signed by the node's
+//! own key), which other members pass on unchanged. What one member says about where
+//! another is, unsigned, is never taken: it could fill the other's entry with addresses
+//! where nothing listens, or make every node dial addresses of its choosing in the name
+//! of a member it does not run.
 //!
 //! Each peer's addresses are kept most recently confirmed first, at most [`PER_PEER`]:
 //! a new one replaces the one least recently confirmed, and one not confirmed for
@@ -16,6 +24,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use libp2p::core::{PeerRecord, SignedEnvelope};
 use libp2p::{Multiaddr, PeerId};
 
 /// Most addresses kept per peer.
@@ -30,6 +39,9 @@ struct Entry {
     /// Most recently confirmed first, with when.
     addrs: Vec<(Multiaddr, Instant)>,
     member: bool,
+    /// The newest signed peer record the peer's node made, as it travelled: its sequence
+    /// number and bytes.
+    record: Option<(u64, Vec<u8>)>,
 }
 
 /// The addresses a node knows, per peer.
@@ -83,6 +95,7 @@ impl AddressBook {
             Entry {
                 addrs: Vec::new(),
                 member,
+                record: None,
             }
         });
         if member && !entry.member {
@@ -90,6 +103,53 @@ impl AddressBook {
             self.others -= 1;
         }
         Some(entry)
+    }
+
+    /// Takes a signed peer record (as it travelled, at most
+    /// [`crate::sync::MAX_RECORD_BYTES`]) if its signature holds, the node that signed it
+    /// is one `is_member` accepts, and it is not older than the one kept: its addresses
+    /// are confirmed at `now` and it is kept to pass on. Returns the peer whose record it
+    /// was, if taken. The record kept already (members pass it on every round) is passed
+    /// over without checking its signature again.
+    pub fn take_record(
+        &mut self,
+        bytes: &[u8],
+        is_member: impl Fn(&PeerId) -> bool,
+        now: Instant,
+    ) -> Option<PeerId> {
+        if bytes.len() > crate::sync::MAX_RECORD_BYTES {
+            return None;
+        }
+        let kept = self
+            .peers
+            .values()
+            .any(|e| e.record.as_ref().is_some_and(|(_, b)| b == bytes));
+        if kept {
+            return None;
+        }
+        let envelope = SignedEnvelope::from_protobuf_encoding(bytes).ok()?;
+        let record = PeerRecord::from_signed_envelope(envelope).ok()?;
+        let peer = record.peer_id();
+        if !is_member(&peer) {
+            return None;
+        }
+        let seq = record.seq();
+        let entry = self.entry(peer, true)?;
+        if entry.record.as_ref().is_some_and(|(kept, _)| *kept > seq) {
+            return None;
+        }
+        entry.record = Some((seq, bytes.to_vec()));
+        self.learn(peer, true, record.addresses().iter().cloned(), now);
+        Some(peer)
+    }
+
+    /// The signed peer record kept for `peer`, as it travelled.
+    pub fn record(&self, peer: &PeerId) -> Option<&[u8]> {
+        self.peers
+            .get(peer)?
+            .record
+            .as_ref()
+            .map(|(_, bytes)| bytes.as_slice())
     }
 
     /// The addresses known for `peer`, most recently confirmed first.
@@ -136,9 +196,18 @@ impl AddressBook {
     }
 }
 
+/// This node's own signed peer record for `addrs`, as it travels, or `None` if it cannot
+/// be signed.
+pub fn own_record(keypair: &libp2p::identity::Keypair, addrs: Vec<Multiaddr>) -> Option<Vec<u8>> {
+    PeerRecord::new(keypair, addrs)
+        .ok()
+        .map(|r| r.into_signed_envelope().into_protobuf_encoding())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use libp2p::identity::Keypair;
 
     fn addr(port: u16) -> Multiaddr {
         format!("/ip4/192.0.2.1/tcp/{port}").parse().unwrap()
@@ -249,5 +318,39 @@ mod tests {
         assert_eq!(book.get(&moved), Some(vec![addr(4)]));
         // A member away for longer than that keeps its last known addresses.
         assert_eq!(book.get(&away), Some(vec![addr(3)]));
+    }
+
+    /// A record signed by a member's node is taken and kept to pass on; a stranger's, an
+    /// altered one or garbage are not.
+    #[test]
+    fn only_a_members_own_signed_record_is_taken() {
+        let mut book = AddressBook::default();
+        let now = Instant::now();
+        let carol = Keypair::generate_ed25519();
+        let carol_peer = carol.public().to_peer_id();
+        let stranger = Keypair::generate_ed25519();
+        let is_carol = |p: &PeerId| *p == carol_peer;
+
+        let record = own_record(&carol, vec![addr(7)]).unwrap();
+        assert_eq!(book.take_record(&record, is_carol, now), Some(carol_peer));
+        assert_eq!(book.get(&carol_peer), Some(vec![addr(7)]));
+        assert_eq!(book.record(&carol_peer), Some(record.as_slice()));
+        assert_eq!(
+            book.take_record(&record, is_carol, now),
+            None,
+            "kept already"
+        );
+
+        let theirs = own_record(&stranger, vec![addr(8)]).unwrap();
+        assert_eq!(book.take_record(&theirs, is_carol, now), None);
+        // Altered: its signature no longer holds.
+        let mut altered = record.clone();
+        if let Some(last) = altered.last_mut() {
+            *last ^= 1;
+        }
+        assert_eq!(book.take_record(&altered, is_carol, now), None);
+        assert_eq!(book.take_record(&[0xff; 40], is_carol, now), None);
+        assert_eq!(book.take_record(&vec![0; 4096], is_carol, now), None);
+        assert_eq!(book.get(&carol_peer), Some(vec![addr(7)]));
     }
 }

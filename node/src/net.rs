@@ -219,13 +219,15 @@ pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/join/1");
 /// The protocol on which members exchange operations, reconciliation summaries, wants and
 /// envelopes directly (a `SyncPush` request, a `SyncReply` response; see `crate::sync`),
 /// framed by [`FrameCodec`] like [`JOIN_PROTOCOL`].
-pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/sync/3");
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/sync/4");
 
 /// Protocol version announced by identify: which Confer nodes understand each other. It
 /// changes whenever nodes start sending what older ones cannot read (0.2.0: messages
-/// padded, which nodes of 0.1.0 refuse). A node tells its person which members' nodes
-/// announce another version (`MemberInfo::other_version`).
-pub const IDENTIFY_PROTOCOL_VERSION: &str = "/confer/0.2.0";
+/// padded, which nodes of 0.1.0 refuse; 0.3.0: [`SYNC_PROTOCOL`] 4, which nodes of 0.2.0
+/// do not speak, so catch-up and delivery confirmations stop between the two). A node
+/// tells its person which members' nodes announce another version
+/// (`MemberInfo::other_version`).
+pub const IDENTIFY_PROTOCOL_VERSION: &str = "/confer/0.3.0";
 
 /// Largest join request, in bytes (excluding the 4-byte length prefix).
 pub const MAX_REQUEST: usize = 64 * 1024;

@@ -33,6 +33,7 @@ use crate::api::{
     ChangeInfo, EventInfo, InviteInfo, InviteSummary, MAX_EVENTS, MemberInfo, MessageInfo, Reply,
     Request, RoomInfo, RoomSummary, StatusInfo,
 };
+use crate::budget::Budgets;
 use crate::limits;
 use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
 use crate::reach::{self, Reach};
@@ -313,7 +314,7 @@ impl Node {
         let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
             .map_err(|_| NodeError::BadListen("device key".into()))?;
         let peer_id = keypair.public().to_peer_id();
-        let mut swarm = net::build_swarm(keypair, &config.net, reach.policy())?;
+        let mut swarm = net::build_swarm(keypair.clone(), &config.net, reach.policy())?;
 
         let parsed = listen_on
             .iter()
@@ -430,6 +431,9 @@ impl Node {
             settings,
             commit: GroupCommit::default(),
             transfers: Transfers::default(),
+            budgets: Budgets::default(),
+            keypair,
+            own_record: None,
         };
         let ids: Vec<RoomId> = event_loop.rooms.keys().copied().collect();
         for id in ids {
@@ -640,6 +644,12 @@ struct EventLoop {
     settings: Settings,
     commit: GroupCommit,
     transfers: Transfers,
+    /// What each member may still make this node do (see [`crate::budget`]).
+    budgets: Budgets,
+    /// This node's key, to sign its peer records.
+    keypair: identity::Keypair,
+    /// This node's signed peer record, and the addresses it was made for.
+    own_record: Option<(Vec<Multiaddr>, Vec<u8>)>,
 }
 
 impl EventLoop {
@@ -839,7 +849,7 @@ impl EventLoop {
             let _ = self.change(id, |room, now, rng| room.rotate(now, rng));
         }
         let now = Instant::now();
-        self.transfers.wanted.prune(now);
+        self.prune_transfers(now);
         if std::mem::take(&mut self.manifest_dirty) {
             self.write_manifest();
         }
@@ -1786,14 +1796,18 @@ impl EventLoop {
     fn load_index(&mut self, id: RoomId) -> Result<(), NodeError> {
         let mut index = BTreeMap::new();
         let mut held = HashMap::new();
+        let mut keys = HashMap::new();
         self.store.for_each_message(&id.0, |_, _, bytes| {
             if let Some(stored) = StoredMessage::from_bytes(bytes) {
                 index.insert(stored.record.id, stored.record.sent_at);
                 held.insert(envelope_digest(&stored.envelope), stored.record.id);
+                keys.insert(stored.record.id, sync::holding_key(&stored.record));
             }
         })?;
         self.index.insert(id, index);
         self.transfers.held.insert(id, held);
+        self.transfers.keys.insert(id, keys);
+        *self.transfers.versions.entry(id).or_default() += 1;
         let mut unconfirmed: BTreeSet<Id> = self.store.outbox(&id.0)?.into_iter().collect();
         // An outbox kept the old way, in one record: moved into the tree, then dropped.
         if let Some(bytes) = self.store.room_state(&id.0, OUTBOX)? {

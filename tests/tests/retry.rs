@@ -154,22 +154,26 @@ async fn pending(node: &TestNode, id: &str) -> bool {
 }
 
 /// A member's node can take one of our messages and never say so (its answer lost, its
-/// node stopped first), and then the key changes, so the message is no longer pushed
-/// and asked about: it must not stay "not yet received by anyone else" for ever. That
-/// member's next reconciliation, whose summary covers the message, confirms it.
+/// node stopped first), and then the key changes, so the message is no longer pushed:
+/// it must not stay "not yet received by anyone else" for ever. The node's next
+/// reconciliation with that member asks it to prove it holds the message, and its proof
+/// confirms it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_a_member_holds_but_never_confirmed_is_confirmed_by_its_summary() {
-    let (mut sam, jo) = BareFacilitator::with_member(ROOM, "Jo").await;
+async fn a_message_a_member_holds_but_never_confirmed_is_confirmed_by_its_proof() {
+    let (mut sam, jo) = BareFacilitator::with_member_using(ROOM, "Jo", quick_rounds()).await;
     let id = jo.send(ROOM, "Jo: notes from Tuesday's session").await;
     sam.fetch(&jo, &id).await;
+    sam.rounds(3, "three of Jo's node's rounds").await;
     assert!(pending(&jo, &id).await, "Sam's node confirms nothing");
 
     let rotation = sam.rotate();
     sam.push_to(&jo, vec![rotation], |_| true).await;
-    assert!(
-        !pending(&jo, &id).await,
-        "Sam's summary covers Jo's message, yet it is still unconfirmed"
-    );
+    sam.proves = true;
+    sam.rounds(3, "three more of Jo's node's rounds").await;
+    until_history(&jo, "Sam's proof to confirm Jo's message", |h| {
+        h.iter().any(|m| m.message_id == id && !m.pending)
+    })
+    .await;
 }
 
 /// `leave` waits for a member to hold the leaver's last message. Someone who gives up
@@ -189,12 +193,14 @@ async fn a_leave_given_up_while_it_waits_is_not_carried_out_later() {
     let gave_up = tokio::time::timeout(Duration::from_millis(300), leave).await;
     assert!(gave_up.is_err(), "the leave waits: {gave_up:?}");
 
+    // Sam's node now answers the push of the message that waited, proving it holds it.
+    sam.proves = true;
     let rotation = sam.rotate();
     sam.push_to(&jo, vec![rotation], |_| true).await;
-    assert!(
-        !pending(&jo, &id).await,
-        "Sam's summary confirms Jo's message"
-    );
+    until_history(&jo, "Sam's proof to confirm Jo's message", |h| {
+        h.iter().any(|m| m.message_id == id && !m.pending)
+    })
+    .await;
     assert!(
         jo.status().await.rooms[0].member,
         "Jo gave up leaving, and left all the same once the message was held"
@@ -215,7 +221,7 @@ async fn a_message_dated_far_ahead_takes_its_place_when_it_arrives() {
     };
     let ahead = sam.seal_at("Sam: read this last, always", now_ms() + 6 * 3600 * 1000);
     let answer = sam.push_to(&jo, vec![ahead], |_| true).await;
-    assert_eq!(answer.stored.len(), 1, "Jo's node took it");
+    assert_eq!(answer.held.len(), 1, "Jo's node took it");
     // Jo's message is dated at least a millisecond after Sam's arrived.
     let arrived = now_ms();
     while now_ms() <= arrived {
@@ -253,7 +259,7 @@ async fn a_message_dated_more_than_a_day_ahead_is_refused() {
         now_ms() + 2 * 24 * 3600 * 1000,
     );
     let answer = sam.push_to(&jo, vec![ahead], |_| true).await;
-    assert!(answer.stored.is_empty(), "Jo's node took it: {answer:?}");
+    assert!(answer.held.is_empty(), "Jo's node took it: {answer:?}");
     assert!(jo.history(ROOM).await.is_empty());
     assert!(jo.status().await.dropped > dropped, "and counted it");
 }
