@@ -4,8 +4,8 @@
 //! sender is a member (or a former member, whose pushes may carry operations). A member
 //! can still ask a node for far more than it costs the member to ask: one 64 KiB push
 //! names 2,000 messages to read, decrypt and send back; a summary or digest under a fresh
-//! salt makes the node hash every message id it holds; each subscription used to be
-//! answered with the whole log. So each member has budgets ([`Budgets`]), token buckets
+//! salt makes the node hash every message id it holds; a subscription is answered with
+//! the whole log and the recent messages. So each member has budgets ([`Budgets`]), token buckets
 //! keyed by the member's identity in the room (its member id, which only an admission
 //! signed by the facilitator creates), not by anything a peer can make up; messages a
 //! member asks for are read a few at a time as its pushes drain ([`Asked`]), each sent at

@@ -20,14 +20,13 @@
 //! `node/exchange.rs`).
 //!
 //! A bucket costs at most [`BUCKET_BYTES`]. Authors date their messages, so a member can
-//! spread its messages over as many days as it likes: one bucket a day, as summaries once
-//! were, grew past a sync request's limit after about 1,500 distinct days, and no
-//! reconciliation could be sent at all. Months cut that by 32: every day from 1970 to
-//! now makes fewer than 650 months (about 27 KB), and to 2100 fewer than 1,500. A summary
-//! is sent in [`Part`]s, each a
-//! range of periods and the buckets in it, of at most [`PART_BYTES`]; a request carries
-//! as many parts as fit ([`SyncPush::split`]), so no summary, however long the history,
-//! makes a request larger than the limit. A message dated more than [`AHEAD_MS`] after
+//! spread its messages over as many days as it likes: one bucket for every day would
+//! outgrow a sync request's limit after about 1,500 distinct days. Months cut that by
+//! 32: every day from 1970 to now makes fewer than 650 months (about 27 KB), and to 2100
+//! fewer than 1,500. A summary is sent in [`Part`]s, each a range of periods and the
+//! buckets in it, of at most [`PART_BYTES`]; a request carries as many parts as fit
+//! ([`SyncPush::split`]), so no summary, however long the history, makes a request
+//! larger than the limit. A message dated more than [`AHEAD_MS`] after
 //! the receiver's clock is refused ([`too_far_ahead`]), so nobody can spread messages
 //! over the years to come; into the past, dates end at 1970.
 //!
