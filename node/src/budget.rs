@@ -5,12 +5,12 @@
 //! can still ask a node for far more than it costs the member to ask: one 64 KiB push
 //! names 2,000 messages to read, decrypt and send back; a summary or digest under a fresh
 //! salt makes the node hash every message id it holds; a subscription is answered with
-//! the whole log and the recent messages. So each member has budgets ([`Budgets`]), token buckets
-//! keyed by the member's identity in the room (its member id, which only an admission
-//! signed by the facilitator creates), not by anything a peer can make up; messages a
-//! member asks for are read a few at a time as its pushes drain ([`Asked`]), each sent at
-//! most once per [`ASK_AGAIN`] however often it asks; and the room's log and recent
-//! messages go to a member at most once a sync round unless something changed
+//! the whole log and the recent messages. So each member has budgets ([`Budgets`]), token
+//! buckets keyed by the member's identity in the room (its member id, which only an
+//! admission signed by the facilitator creates), not by anything a peer can make up;
+//! messages a member asks for are read a few at a time as its pushes drain ([`Asked`]),
+//! each sent at most once per [`ASK_AGAIN`] however often it asks; and the room's log and
+//! recent messages go to a member at most once a sync round unless something changed
 //! ([`whole_log_due`], [`reconcile_due`]).
 //!
 //! The buckets are sized for what an honest member's node does at its busiest (catching
@@ -159,9 +159,10 @@ impl Budgets {
 }
 
 /// How long a message sent to a member in answer to its asking is not sent to it again,
-/// however often it asks: a member's node asks again only after this long
-/// (`sync::Wants`), so only a node that asks on purpose is turned down.
-pub const ASK_AGAIN: Duration = Duration::from_secs(10);
+/// however often it asks: 5 s, half the 10 s a member's node waits before asking again
+/// (`sync::Wants`), so a node asking again because an answer was lost is served, and only
+/// one that asks on purpose is turned down.
+pub const ASK_AGAIN: Duration = Duration::from_secs(5);
 
 /// Most ids waiting to be sent to one member (a full reply's worth).
 const ASKED_LIMIT: usize = crate::sync::MAX_REPLY_IDS;

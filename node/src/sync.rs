@@ -36,9 +36,10 @@
 //!
 //! # Salts
 //!
-//! A bucket's digest is the XOR of each id's SHA-256 under a salt the asker draws afresh for
-//! each reconciliation ([`SyncPush::salt`]); the days and months of one reconciliation
-//! share it, so the other member summarises its messages once for all of them. A plain
+//! A bucket's digest is the XOR of each id's SHA-256 under a salt the asker draws afresh
+//! for each reconciliation ([`SyncPush::salt`]); the days and months of one
+//! reconciliation share it, so the other member summarises its messages once for all of
+//! them. A plain
 //! XOR of ids would do against chance, but not against a member: message ids are hashes
 //! of what their authors sign, and with a few hundred messages of its own, sent to some
 //! members only, a member could search (Wagner's generalised birthday attack: on the order

@@ -106,7 +106,7 @@ async fn a_member_flooding_wants_and_subscriptions_gets_little_and_the_node_keep
     let slowest = slowest.await.expect("the status task");
 
     // Each of the 50 at most twice (asked for, and handed over as recent once), and a
-    // little more on a machine so slow that the asking outlasts ten seconds.
+    // little more on a machine so slow that the asking outlasts five seconds.
     assert!(
         sam.envelopes <= 150,
         "{} envelopes sent back to 200,000 ids asked for",
