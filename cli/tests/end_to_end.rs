@@ -735,7 +735,7 @@ fn a_member_node_of_another_version_is_reported() {
     );
     let members = ok(sam, &["members", ROOM]);
     assert!(
-        members.contains("Their node runs another version of Confer (0.1.0; yours is 0.2.0)"),
+        members.contains("Their node runs another version of Confer (0.1.0; yours is 0.3.0)"),
         "{members}"
     );
     let listed = ok_json(sam, &["members", ROOM]);

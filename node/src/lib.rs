@@ -12,6 +12,7 @@
 
 mod addresses;
 pub mod api;
+mod budget;
 pub mod client;
 mod control;
 mod limits;

@@ -245,15 +245,16 @@ pub const JOIN_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/join/1");
 /// The protocol on which members exchange operations, reconciliation summaries, wants and
 /// envelopes directly (a `SyncPush` request, a `SyncReply` response; see `crate::sync`),
 /// framed by [`FrameCodec`] like [`JOIN_PROTOCOL`].
-pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/sync/3");
+pub const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/confer/sync/4");
 
 /// The Confer version: which Confer nodes understand each other. It changes whenever
 /// nodes start sending what older ones cannot read (0.2.0: messages padded, which nodes
-/// of 0.1.0 refuse). Members' nodes tell each other theirs over the sync protocol (see
-/// `crate::sync::SyncPush::addresses`), and a node tells its person which members' nodes
-/// run another (`MemberInfo::other_version`). Nodes before 0.2.0 announced it through
-/// identify, where a node still reads it.
-pub const CONFER_VERSION: &str = "/confer/0.2.0";
+/// of 0.1.0 refuse; 0.3.0: [`SYNC_PROTOCOL`] 4, which nodes of 0.2.0 do not speak, so
+/// catch-up and delivery confirmations stop between the two). Members' nodes tell each
+/// other theirs over the sync protocol (see `crate::sync::SyncPush::addresses`), and a
+/// node tells its person which members' nodes run another (`MemberInfo::other_version`).
+/// Nodes before 0.3.0 announced it through identify, where a node still reads it.
+pub const CONFER_VERSION: &str = "/confer/0.3.0";
 
 /// The protocol version identify announces to every peer: the value go-libp2p and
 /// js-libp2p announce by default, so that it does not tell a Confer node from others.

@@ -35,6 +35,7 @@ use crate::api::{
     ChangeInfo, EventInfo, InviteInfo, InviteSummary, MAX_EVENTS, MemberInfo, MessageInfo, Reply,
     Request, RoomInfo, RoomSummary, StatusInfo,
 };
+use crate::budget::Budgets;
 use crate::limits;
 use crate::net::{self, Behaviour, BehaviourEvent, NetConfig};
 use crate::reach::{self, Reach};
@@ -316,7 +317,7 @@ impl Node {
         let keypair = identity::Keypair::ed25519_from_bytes(&mut secret)
             .map_err(|_| NodeError::BadListen("device key".into()))?;
         let peer_id = keypair.public().to_peer_id();
-        let mut swarm = net::build_swarm(keypair, &config.net, reach.policy())?;
+        let mut swarm = net::build_swarm(keypair.clone(), &config.net, reach.policy())?;
         // Who is recognised, before the first connection (the relays' come next).
         let (members, acquainted) = peers::recognised(rooms.values(), peer_id, []);
         swarm
@@ -443,6 +444,9 @@ impl Node {
             settings,
             commit: GroupCommit::default(),
             transfers: Transfers::default(),
+            budgets: Budgets::default(),
+            keypair,
+            own_record: None,
         };
         event_loop.recognise_peers();
         let ids: Vec<RoomId> = event_loop.rooms.keys().copied().collect();
@@ -665,6 +669,12 @@ struct EventLoop {
     settings: Settings,
     commit: GroupCommit,
     transfers: Transfers,
+    /// What each member may still make this node do (see [`crate::budget`]).
+    budgets: Budgets,
+    /// This node's key, to sign its peer records.
+    keypair: identity::Keypair,
+    /// This node's signed peer record, and the addresses it was made for.
+    own_record: Option<(Vec<Multiaddr>, Vec<u8>)>,
 }
 
 impl EventLoop {
@@ -880,7 +890,7 @@ impl EventLoop {
             let _ = self.change(id, |room, now, rng| room.rotate(now, rng));
         }
         let now = Instant::now();
-        self.transfers.wanted.prune(now);
+        self.prune_transfers(now);
         if std::mem::take(&mut self.manifest_dirty) {
             self.write_manifest();
         }
@@ -892,6 +902,7 @@ impl EventLoop {
         }
         self.redial_members();
         if self.ticks.is_multiple_of(PRUNE_EVERY_TICKS) {
+            self.addresses.prune();
             let ids: Vec<RoomId> = self.rooms.keys().copied().collect();
             for id in ids {
                 let pruned = self.rooms.get_mut(&id).is_some_and(|r| r.prune(now_ms()));
@@ -1730,7 +1741,14 @@ impl EventLoop {
         if let Some(held) = self.transfers.held.get(&id).and_then(|h| h.get(&digest)) {
             return (MessageAcceptance::Accept, Some(*held));
         }
-        match room.open(&data, now_ms()) {
+        let now = now_ms();
+        match room.open(&data, now) {
+            // Dated more than a day ahead of this node's clock: refused for now (see
+            // `sync::too_far_ahead`); its author's node offers it again.
+            Ok(Incoming::Message(record)) if sync::too_far_ahead(record.sent_at, now) => {
+                self.dropped += 1;
+                (MessageAcceptance::Ignore, None)
+            }
             Ok(Incoming::Message(record)) => self.store_opened(id, record, data),
             Ok(Incoming::Op { new }) => {
                 if new {
@@ -1832,14 +1850,18 @@ impl EventLoop {
     fn load_index(&mut self, id: RoomId) -> Result<(), NodeError> {
         let mut index = BTreeMap::new();
         let mut held = HashMap::new();
+        let mut keys = HashMap::new();
         self.store.for_each_message(&id.0, |_, _, bytes| {
             if let Some(stored) = StoredMessage::from_bytes(bytes) {
                 index.insert(stored.record.id, stored.record.sent_at);
                 held.insert(envelope_digest(&stored.envelope), stored.record.id);
+                keys.insert(stored.record.id, sync::holding_key(&stored.record));
             }
         })?;
         self.index.insert(id, index);
         self.transfers.held.insert(id, held);
+        self.transfers.keys.insert(id, keys);
+        *self.transfers.versions.entry(id).or_default() += 1;
         let mut unconfirmed: BTreeSet<Id> = self.store.outbox(&id.0)?.into_iter().collect();
         // An outbox kept the old way, in one record: moved into the tree, then dropped.
         if let Some(bytes) = self.store.room_state(&id.0, OUTBOX)? {
@@ -1967,7 +1989,7 @@ impl EventLoop {
     /// Keeps `addrs` for `peer` (bounded for non-members: see [`AddressBook`]).
     fn learn_addresses(&mut self, peer: PeerId, addrs: impl IntoIterator<Item = Multiaddr>) {
         let member = self.known_peer(&peer);
-        if self.addresses.learn(peer, member, addrs) {
+        if self.addresses.learn(peer, member, addrs, Instant::now()) {
             self.addresses_dirty = true;
         }
     }

@@ -3,8 +3,11 @@
 //! and a message sent while nobody else is online stays pending until a member holds it.
 //! Messages of the largest size, padded, fit both paths.
 
+mod bare;
+
 use std::time::Duration;
 
+use bare::BareMember;
 use confer_tests::{TestNode, within};
 
 const ROOM: &str = "Balint group";
@@ -339,4 +342,66 @@ async fn an_outbox_kept_the_old_way_is_carried_over() {
     let store = open(sam.home());
     assert!(store.outbox(&room).unwrap().is_empty());
     assert_eq!(store.room_state(&room, "outbox").unwrap(), None);
+}
+
+/// Unix milliseconds now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
+/// Catch-up does not depend on how many days a room's history spans. A member (played
+/// by the test) dates its messages on 2,000 distinct days, as an author may (a message
+/// carries its author's time): a summary of one bucket a day no longer fits one sync
+/// request, and before the summary went by months first, no reconciliation could be
+/// sent at all. Bob, missing one of them, gets it from Alice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catch_up_works_across_two_thousand_days() {
+    let net = confer_node::net::NetConfig {
+        sync_interval: Duration::from_secs(1),
+        ..confer_node::net::NetConfig::for_tests()
+    };
+    let alice = TestNode::start_with("Alice", net.clone()).await;
+    let bob = TestNode::start_with("Bob", net).await;
+    alice.form_room(ROOM, "Alice", &[(&bob, "Bob")]).await;
+    let mut mal = BareMember::join(&alice, ROOM, "Mal").await;
+    within("Bob's node to learn of Mal", async {
+        loop {
+            let members = match bob
+                .ok(confer_node::api::Request::Members { room: ROOM.into() })
+                .await
+            {
+                confer_node::api::Reply::Members { members, .. } => members,
+                other => panic!("unexpected {other:?}"),
+            };
+            if members.iter().any(|m| m.name == "Mal") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    })
+    .await;
+
+    const DAY: u64 = 24 * 3600 * 1000;
+    let now = now_ms();
+    let envelopes: Vec<Vec<u8>> = (1..=2000u64)
+        .map(|d| mal.seal_at(&format!("Mal, on day {d} before today"), now - d * DAY))
+        .collect();
+    // Both hold the other 1,999 before Alice is given the first: Bob never had a history
+    // short enough to summarise the old way while Alice held it.
+    mal.push_all(&bob, envelopes[1..].to_vec()).await;
+    mal.push_all(&alice, envelopes[1..].to_vec()).await;
+    mal.push_all(&alice, envelopes[..1].to_vec()).await;
+    mal.go_offline();
+    assert_eq!(alice.status().await.rooms[0].messages, 2000);
+
+    within("Bob to catch up on the one he lacks", async {
+        while bob.status().await.rooms[0].messages < 2000 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    assert_eq!(bob.said(ROOM).await, alice.said(ROOM).await);
 }

@@ -367,7 +367,7 @@ async fn a_member_who_left_unheard_takes_nothing_a_member_still_sends() {
     let answer = sam
         .push_to(&jo, vec![first, second], |room| room.members().len() == 1)
         .await;
-    assert!(answer.stored.is_empty(), "Jo's node held {answer:?}");
+    assert!(answer.held.is_empty(), "Jo's node held {answer:?}");
     let history = jo.history(ROOM).await;
     for text in [gossiped, pushed] {
         assert!(

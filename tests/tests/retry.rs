@@ -154,22 +154,26 @@ async fn pending(node: &TestNode, id: &str) -> bool {
 }
 
 /// A member's node can take one of our messages and never say so (its answer lost, its
-/// node stopped first), and then the key changes, so the message is no longer pushed
-/// and asked about: it must not stay "not yet received by anyone else" for ever. That
-/// member's next reconciliation, whose summary covers the message, confirms it.
+/// node stopped first), and then the key changes, so the message is no longer pushed:
+/// it must not stay "not yet received by anyone else" for ever. The node's next
+/// reconciliation with that member asks it to prove it holds the message, and its proof
+/// confirms it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_message_a_member_holds_but_never_confirmed_is_confirmed_by_its_summary() {
-    let (mut sam, jo) = BareFacilitator::with_member(ROOM, "Jo").await;
+async fn a_message_a_member_holds_but_never_confirmed_is_confirmed_by_its_proof() {
+    let (mut sam, jo) = BareFacilitator::with_member_using(ROOM, "Jo", quick_rounds()).await;
     let id = jo.send(ROOM, "Jo: notes from Tuesday's session").await;
     sam.fetch(&jo, &id).await;
+    sam.rounds(3, "three of Jo's node's rounds").await;
     assert!(pending(&jo, &id).await, "Sam's node confirms nothing");
 
     let rotation = sam.rotate();
     sam.push_to(&jo, vec![rotation], |_| true).await;
-    assert!(
-        !pending(&jo, &id).await,
-        "Sam's summary covers Jo's message, yet it is still unconfirmed"
-    );
+    sam.proves = true;
+    sam.rounds(3, "three more of Jo's node's rounds").await;
+    until_history(&jo, "Sam's proof to confirm Jo's message", |h| {
+        h.iter().any(|m| m.message_id == id && !m.pending)
+    })
+    .await;
 }
 
 /// `leave` waits for a member to hold the leaver's last message. Someone who gives up
@@ -189,19 +193,21 @@ async fn a_leave_given_up_while_it_waits_is_not_carried_out_later() {
     let gave_up = tokio::time::timeout(Duration::from_millis(300), leave).await;
     assert!(gave_up.is_err(), "the leave waits: {gave_up:?}");
 
+    // Sam's node now answers the push of the message that waited, proving it holds it.
+    sam.proves = true;
     let rotation = sam.rotate();
     sam.push_to(&jo, vec![rotation], |_| true).await;
-    assert!(
-        !pending(&jo, &id).await,
-        "Sam's summary confirms Jo's message"
-    );
+    until_history(&jo, "Sam's proof to confirm Jo's message", |h| {
+        h.iter().any(|m| m.message_id == id && !m.pending)
+    })
+    .await;
     assert!(
         jo.status().await.rooms[0].member,
         "Jo gave up leaving, and left all the same once the message was held"
     );
 }
 
-/// A member whose clock is a year ahead (or who sets it so) must not pin its message to
+/// A member whose clock is hours ahead (or who sets it so) must not pin its message to
 /// the end of everyone's history: the message takes its place when it arrives, keeping
 /// the time its author gave it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,12 +219,9 @@ async fn a_message_dated_far_ahead_takes_its_place_when_it_arrives() {
             .expect("clock after 1970")
             .as_millis() as u64
     };
-    let ahead = sam.seal_at(
-        "Sam: read this last, always",
-        now_ms() + 365 * 24 * 3600 * 1000,
-    );
+    let ahead = sam.seal_at("Sam: read this last, always", now_ms() + 6 * 3600 * 1000);
     let answer = sam.push_to(&jo, vec![ahead], |_| true).await;
-    assert_eq!(answer.stored.len(), 1, "Jo's node took it");
+    assert_eq!(answer.held.len(), 1, "Jo's node took it");
     // Jo's message is dated at least a millisecond after Sam's arrived.
     let arrived = now_ms();
     while now_ms() <= arrived {
@@ -236,6 +239,29 @@ async fn a_message_dated_far_ahead_takes_its_place_when_it_arrives() {
         history[0].sent_at,
         history[1].sent_at
     );
+}
+
+/// A message dated more than a day after the receiver's clock is refused: a member could
+/// otherwise spread its messages over thousands of days to come, and every summary
+/// would carry them. It is taken once the receiver's clock comes within a day of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_dated_more_than_a_day_ahead_is_refused() {
+    let (mut sam, jo) = BareFacilitator::with_member(ROOM, "Jo").await;
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64
+    };
+    let dropped = jo.status().await.dropped;
+    let ahead = sam.seal_at(
+        "Sam: from the day after tomorrow",
+        now_ms() + 2 * 24 * 3600 * 1000,
+    );
+    let answer = sam.push_to(&jo, vec![ahead], |_| true).await;
+    assert!(answer.held.is_empty(), "Jo's node took it: {answer:?}");
+    assert!(jo.history(ROOM).await.is_empty());
+    assert!(jo.status().await.dropped > dropped, "and counted it");
 }
 
 /// A member's node hands a member whose subscription it has just seen the envelopes it

@@ -163,6 +163,7 @@ impl EventLoop {
             .or_default()
             .insert(envelope_digest(envelope), record.id);
         self.transfers.wanted.got(&record.id);
+        self.transfers.stored(id, record);
         self.commit.not_durable.insert(record.id);
         self.commit.next.stored.push(record.id);
     }

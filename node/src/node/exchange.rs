@@ -1,8 +1,14 @@
 //! What members push to each other directly (the `sync` protocol, request-response):
 //! reconciliation, wants and catch-up, recent envelopes for a member who subscribes,
 //! delivery confirmations, and telling a former member of its departure.
+//!
+//! What a member may make this node do is decided in `crate::budget` (per-member
+//! budgets, what it asked for, how often it gets the log); here those decisions are
+//! applied to the pushes as they come and go.
 
 use super::*;
+use crate::budget::{self, Asked, Kind};
+use crate::sync::{Level, Salt};
 
 /// Recent envelopes kept per room for pushing to members who (re)subscribe.
 const RECENT_LIMIT: usize = 256;
@@ -33,11 +39,14 @@ const PARALLEL_OPEN_MIN: usize = 8;
 /// Most message ids remembered as asked for.
 const WANTED_LIMIT: usize = 4 * sync::MAX_REPLY_IDS;
 
-/// One thing to push: an operation or an envelope.
-enum Item {
-    Op(Box<confer_room::log::SignedOp>),
-    Envelope(Vec<u8>),
-}
+/// Most requests of envelopes a member asked for that one call of [`EventLoop::pump`]
+/// reads from the store and queues: the window then grows by one with every answer, and
+/// no single event reads more than two requests' worth.
+const ANSWERS_PER_PUMP: usize = 2;
+
+/// Most message ids looked up for one request of envelopes a member asked for (most of
+/// them may be ids this node does not hold).
+const IDS_PER_ANSWER: usize = 256;
 
 /// A recent room envelope and the peers of the members who were in the room when it
 /// was stored: only they may be sent it again.
@@ -56,9 +65,21 @@ pub(super) struct Recent {
 /// later reconciliation) and queued everything else behind them.
 #[derive(Default)]
 struct Outgoing {
-    queue: VecDeque<Vec<u8>>,
+    queue: VecDeque<(Vec<u8>, Sent)>,
     bytes: usize,
     in_flight: usize,
+}
+
+/// What a sync request carried that its answer is read against.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    room: RoomId,
+    /// The salt of its summary and of the proofs it asks for.
+    salt: Salt,
+    /// It carried a digest: an answer saying it differs is followed by our months.
+    digest: bool,
+    /// It carried months: the months an answer names are followed by their days.
+    months: bool,
 }
 
 /// Catch-up bookkeeping: the per-peer push queues, what was asked of whom, and which
@@ -77,8 +98,26 @@ pub(super) struct Transfers {
     /// (several members pushing the same envelope) costs one hash.
     pub(super) held: HashMap<RoomId, HashMap<[u8; 32], Id>>,
     /// Per room and member: how many operations our log held when we last handed that
-    /// member the whole log, and when (see [`EventLoop::reconcile_round`]).
+    /// member the whole log, and when (see [`budget::whole_log_due`]).
     log_sent: HashMap<(RoomId, PeerId), (usize, Instant)>,
+    /// Sync requests sent and not yet answered (at most [`PUSH_WINDOW`] per peer).
+    in_flight: HashMap<OutboundRequestId, Sent>,
+    /// Per member and room: the messages it asked for, read as its pushes drain.
+    asked: HashMap<(PeerId, RoomId), Asked>,
+    /// Per room: each stored message's [`sync::holding_key`], to prove holding it and to
+    /// check others' proofs.
+    pub(super) keys: HashMap<RoomId, HashMap<Id, Id>>,
+    /// Per room: a number that changes whenever a message is stored (see
+    /// [`sync::Summaries`]).
+    pub(super) versions: HashMap<RoomId, u64>,
+    /// Summaries recently made, by room and salt.
+    summaries: sync::Summaries,
+    /// Per room and member: when we last sent it our summary on its connecting or
+    /// subscribing (see [`budget::reconcile_due`]).
+    reconciled: HashMap<(RoomId, PeerId), Instant>,
+    /// Per room and member: when we last handed it recent envelopes; it is handed only
+    /// those accepted since.
+    recent_handed: HashMap<(RoomId, PeerId), Instant>,
 }
 
 impl Default for Transfers {
@@ -88,6 +127,13 @@ impl Default for Transfers {
             wanted: sync::Wants::new(WANTED_LIMIT, WANT_TIMEOUT, WANT_BACKOFF_MAX),
             held: HashMap::new(),
             log_sent: HashMap::new(),
+            in_flight: HashMap::new(),
+            asked: HashMap::new(),
+            keys: HashMap::new(),
+            versions: HashMap::new(),
+            summaries: sync::Summaries::default(),
+            reconciled: HashMap::new(),
+            recent_handed: HashMap::new(),
         }
     }
 }
@@ -96,7 +142,22 @@ impl Transfers {
     /// Forgets what was sent for a room this profile no longer has.
     pub(super) fn forget_room(&mut self, id: &RoomId) {
         self.held.remove(id);
+        self.keys.remove(id);
+        self.versions.remove(id);
+        self.summaries.forget(id);
         self.log_sent.retain(|(room, _), _| room != id);
+        self.asked.retain(|(_, room), _| room != id);
+        self.reconciled.retain(|(room, _), _| room != id);
+        self.recent_handed.retain(|(room, _), _| room != id);
+    }
+
+    /// A message was stored in room `id`: summaries made before no longer hold.
+    pub(super) fn stored(&mut self, id: RoomId, record: &MessageRecord) {
+        self.keys
+            .entry(id)
+            .or_default()
+            .insert(record.id, sync::holding_key(record));
+        *self.versions.entry(id).or_default() += 1;
     }
 }
 
@@ -269,7 +330,9 @@ impl EventLoop {
             threads,
             || room.clone(),
             |room, &i| match room.open(&envelopes[i], now) {
-                Ok(Incoming::Message(record)) => Some(record),
+                Ok(Incoming::Message(record)) if !sync::too_far_ahead(record.sent_at, now) => {
+                    Some(record)
+                }
                 _ => None,
             },
         );
@@ -319,10 +382,13 @@ impl EventLoop {
     }
 
     /// When a member subscribes to one of the room's topics, or is on one we take up:
-    /// reconcile with it (our log, our message summary, the addresses we know), and, if
-    /// it is the current topic, hand it the envelopes accepted in the last
-    /// [`NetConfig::recent_window`] that it was entitled to (gossip does not route to a
-    /// peer until its subscription has been seen).
+    /// reconcile with it (our log, our message summary, where members' nodes are), and,
+    /// if it is the current topic, hand it the envelopes accepted in the last
+    /// [`NetConfig::recent_window`] that it was entitled to and has not been handed yet
+    /// (gossip does not route to a peer until its subscription has been seen). A member
+    /// whose subscription comes again within a sync round of the last reconciliation
+    /// ([`budget::reconcile_due`]) gets only envelopes new since: leaving and joining a
+    /// topic over and over costs this node nothing more.
     pub(super) fn push_recent(&mut self, id: RoomId, peer: PeerId, topic: &str) {
         let Some(room) = self.rooms.get(&id) else {
             return;
@@ -331,13 +397,16 @@ impl EventLoop {
         if !room.members().iter().any(|m| m.peer == peer_bytes) {
             return;
         }
-        let envelopes = if room.topic().as_deref() == Some(topic) {
+        let now = Instant::now();
+        let handed = self.transfers.recent_handed.get(&(id, peer)).copied();
+        let envelopes: Vec<Vec<u8>> = if room.topic().as_deref() == Some(topic) {
             self.recent
                 .get(&id)
                 .map(|recent| {
                     recent
                         .iter()
                         .filter(|r| r.at.elapsed() <= self.recent_window)
+                        .filter(|r| handed.is_none_or(|at| r.at > at))
                         .filter(|r| r.audience.contains(&peer_bytes))
                         .map(|r| r.envelope.clone())
                         .collect()
@@ -346,72 +415,79 @@ impl EventLoop {
         } else {
             Vec::new()
         };
-        self.reconcile(id, peer, envelopes);
+        if !envelopes.is_empty() {
+            self.transfers.recent_handed.insert((id, peer), now);
+        }
+        let last = self.transfers.reconciled.get(&(id, peer)).copied();
+        if budget::reconcile_due(last, now, self.sync_interval) {
+            self.reconcile(id, peer, envelopes);
+        } else if !envelopes.is_empty() {
+            self.push(
+                id,
+                &[peer],
+                SyncPush {
+                    envelopes,
+                    ..SyncPush::default()
+                },
+            );
+        }
     }
 
-    /// Starts reconciliation with a member: our whole log, our message summary and the
-    /// member addresses we know, plus any `envelopes` to hand over.
+    /// Starts reconciliation with a member: our months, the signed records of where
+    /// members' nodes are, our whole log unless it was handed over less than a sync round
+    /// ago unchanged ([`budget::whole_log_due`]), plus any `envelopes` to hand over.
     pub(super) fn reconcile(&mut self, id: RoomId, peer: PeerId, envelopes: Vec<Vec<u8>>) {
+        self.transfers.reconciled.insert((id, peer), Instant::now());
         self.reconcile_with(id, peer, envelopes, true, true);
     }
 
-    /// Reconciliation in a sync round: as [`Self::reconcile`], but the whole log only if
-    /// it has grown since this member was last handed it, or that was
-    /// [`FULL_LOG_EVERY`] ago. The member got the whole log when it connected or
-    /// subscribed, and operations travel by gossip too; handing a long-lived room's
-    /// whole log (every admission and rotation, with their sealed secrets) to every
-    /// member every round was most of an idle room's traffic.
+    /// Reconciliation in a sync round: as [`Self::reconcile`], but the digest of our
+    /// months instead of the months, and the whole log only if it has grown since this
+    /// member was last handed it, or that was [`FULL_LOG_EVERY`] ago. The member got the
+    /// whole log when it connected or subscribed, and operations travel by gossip too;
+    /// handing a long-lived room's whole log (every admission and rotation, with their
+    /// sealed secrets) to every member every round was most of an idle room's traffic.
     pub(super) fn reconcile_round(&mut self, id: RoomId, peer: PeerId, envelopes: Vec<Vec<u8>>) {
         self.reconcile_with(id, peer, envelopes, false, false);
     }
 
-    /// Starts reconciliation with a member as [`Self::reconcile`] does, and with the
-    /// log only if a round would hand it over: the member's digest differed from ours
-    /// ([`SyncReply::differs`]).
-    fn reconcile_summary(&mut self, id: RoomId, peer: PeerId) {
-        self.reconcile_with(id, peer, Vec::new(), false, true);
-    }
-
-    /// Pushes our summary (`whole`) or its digest under a fresh salt, with `envelopes`,
-    /// the addresses we know, and our whole log if `full` or if a round is due to hand
-    /// it over.
+    /// Pushes our months (`whole`) or their digest under a fresh salt, with `envelopes`,
+    /// the signed peer records we hold, the ids of our messages still unconfirmed for the
+    /// member to prove it holds, and our whole log if due (`asked`: the member connected
+    /// or subscribed).
     fn reconcile_with(
         &mut self,
         id: RoomId,
         peer: PeerId,
         envelopes: Vec<Vec<u8>>,
-        full: bool,
+        asked: bool,
         whole: bool,
     ) {
         let Some(room) = self.rooms.get(&id) else {
             return;
         };
         let len = room.log().len();
-        let due = full
-            || self
-                .transfers
-                .log_sent
-                .get(&(id, peer))
-                .is_none_or(|(sent, at)| *sent != len || at.elapsed() >= FULL_LOG_EVERY);
+        let now = Instant::now();
+        let last = self.transfers.log_sent.get(&(id, peer)).copied();
+        let due = budget::whole_log_due(last, len, asked, now, self.sync_interval, FULL_LOG_EVERY);
         let ops = if due {
-            self.transfers
-                .log_sent
-                .insert((id, peer), (len, Instant::now()));
+            self.transfers.log_sent.insert((id, peer), (len, now));
             room.log().ops()
         } else {
             Vec::new()
         };
-        let mut addresses = self.member_addresses(&id);
-        // Ours first: a receiver reads at most eight entries.
-        addresses.insert(0, self.own_entry());
+        // Our own entry only: the version, and where we can be reached.
+        let addresses = vec![self.own_entry()];
         let mut salt = sync::Salt::default();
         rand::rand_core::Rng::fill_bytes(&mut rng(), &mut salt);
-        let summary = self.durable_summary(&id, &salt);
+        let months = sync::months(&self.our_days(id, salt));
         let (summary, digest) = if whole {
-            (Some(summary), None)
+            (sync::parts(Level::Months, &months), None)
         } else {
-            (None, Some(sync::summary_digest(&summary)))
+            (Vec::new(), Some(sync::summary_digest(&months)))
         };
+        let records = self.records_for(&id);
+        let prove = self.to_prove(&id);
         self.push(
             id,
             &[peer],
@@ -420,21 +496,28 @@ impl EventLoop {
                 envelopes,
                 summary,
                 salt,
-                addresses,
                 digest,
+                records,
+                prove,
+                addresses,
                 ..SyncPush::default()
             },
         );
     }
 
-    /// The summary of the messages of room `id` held on disk, under `salt`: the other
-    /// side takes a day it agrees on as a confirmation of everything it holds on that day
-    /// (see [`Self::receive_push`]), so messages stored but not yet flushed are left out.
-    pub(super) fn durable_summary(&self, id: &RoomId, salt: &sync::Salt) -> Vec<sync::Bucket> {
-        let empty = BTreeMap::new();
-        let index = self.index.get(id).unwrap_or(&empty);
-        let not_durable = &self.commit.not_durable;
-        sync::summary_of(index, salt, |m| !not_durable.contains(m))
+    /// The member's digest differed from ours (the answer to a request that carried
+    /// one): our months, under the same salt.
+    fn send_months(&mut self, id: RoomId, peer: PeerId, salt: Salt) {
+        let months = sync::months(&self.our_days(id, salt));
+        self.push(
+            id,
+            &[peer],
+            SyncPush {
+                summary: sync::parts(Level::Months, &months),
+                salt,
+                ..SyncPush::default()
+            },
+        );
     }
 
     /// This node's own entry among the addresses it pushes (see
@@ -450,7 +533,90 @@ impl EventLoop {
         (self.swarm.local_peer_id().to_bytes(), entry)
     }
 
-    /// Known addresses of the room's members, to share with other members.
+    /// The member named the months where ours differ from its own (the answer to a
+    /// request that carried months): their days, under the same salt.
+    fn send_days(&mut self, id: RoomId, peer: PeerId, salt: Salt, months: &[u64]) {
+        let days = self.our_days(id, salt);
+        self.push(
+            id,
+            &[peer],
+            SyncPush {
+                summary: sync::day_parts(&days, months),
+                salt,
+                ..SyncPush::default()
+            },
+        );
+    }
+
+    /// Our summary by day of room `id` under `salt`, made once while our messages stay as
+    /// they are.
+    fn our_days(&mut self, id: RoomId, salt: Salt) -> Arc<Vec<sync::Bucket>> {
+        let version = self
+            .transfers
+            .versions
+            .get(&id)
+            .copied()
+            .unwrap_or_default();
+        if let Some(days) = self.transfers.summaries.get(&id, &salt, version) {
+            return days;
+        }
+        let empty = BTreeMap::new();
+        let index = self.index.get(&id).unwrap_or(&empty);
+        let days = Arc::new(sync::days(index, &salt));
+        self.transfers
+            .summaries
+            .put(id, salt, version, Arc::clone(&days));
+        days
+    }
+
+    /// Our summary by day under a salt a member sent: made at most once while our
+    /// messages stay as they are, and then only within the member's budget
+    /// ([`Kind::Summary`]); `None` beyond it.
+    fn days_for(
+        &mut self,
+        id: RoomId,
+        salt: Salt,
+        who: budget::Member,
+        now: Instant,
+    ) -> Option<Arc<Vec<sync::Bucket>>> {
+        let version = self
+            .transfers
+            .versions
+            .get(&id)
+            .copied()
+            .unwrap_or_default();
+        if let Some(days) = self.transfers.summaries.get(&id, &salt, version) {
+            return Some(days);
+        }
+        let cost = self.index.get(&id).map_or(0, BTreeMap::len) as u64;
+        if !self.budgets.take(who, Kind::Summary, cost, now) {
+            return None;
+        }
+        Some(self.our_days(id, salt))
+    }
+
+    /// Up to [`sync::MAX_PROVE`] of our messages in room `id` no other member has
+    /// confirmed, for a member to prove it holds; a different share each tick when there
+    /// are more.
+    fn to_prove(&self, id: &RoomId) -> Vec<Id> {
+        let Some(unconfirmed) = self.unconfirmed.get(id) else {
+            return Vec::new();
+        };
+        let skip = if unconfirmed.len() > sync::MAX_PROVE {
+            (self.ticks as usize * sync::MAX_PROVE) % unconfirmed.len()
+        } else {
+            0
+        };
+        unconfirmed
+            .iter()
+            .cycle()
+            .skip(skip)
+            .take(sync::MAX_PROVE.min(unconfirmed.len()))
+            .copied()
+            .collect()
+    }
+
+    /// Known addresses of the room's members (kept in the store for redialling).
     pub(super) fn member_addresses(&self, id: &RoomId) -> Vec<(Vec<u8>, Vec<String>)> {
         self.member_peers(id)
             .into_iter()
@@ -464,84 +630,94 @@ impl EventLoop {
             .collect()
     }
 
+    /// The signed peer records to hand a member of room `id`: this node's own and those
+    /// of the room's other members, each as its node signed it.
+    pub(super) fn records_for(&mut self, id: &RoomId) -> Vec<Vec<u8>> {
+        let mut records: Vec<Vec<u8>> = self.own_record().into_iter().collect();
+        for peer in self.member_peers(id) {
+            if let Some(record) = self.addresses.record(&peer) {
+                records.push(record.to_vec());
+            }
+        }
+        records.truncate(sync::MAX_RECORDS);
+        records
+    }
+
+    /// This node's signed peer record of the addresses an invite of it would list (in
+    /// relay-only mode relayed ones only), made again when they change.
+    fn own_record(&mut self) -> Option<Vec<u8>> {
+        let addrs: Vec<Multiaddr> = self
+            .invite_addresses()
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        if addrs.is_empty() {
+            return None;
+        }
+        if let Some((made_for, record)) = &self.own_record
+            && *made_for == addrs
+        {
+            return Some(record.clone());
+        }
+        let record = crate::addresses::own_record(&self.keypair, addrs.clone())?;
+        self.own_record = Some((addrs, record.clone()));
+        Some(record)
+    }
+
+    /// Takes what a member's push says of where members' nodes are: the sender's own
+    /// entry, and signed peer records of current members' nodes (see
+    /// [`crate::addresses`]). Entries the sender gives for other nodes are not taken.
+    fn take_addresses(
+        &mut self,
+        id: RoomId,
+        from: PeerId,
+        addresses: &[(Vec<u8>, Vec<String>)],
+        records: &[Vec<u8>],
+    ) {
+        let from_bytes = from.to_bytes();
+        for (peer, addrs) in addresses.iter().take(confer_room::MAX_MEMBERS) {
+            if *peer == from_bytes {
+                let addrs: Vec<Multiaddr> = addrs
+                    .iter()
+                    .take(crate::addresses::PER_PEER)
+                    .filter_map(|a| a.parse().ok())
+                    .collect();
+                self.learn_addresses(from, addrs);
+            }
+        }
+        let members: HashSet<PeerId> = self.member_peers(&id).into_iter().collect();
+        let now = Instant::now();
+        for record in records.iter().take(sync::MAX_RECORDS) {
+            let taken = self
+                .addresses
+                .take_record(record, |p| members.contains(p), now);
+            if taken.is_some() {
+                self.addresses_dirty = true;
+            }
+        }
+    }
+
     /// Sends a push to `peers`, split into requests that fit the protocol's limit
-    /// (operations and envelopes spread over as many as needed; the summary, wants and
-    /// addresses ride on the first).
-    pub(super) fn push(&mut self, id: RoomId, peers: &[PeerId], template: SyncPush) {
+    /// ([`SyncPush::split`]), all under its salt (a fresh one if it has none).
+    pub(super) fn push(&mut self, id: RoomId, peers: &[PeerId], mut template: SyncPush) {
         let Some(room) = self.rooms.get(&id) else {
             return;
         };
-        let tag = room.sync_tag();
-        let budget = net::MAX_REQUEST - 4096;
-        let SyncPush {
-            ops,
-            envelopes,
-            summary,
-            salt,
-            want,
-            addresses,
-            digest,
-            ..
-        } = template;
-        // A long want list is split over several requests (ids are 32 bytes, plus framing).
-        let mut wants = want.chunks((budget / 40).max(1)).map(<[Id]>::to_vec);
-        let first_want = wants.next().unwrap_or_default();
-        let fixed = confer_room::wire::encode(&(&summary, &salt, &first_want, &addresses, &digest))
-            .map(|b| b.len())
-            .unwrap_or(budget);
-        let mut batches = vec![SyncPush {
-            room: tag,
-            summary,
-            salt,
-            want: first_want,
-            addresses,
-            digest,
-            ..SyncPush::default()
-        }];
-        batches.extend(wants.map(|want| SyncPush {
-            room: tag,
-            want,
-            ..SyncPush::default()
-        }));
-        let mut size = fixed;
-        let items = ops
-            .into_iter()
-            .map(|op| Item::Op(Box::new(op)))
-            .chain(envelopes.into_iter().map(Item::Envelope));
-        for item in items {
-            let len = match &item {
-                Item::Op(op) => confer_room::wire::encode(&**op)
-                    .map(|b| b.len())
-                    .unwrap_or(budget),
-                Item::Envelope(e) => e.len(),
-            } + 16;
-            if size + len > budget {
-                batches.push(SyncPush {
-                    room: tag,
-                    ..SyncPush::default()
-                });
-                size = 0;
-            }
-            size += len;
-            if let Some(last) = batches.last_mut() {
-                match item {
-                    Item::Op(op) => last.ops.push(*op),
-                    Item::Envelope(e) => last.envelopes.push(e),
-                }
-            }
+        template.room = room.sync_tag();
+        if template.salt == Salt::default() {
+            rand::rand_core::Rng::fill_bytes(&mut rng(), &mut template.salt);
         }
-        for batch in batches {
-            let empty = batch.ops.is_empty()
-                && batch.envelopes.is_empty()
-                && !batch.reconciles()
-                && batch.want.is_empty()
-                && batch.addresses.is_empty();
-            if empty {
-                continue;
-            }
+        let salt = template.salt;
+        for batch in template.split(net::MAX_REQUEST) {
+            let sent = Sent {
+                room: id,
+                salt,
+                digest: batch.digest.is_some(),
+                months: batch.summary.iter().any(|p| p.level == Level::Months),
+            };
             if let Ok(bytes) = confer_room::wire::encode(&batch) {
                 for peer in peers {
-                    self.enqueue(*peer, bytes.clone());
+                    self.enqueue(*peer, bytes.clone(), sent);
                 }
             }
         }
@@ -606,8 +782,9 @@ impl EventLoop {
                     let not_durable = &self.commit.not_durable;
                     let waits = !not_durable.is_empty()
                         && reply
-                            .stored
+                            .held
                             .iter()
+                            .map(|(m, _)| m)
                             .chain(&reply.ids)
                             .any(|m| not_durable.contains(m));
                     if waits {
@@ -616,13 +793,23 @@ impl EventLoop {
                         self.respond(channel, &reply);
                     }
                 }
-                request_response::Message::Response { response, .. } => {
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => {
+                    let sent = self.transfers.in_flight.remove(&request_id);
                     self.request_done(peer);
-                    self.receive_reply(peer, &response);
+                    self.receive_reply(peer, sent, &response);
                 }
             },
-            request_response::Event::OutboundFailure { peer, error, .. } => {
+            request_response::Event::OutboundFailure {
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
                 tracing::debug!("a sync push failed: {error}");
+                self.transfers.in_flight.remove(&request_id);
                 // It may have carried the log: the next round hands it over again.
                 self.transfers.log_sent.retain(|(_, to), _| *to != peer);
                 self.request_done(peer);
@@ -638,32 +825,121 @@ impl EventLoop {
     }
 
     /// Queues a sync request for `peer` (see [`Outgoing`]).
-    pub(super) fn enqueue(&mut self, peer: PeerId, bytes: Vec<u8>) {
+    fn enqueue(&mut self, peer: PeerId, bytes: Vec<u8>, sent: Sent) {
         let out = self.transfers.outgoing.entry(peer).or_default();
         if out.bytes + bytes.len() > OUTGOING_LIMIT {
             tracing::debug!("sync queue full; a push is left to the next reconciliation");
             return;
         }
         out.bytes += bytes.len();
-        out.queue.push_back(bytes);
+        out.queue.push_back((bytes, sent));
     }
 
-    /// Sends queued sync requests to `peer` while fewer than [`PUSH_WINDOW`] are in flight.
+    /// Sends queued sync requests to `peer` while fewer than [`PUSH_WINDOW`] are in
+    /// flight; with none queued, reads up to [`ANSWERS_PER_PUMP`] requests' worth of the
+    /// messages the member asked for ([`Self::answer_asked`]).
     pub(super) fn pump(&mut self, peer: PeerId) {
-        let Some(out) = self.transfers.outgoing.get_mut(&peer) else {
-            return;
-        };
-        while out.in_flight < PUSH_WINDOW {
-            let Some(bytes) = out.queue.pop_front() else {
+        let mut answered = 0;
+        loop {
+            let out = self.transfers.outgoing.entry(peer).or_default();
+            if out.in_flight >= PUSH_WINDOW {
                 break;
-            };
-            out.bytes = out.bytes.saturating_sub(bytes.len());
-            out.in_flight += 1;
-            self.swarm.behaviour_mut().sync.send_request(&peer, bytes);
+            }
+            if let Some((bytes, sent)) = out.queue.pop_front() {
+                out.bytes = out.bytes.saturating_sub(bytes.len());
+                out.in_flight += 1;
+                let request = self.swarm.behaviour_mut().sync.send_request(&peer, bytes);
+                self.transfers.in_flight.insert(request, sent);
+                continue;
+            }
+            if answered >= ANSWERS_PER_PUMP || !self.answer_asked(peer) {
+                break;
+            }
+            answered += 1;
         }
-        if out.in_flight == 0 && out.queue.is_empty() {
+        let idle = self
+            .transfers
+            .outgoing
+            .get(&peer)
+            .is_some_and(|out| out.in_flight == 0 && out.queue.is_empty());
+        if idle {
             self.transfers.outgoing.remove(&peer);
         }
+    }
+
+    /// Reads from the store the next of the messages `peer` asked for, as many as fit one
+    /// request (looking up at most [`IDS_PER_ANSWER`] ids, some of which this node may not
+    /// hold), and queues them. Returns whether it queued a request.
+    fn answer_asked(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        let peer_bytes = peer.to_bytes();
+        let mut looked_up = 0;
+        while looked_up < IDS_PER_ANSWER {
+            let Some(&(_, id)) = self
+                .transfers
+                .asked
+                .iter()
+                .find(|((p, _), asked)| *p == peer && asked.waiting())
+                .map(|(key, _)| key)
+            else {
+                return false;
+            };
+            let tag = self
+                .rooms
+                .get(&id)
+                .filter(|r| r.is_member() && r.members().iter().any(|m| m.peer == peer_bytes))
+                .map(Room::sync_tag);
+            let Some(tag) = tag else {
+                self.transfers.asked.remove(&(peer, id));
+                continue;
+            };
+            let mut push = SyncPush {
+                room: tag,
+                ..SyncPush::default()
+            };
+            rand::rand_core::Rng::fill_bytes(&mut rng(), &mut push.salt);
+            let mut size = confer_room::wire::encode(&push).map_or(0, |b| b.len()) + 64;
+            while looked_up < IDS_PER_ANSWER {
+                let Some(m) = self
+                    .transfers
+                    .asked
+                    .get_mut(&(peer, id))
+                    .and_then(|asked| asked.next(now))
+                else {
+                    break;
+                };
+                looked_up += 1;
+                let Some(envelope) = self.envelopes_of(&id, &[m]).pop() else {
+                    continue;
+                };
+                let len = envelope.len() + 9;
+                if size + len > net::MAX_REQUEST {
+                    if !push.envelopes.is_empty()
+                        && let Some(asked) = self.transfers.asked.get_mut(&(peer, id))
+                    {
+                        asked.put_back(m);
+                    }
+                    break;
+                }
+                size += len;
+                push.envelopes.push(envelope);
+            }
+            if push.envelopes.is_empty() {
+                continue;
+            }
+            let sent = Sent {
+                room: id,
+                salt: push.salt,
+                digest: false,
+                months: false,
+            };
+            let Ok(bytes) = confer_room::wire::encode(&push) else {
+                return false;
+            };
+            self.enqueue(peer, bytes, sent);
+            return true;
+        }
+        false
     }
 
     /// A sync request to `peer` was answered or failed: send the next.
@@ -677,7 +953,29 @@ impl EventLoop {
         }
     }
 
-    /// The other side's answer to our push: confirmations, and where our histories differ.
+    /// Once a second: forgets what members asked for long ago or asked for and left, and
+    /// goes on answering what they asked for where no answer of ours is in flight to
+    /// bring [`Self::pump`] round again.
+    pub(super) fn prune_transfers(&mut self, now: Instant) {
+        self.transfers.wanted.prune(now);
+        let swarm = &self.swarm;
+        self.transfers
+            .asked
+            .retain(|(peer, _), asked| swarm.is_connected(peer) && asked.prune(now));
+        let waiting: BTreeSet<PeerId> = self
+            .transfers
+            .asked
+            .iter()
+            .filter(|((peer, _), asked)| asked.waiting() && !self.pushing_to(peer))
+            .map(|((peer, _), _)| *peer)
+            .collect();
+        for peer in waiting {
+            self.pump(peer);
+        }
+    }
+
+    /// The other side's answer to our push (`sent`: what the push carried): proofs that
+    /// it holds our messages, and where our histories differ.
     ///
     /// Each side asks for what it lacks (`want`) and sends nothing unasked: both sides of
     /// a connection start a reconciliation (on connecting, on seeing a subscription or
@@ -688,70 +986,80 @@ impl EventLoop {
     /// So it asks the first member that answers, and asks nobody else for those ids for
     /// [`WANT_TIMEOUT`] (then whoever answers next is asked again, for what is still
     /// missing).
-    pub(super) fn receive_reply(&mut self, from: PeerId, bytes: &[u8]) {
+    ///
+    /// Only a proof confirms delivery ([`SyncReply::held`]): an id the member lists, or a
+    /// summary that agrees with ours, it could make from ids alone.
+    fn receive_reply(&mut self, from: PeerId, sent: Option<Sent>, bytes: &[u8]) {
         let Some(reply) = SyncReply::from_bytes(bytes) else {
             self.dropped += 1;
             return;
         };
-        if reply.ids.len() > sync::MAX_REPLY_IDS {
+        if reply.ids.len() > sync::MAX_REPLY_IDS || reply.months.len() > sync::MAX_REPLY_MONTHS {
             self.dropped += 1;
             return;
         }
+        // An answer to nothing we remember sending (sent before a restart) says nothing.
+        let Some(sent) = sent else {
+            return;
+        };
+        let id = sent.room;
         let from_bytes = from.to_bytes();
-        if let Some(tag) = reply.differs {
-            // Our digest was not the member's: now the summary itself.
-            let room = self.rooms.values().find(|r| {
-                r.sync_tag() == tag
-                    && r.is_member()
-                    && r.members().iter().any(|m| m.peer == from_bytes)
-            });
-            if let Some(id) = room.map(Room::id) {
-                self.reconcile_summary(id, from);
-            }
-        }
-        // Which room: the one whose members include the peer and which holds these ids.
-        let candidates: Vec<RoomId> = self
+        let member = self
             .rooms
-            .values()
-            .filter(|r| r.is_member() && r.members().iter().any(|m| m.peer == from_bytes))
-            .map(Room::id)
-            .collect();
-        let empty = BTreeMap::new();
-        let theirs: BTreeSet<Id> = reply.ids.iter().copied().collect();
-        let now = Instant::now();
-        for id in candidates {
-            let index = self.index.get(&id).unwrap_or(&empty);
-            // Everything they say they hold, of ours, is confirmed delivered.
-            let held: Vec<Id> = reply
-                .stored
-                .iter()
-                .chain(&theirs)
-                .filter(|m| index.contains_key(*m))
-                .copied()
-                .collect();
-            let wanted = &self.transfers.wanted;
-            let i_lack: Vec<Id> = theirs
-                .iter()
-                .filter(|m| !index.contains_key(*m))
-                .filter(|m| wanted.due(m, now))
-                .copied()
-                .collect();
-            self.confirm(&id, held);
-            if i_lack.is_empty() {
-                continue;
-            }
-            for m in &i_lack {
-                self.transfers.wanted.asked(*m, now);
-            }
-            self.push(
-                id,
-                &[from],
-                SyncPush {
-                    want: i_lack,
-                    ..SyncPush::default()
-                },
-            );
+            .get(&id)
+            .is_some_and(|r| r.is_member() && r.members().iter().any(|m| m.peer == from_bytes));
+        if !member {
+            return;
         }
+        let proven: Vec<Id> = match (self.unconfirmed.get(&id), self.transfers.keys.get(&id)) {
+            (Some(unconfirmed), Some(keys)) => reply
+                .held
+                .iter()
+                .filter(|(m, proof)| {
+                    unconfirmed.contains(m)
+                        && keys
+                            .get(m)
+                            .is_some_and(|key| sync::proof(&sent.salt, key) == *proof)
+                })
+                .map(|(m, _)| *m)
+                .collect(),
+            _ => Vec::new(),
+        };
+        self.confirm(&id, proven);
+        if sent.digest && reply.differs.is_some() {
+            // Our digest was not the member's: now the months.
+            self.send_months(id, from, sent.salt);
+        }
+        if sent.months && !reply.months.is_empty() {
+            self.send_days(id, from, sent.salt, &reply.months);
+        }
+        let empty = BTreeMap::new();
+        let index = self.index.get(&id).unwrap_or(&empty);
+        let now = Instant::now();
+        let wanted = &self.transfers.wanted;
+        let i_lack: Vec<Id> = reply
+            .ids
+            .iter()
+            .filter(|m| !index.contains_key(*m))
+            .filter(|m| wanted.due(m, now))
+            .copied()
+            .collect::<BTreeSet<Id>>()
+            .into_iter()
+            .collect();
+        if i_lack.is_empty() {
+            return;
+        }
+        for m in &i_lack {
+            self.transfers.wanted.asked(*m, now);
+        }
+        self.push(
+            id,
+            &[from],
+            SyncPush {
+                want: i_lack,
+                ..SyncPush::default()
+            },
+        );
     }
 
     /// Pushes to `to` the departure of the member whose node is `whose` (peer id bytes)
@@ -789,13 +1097,30 @@ impl EventLoop {
         true
     }
 
+    /// The budget key of the member (or former member) of room `id` whose node is
+    /// `peer`: its member id there.
+    fn member_key(&self, id: RoomId, peer: &[u8]) -> Option<budget::Member> {
+        let state = self.rooms.get(&id)?.log().state();
+        let current = state.members().into_iter().find(|m| m.peer == peer);
+        // A node removed twice has two former memberships: the lowest id, always the same.
+        let member = current.map(|m| m.public.id).or_else(|| {
+            state
+                .former_members()
+                .filter(|m| m.peer == peer)
+                .map(|m| m.public.id)
+                .min()
+        })?;
+        Some((id, member))
+    }
+
     /// Takes in a push from another node and answers it: operations from anyone who is
     /// or was a member (they are self-authenticating; a member who just left pushes its
-    /// own departure), envelopes, wants and summaries only from current members. A
-    /// former member is answered with its departure; a node no longer in the room answers
-    /// a member with its own, and takes nothing.
+    /// own departure), envelopes, wants and summaries only from current members, each
+    /// within the member's budgets ([`crate::budget`]). A former member is answered with
+    /// its departure; a node no longer in the room answers a member with its own, and
+    /// takes nothing.
     pub(super) fn receive_push(&mut self, from: PeerId, bytes: &[u8]) -> Option<SyncReply> {
-        let Some(push) = SyncPush::from_bytes(bytes) else {
+        let Some(mut push) = SyncPush::from_bytes(bytes) else {
             self.dropped += 1;
             return None;
         };
@@ -809,27 +1134,38 @@ impl EventLoop {
             return None;
         };
         let from_bytes = from.to_bytes();
-        let (known, current) = match self.rooms.get(&id) {
-            Some(r) => (
-                r.knows_peer(&from_bytes),
-                r.members().iter().any(|m| m.peer == from_bytes),
-            ),
-            None => (false, false),
-        };
-        if !known {
+        let current = self
+            .rooms
+            .get(&id)
+            .is_some_and(|r| r.members().iter().any(|m| m.peer == from_bytes));
+        let Some(who) = self.member_key(id, &from_bytes) else {
             self.dropped += 1;
             return None;
+        };
+        let now = Instant::now();
+        if !self.budgets.take(who, Kind::Push, 1, now) {
+            self.dropped += 1;
+            return Some(SyncReply::default());
         }
         let reconciles = push.reconciles();
         if !push.ops.is_empty() {
-            let taken = self
-                .rooms
-                .get_mut(&id)
-                .map(|r| r.merge_ops(push.ops, now_ms()))
-                .unwrap_or_default();
-            self.dropped += taken.refused as u64;
-            if taken.new > 0 {
-                self.after_log_change(id);
+            // Each operation is decoded and hashed, a new one verified; a push that
+            // changes the log costs a flushed write.
+            let may = self.budgets.has(who, Kind::LogChange, 1, now)
+                && self.budgets.take(who, Kind::Op, push.ops.len() as u64, now);
+            if may {
+                let taken = self
+                    .rooms
+                    .get_mut(&id)
+                    .map(|r| r.merge_ops(std::mem::take(&mut push.ops), now_ms()))
+                    .unwrap_or_default();
+                self.dropped += taken.refused as u64;
+                if taken.new > 0 {
+                    self.budgets.take(who, Kind::LogChange, 1, now);
+                    self.after_log_change(id);
+                }
+            } else {
+                self.dropped += 1;
             }
         }
         if !current {
@@ -865,97 +1201,96 @@ impl EventLoop {
             let version = version.clone();
             self.heard_version(from, &version);
         }
-        for (peer, addrs) in push.addresses.into_iter().take(8) {
-            let Ok(peer) = PeerId::from_bytes(&peer) else {
-                continue;
-            };
-            let is_member = self.rooms[&id]
-                .members()
-                .iter()
-                .any(|m| m.peer == peer.to_bytes());
-            if is_member && peer != *self.swarm.local_peer_id() {
-                let addrs: Vec<Multiaddr> = addrs
-                    .iter()
-                    .take(sync::MAX_ADDRESSES_PER_PEER)
-                    .filter_map(|a| a.parse().ok())
-                    .collect();
-                self.learn_addresses(peer, addrs);
-            }
-        }
-        // Envelopes: store each; the reply confirming what we hold waits for the flush
+        self.take_addresses(id, from, &push.addresses, &push.records);
+        // Envelopes: store each; the reply proving what we hold waits for the flush
         // (see `handle_sync`).
-        let mut stored = Vec::new();
+        let mut held = Vec::new();
         let taken = self.take_in_parallel(id, &push.envelopes);
-        for (envelope, taken) in push.envelopes.into_iter().zip(taken) {
-            let held = match taken {
+        for (envelope, taken) in std::mem::take(&mut push.envelopes).into_iter().zip(taken) {
+            let stored = match taken {
                 Some((record, stored)) => self.after_insert(id, record, envelope, stored).1,
                 None => self.receive_one(id, envelope).1,
             };
-            if let Some(held) = held {
-                stored.push(held);
-            }
+            held.extend(stored);
         }
-        // Wants: send back what we have of them.
+        // Wants: queued within the member's budget, read as our pushes to it drain.
         if !push.want.is_empty() {
-            let want: Vec<Id> = push.want.into_iter().take(sync::MAX_REPLY_IDS).collect();
-            let envelopes = self.envelopes_of(&id, &want);
-            self.push(
-                id,
-                &[from],
-                SyncPush {
-                    envelopes,
-                    ..SyncPush::default()
-                },
-            );
+            let asked = push.want.len() as u64;
+            let granted = self.budgets.take_up_to(who, Kind::Want, asked, now);
+            if granted < asked {
+                self.dropped += 1;
+            }
+            let granted = usize::try_from(granted).unwrap_or(usize::MAX);
+            self.transfers
+                .asked
+                .entry((from, id))
+                .or_default()
+                .ask(push.want.iter().take(granted).copied(), now);
+            self.pump(from);
         }
+        // Proofs of holding, for what the push carried and what it asks about.
+        held.extend(push.prove.iter().take(sync::MAX_PROVE).copied());
+        let keys = self.transfers.keys.get(&id);
+        let mut proven = BTreeSet::new();
+        let held: Vec<(Id, Id)> = held
+            .into_iter()
+            .filter(|m| proven.insert(*m))
+            .filter_map(|m| Some((m, sync::proof(&push.salt, keys?.get(&m)?))))
+            .collect();
         let mut reply = SyncReply {
-            stored,
+            held,
             ..SyncReply::default()
         };
-        if let Some(theirs) = &push.summary {
-            let empty = BTreeMap::new();
-            let index = self.index.get(&id).unwrap_or(&empty);
-            let days = sync::differing_days(&sync::summary(index, &push.salt), theirs);
-            // On a day both summaries agree on, the member holds on disk (its summary
-            // counts nothing else) every message held here, ours among them. Without
-            // this, one of ours that it took but never confirmed (the confirmation was
-            // lost, and then the key changed, so ours is no longer pushed; or we were
-            // removed and invited back) would stay unconfirmed for ever.
-            let agreed: Vec<Id> = self
-                .unconfirmed
-                .get(&id)
-                .into_iter()
-                .flatten()
-                .filter(|m| {
-                    index
-                        .get(*m)
-                        .is_some_and(|at| !days.contains(&sync::day(*at)))
-                })
-                .copied()
-                .collect();
-            let mut ids = sync::ids_on(index, &days);
-            ids.truncate(sync::MAX_REPLY_IDS);
-            reply.ids = ids;
-            self.confirm(&id, agreed);
-        } else if let Some(theirs) = push.digest {
-            let empty = BTreeMap::new();
-            let index = self.index.get(&id).unwrap_or(&empty);
-            if sync::summary_digest(&sync::summary(index, &push.salt)) == theirs {
-                // The member holds on disk every message held here (as on a day both
-                // summaries agree on, above).
-                let agreed: Vec<Id> = self
-                    .unconfirmed
-                    .get(&id)
-                    .into_iter()
-                    .flatten()
-                    .filter(|m| index.contains_key(*m))
-                    .copied()
-                    .collect();
-                self.confirm(&id, agreed);
-            } else {
-                reply.differs = Some(push.room);
+        if reconciles {
+            match self.days_for(id, push.salt, who, now) {
+                Some(days) => self.compare(id, &push, &days, who, now, &mut reply),
+                None => self.dropped += 1,
             }
         }
         Some(reply)
+    }
+
+    /// Compares a member's summary (its digest, or parts of its months or days) with
+    /// ours by day under its salt (`days`), and says in `reply` where they differ: that
+    /// the digest does, the months that do, our ids on the days that do.
+    fn compare(
+        &mut self,
+        id: RoomId,
+        push: &SyncPush,
+        days: &[sync::Bucket],
+        who: budget::Member,
+        now: Instant,
+        reply: &mut SyncReply,
+    ) {
+        if let Some(theirs) = push.digest
+            && sync::summary_digest(&sync::months(days)) != theirs
+        {
+            reply.differs = Some(push.room);
+        }
+        let mut months = BTreeSet::new();
+        let mut days_apart = BTreeSet::new();
+        for part in &push.summary {
+            match (sync::differing(part, days), part.level) {
+                (Some(apart), Level::Months) => months.extend(apart),
+                (Some(apart), Level::Days) => days_apart.extend(apart),
+                (None, _) => self.dropped += 1,
+            }
+        }
+        reply.months = months.into_iter().take(sync::MAX_REPLY_MONTHS).collect();
+        if days_apart.is_empty() {
+            return;
+        }
+        // Listing the ids of those days reads the whole index.
+        let cost = self.index.get(&id).map_or(0, BTreeMap::len) as u64;
+        if !self.budgets.take(who, Kind::Summary, cost, now) {
+            self.dropped += 1;
+            return;
+        }
+        let empty = BTreeMap::new();
+        let index = self.index.get(&id).unwrap_or(&empty);
+        let days_apart: Vec<u64> = days_apart.into_iter().collect();
+        let mut ids = sync::ids_on(index, &days_apart);
+        ids.truncate(sync::MAX_REPLY_IDS);
+        reply.ids = ids;
     }
 }

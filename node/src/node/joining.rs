@@ -111,7 +111,10 @@ impl EventLoop {
             self.swarm.add_peer_address(peer, addr.clone());
         }
         // The facilitator we are joining counts as a member here (see `known_peer`).
-        if self.addresses.learn(peer, true, usable.iter().cloned()) {
+        if self
+            .addresses
+            .learn(peer, true, usable.iter().cloned(), Instant::now())
+        {
             self.addresses_dirty = true;
         }
         let doubtful = self.doubtful_join(&invite);

@@ -12,8 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use confer_node::api::{Reply, Request};
 use confer_node::net::{self, NetConfig};
 use confer_node::sync::{self, Id, SyncPush, SyncReply};
-use confer_room::invite::JoinRequest;
-use confer_room::{Incoming, Room};
+use confer_room::invite::{JoinBody, JoinRequest, JoinResponse};
+use confer_room::{Incoming, Invite, MemberKeys, Room};
 use confer_tests::{TestNode, within};
 use futures::StreamExt;
 use libp2p::gossipsub::{self, IdentTopic};
@@ -31,9 +31,13 @@ pub struct BareFacilitator {
     now: u64,
     /// Answers never given (their channels kept, so only the connection's end ends them).
     pub lost: Vec<request_response::ResponseChannel<Vec<u8>>>,
-    /// The messages Sam's node holds: id → sent at. Sam never confirms one.
+    /// The messages Sam's node holds: id → sent at. Sam confirms one only if `proves`.
     pub held: BTreeMap<Id, u64>,
-    /// Pushes with a summary taken in (a node reconciling on connecting, on a
+    /// What only a holder knows of each message Sam's node holds (`sync::holding_key`).
+    keys: BTreeMap<Id, Id>,
+    /// Answer with proofs of holding, as a node does (off: Sam confirms nothing).
+    pub proves: bool,
+    /// Pushes with a summary's months taken in (a node reconciling on connecting, on a
     /// subscription, or after its digest differed from Sam's).
     pub summaries: usize,
     /// Pushes with a summary's digest taken in (a node's sync rounds).
@@ -44,10 +48,18 @@ pub struct BareFacilitator {
     pub envelopes: usize,
     /// Take pushes but answer none (a link too slow for any answer to come back yet).
     pub withhold: bool,
-    /// The answers withheld, with when, to give later ([`Self::answer_withheld`]).
+    /// Messages Sam's node says it holds in every answer, held or not (a lying member).
+    pub claims: Vec<Id>,
+    /// Answers to Sam's own pushes received.
+    pub answers: usize,
+    /// Bytes of the pushes taken in.
+    pub received: usize,
+    /// The answers withheld, with when and the salt of their pushes, to give later
+    /// ([`Self::answer_withheld`]).
     withheld: Vec<(
         std::time::Instant,
         request_response::ResponseChannel<Vec<u8>>,
+        sync::Salt,
     )>,
 }
 
@@ -100,12 +112,17 @@ impl BareFacilitator {
             now,
             lost: Vec::new(),
             held: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            proves: false,
             summaries: 0,
             digests: 0,
             logs: 0,
             envelopes: 0,
             withhold: false,
             withheld: Vec::new(),
+            claims: Vec::new(),
+            answers: 0,
+            received: 0,
         };
         (facilitator, invite.to_code())
     }
@@ -254,6 +271,7 @@ impl BareFacilitator {
             .seal_message(text, self.now, &mut self.rng)
             .expect("sealed");
         self.held.insert(record.id, record.sent_at);
+        self.keys.insert(record.id, sync::holding_key(&record));
         record.id
     }
 
@@ -339,20 +357,19 @@ impl BareFacilitator {
         self.until(what, |sam| sam.digests >= n).await;
     }
 
-    /// Gives every answer withheld so far: those withheld for at least `late` name every
-    /// message Sam's node holds as held (so confirming them), the others nothing.
+    /// Gives every answer withheld so far: those withheld for at least `late` prove
+    /// holding every message Sam's node holds (so confirming them), the others nothing.
     /// Answers on time from now on.
     pub fn answer_withheld(&mut self, late: std::time::Duration) {
         self.withhold = false;
-        let confirming = SyncReply {
-            stored: self.held.keys().copied().collect(),
-            ..SyncReply::default()
-        };
-        let confirming = confer_room::wire::encode(&confirming).expect("encoded");
         let nothing = confer_room::wire::encode(&SyncReply::default()).expect("encoded");
-        for (at, channel) in std::mem::take(&mut self.withheld) {
+        for (at, channel, salt) in std::mem::take(&mut self.withheld) {
             let answer = if at.elapsed() >= late {
-                confirming.clone()
+                let confirming = SyncReply {
+                    held: self.proofs(self.held.keys().copied(), &salt),
+                    ..SyncReply::default()
+                };
+                confer_room::wire::encode(&confirming).expect("encoded")
             } else {
                 nothing.clone()
             };
@@ -398,9 +415,10 @@ impl BareFacilitator {
     }
 
     /// Connects to `node` and reconciles with it as a member does: pushes `envelopes`
-    /// with a summary of what Sam's node holds. Runs until `node` has answered that push
-    /// and until `done(&room)` holds for Sam's room, taking what `node` pushes in the
-    /// meantime. Returns the answer.
+    /// with the months of what Sam's node holds, and then the days of the months `node`
+    /// says differ. Runs until `node` has answered those pushes and until `done(&room)`
+    /// holds for Sam's room, taking what `node` pushes in the meantime. Returns the first
+    /// answer, with the ids of the second.
     pub async fn push_to(
         &mut self,
         node: &TestNode,
@@ -408,17 +426,44 @@ impl BareFacilitator {
         done: impl Fn(&Room) -> bool,
     ) -> SyncReply {
         let peer = self.know(node).await;
+        let salt = [7; 16];
+        let days = sync::days(&self.held, &salt);
         let push = SyncPush {
             room: self.room.sync_tag(),
             envelopes,
-            summary: Some(sync::summary(&self.held, &[7; 16])),
-            salt: [7; 16],
+            summary: sync::parts(sync::Level::Months, &sync::months(&days)),
+            salt,
             ..SyncPush::default()
         };
+        let first = self.request_until(peer, &push, &done).await;
+        if first.months.is_empty() {
+            return first;
+        }
+        let push = SyncPush {
+            room: self.room.sync_tag(),
+            summary: sync::day_parts(&days, &first.months),
+            salt,
+            ..SyncPush::default()
+        };
+        let second = self.request_until(peer, &push, &done).await;
+        SyncReply {
+            ids: second.ids,
+            ..first
+        }
+    }
+
+    /// Sends `push` to `peer` and runs until it is answered and `done(&room)` holds for
+    /// Sam's room, taking what the node pushes in the meantime; returns the answer.
+    async fn request_until(
+        &mut self,
+        peer: PeerId,
+        push: &SyncPush,
+        done: &impl Fn(&Room) -> bool,
+    ) -> SyncReply {
         self.swarm
             .behaviour_mut()
             .sync
-            .send_request(&peer, confer_room::wire::encode(&push).expect("encoded"));
+            .send_request(&peer, confer_room::wire::encode(push).expect("encoded"));
         let mut answer = None;
         within("the push to be answered", async {
             loop {
@@ -434,10 +479,17 @@ impl BareFacilitator {
         .await
     }
 
+    /// Proofs of holding those of `ids` Sam's node holds, under `salt`.
+    fn proofs(&self, ids: impl IntoIterator<Item = Id>, salt: &sync::Salt) -> Vec<(Id, Id)> {
+        ids.into_iter()
+            .filter_map(|id| Some((id, sync::proof(salt, self.keys.get(&id)?))))
+            .collect()
+    }
+
     /// Takes in what a node pushes (operations, which Sam's room merges, and messages,
-    /// which Sam's node holds) and answers it, confirming nothing and listing no ids, but
-    /// saying whether a digest differs from Sam's; returns the answer to one of Sam's
-    /// own pushes.
+    /// which Sam's node holds) and answers it, listing no ids and confirming nothing
+    /// (unless it `proves`, or `claims` to hold what it may not), but saying whether a
+    /// digest differs from Sam's; returns the answer to one of Sam's own pushes.
     fn take(&mut self, event: SwarmEvent<net::BehaviourEvent>) -> Option<SyncReply> {
         let SwarmEvent::Behaviour(net::BehaviourEvent::Sync(request_response::Event::Message {
             message,
@@ -447,32 +499,46 @@ impl BareFacilitator {
             return None;
         };
         match message {
-            Message::Response { response, .. } => Some(
-                confer_room::wire::decode(&response, net::MAX_RESPONSE).expect("a valid reply"),
-            ),
+            Message::Response { response, .. } => {
+                self.answers += 1;
+                Some(
+                    confer_room::wire::decode(&response, net::MAX_RESPONSE).expect("a valid reply"),
+                )
+            }
             Message::Request {
                 request, channel, ..
             } => {
+                self.received += request.len();
                 let push: SyncPush =
                     confer_room::wire::decode(&request, net::MAX_REQUEST).expect("a valid push");
                 self.now += 1;
-                self.summaries += usize::from(push.summary.is_some());
+                self.summaries +=
+                    usize::from(push.summary.iter().any(|p| p.level == sync::Level::Months));
                 self.digests += usize::from(push.digest.is_some());
                 self.logs += usize::from(push.reconciles() && !push.ops.is_empty());
                 self.room.merge_ops(push.ops, self.now);
                 self.envelopes += push.envelopes.len();
+                let mut opened = Vec::new();
                 for envelope in push.envelopes {
                     if let Ok(Incoming::Message(m)) = self.room.open(&envelope, self.now) {
                         self.held.insert(m.id, m.sent_at);
+                        self.keys.insert(m.id, sync::holding_key(&m));
+                        opened.push(m.id);
                     }
                 }
-                let mine = sync::summary_digest(&sync::summary(&self.held, &push.salt));
+                let mine = sync::summary_digest(&sync::months(&sync::days(&self.held, &push.salt)));
+                let mut held: Vec<(Id, Id)> = self.claims.iter().map(|id| (*id, [0; 32])).collect();
+                if self.proves {
+                    held.extend(self.proofs(opened.into_iter().chain(push.prove), &push.salt));
+                }
                 let answer = SyncReply {
                     differs: push.digest.filter(|d| *d != mine).map(|_| push.room),
+                    held,
                     ..SyncReply::default()
                 };
                 if self.withhold {
-                    self.withheld.push((std::time::Instant::now(), channel));
+                    self.withheld
+                        .push((std::time::Instant::now(), channel, push.salt));
                     return None;
                 }
                 let reply = confer_room::wire::encode(&answer).expect("encoded");
@@ -483,6 +549,176 @@ impl BareFacilitator {
                     .send_response(channel, reply);
                 None
             }
+        }
+    }
+}
+
+/// A member played by the test: the same bare stack, in a room a real node created.
+pub type BareMember = BareFacilitator;
+
+impl BareFacilitator {
+    /// Joins room `room` of `facilitator`'s node through an invite it issues, as `name`:
+    /// a member played by the test, which does only what the test makes it do.
+    pub async fn join(facilitator: &TestNode, room: &str, name: &str) -> BareMember {
+        let code = facilitator.invite(room).await;
+        let invite = Invite::from_code(&code).expect("an invite");
+        let keypair = identity::Keypair::generate_ed25519();
+        let peer = keypair.public().to_peer_id();
+        let mut swarm = swarm(&keypair);
+        let mut rng = StdRng::seed_from_u64(5);
+        let keys = MemberKeys::generate(&mut rng);
+        let body = JoinBody {
+            room_id: invite.body.room_id,
+            invite_id: invite.body.invite_id,
+            secret: invite.body.secret.clone(),
+            member: keys.public(),
+            display_name: name.into(),
+            peer: peer.to_bytes(),
+        };
+        let request = JoinRequest::new(body, &keys).expect("a join request");
+        let host = PeerId::from_bytes(&invite.body.facilitator_peer).expect("a peer id");
+        for address in &invite.body.addresses {
+            swarm.add_peer_address(host, address.parse().expect("an address"));
+        }
+        swarm
+            .behaviour_mut()
+            .join
+            .send_request(&host, request.to_bytes());
+        let response = within("the welcome", async {
+            loop {
+                match swarm.select_next_some().await {
+                    SwarmEvent::Behaviour(net::BehaviourEvent::Join(
+                        request_response::Event::Message {
+                            message: Message::Response { response, .. },
+                            ..
+                        },
+                    )) => return response,
+                    SwarmEvent::Behaviour(net::BehaviourEvent::Join(
+                        request_response::Event::OutboundFailure { error, .. },
+                    )) => panic!("the join failed: {error}"),
+                    _ => {}
+                }
+            }
+        })
+        .await;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_millis() as u64;
+        let JoinResponse::Welcome(sealed) = JoinResponse::from_bytes(&response).expect("decodes")
+        else {
+            panic!("refused")
+        };
+        let room = Room::from_welcome(&invite, keys, &sealed, now).expect("the welcome opens");
+        // The facilitator's node took the connection the join came on for a stranger's,
+        // on which it runs neither gossip nor sync: close it, as a joiner's node does, so
+        // that the next connection is a member's.
+        swarm.behaviour().peers().recognise(host);
+        if swarm.disconnect_peer_id(host).is_ok() {
+            within("the join's connection to close", async {
+                loop {
+                    if let SwarmEvent::ConnectionClosed {
+                        peer_id,
+                        num_established: 0,
+                        ..
+                    } = swarm.select_next_some().await
+                        && peer_id == host
+                    {
+                        return;
+                    }
+                }
+            })
+            .await;
+        }
+        BareFacilitator {
+            keypair,
+            swarm,
+            room,
+            rng,
+            now,
+            lost: Vec::new(),
+            held: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            proves: false,
+            summaries: 0,
+            digests: 0,
+            logs: 0,
+            envelopes: 0,
+            withhold: false,
+            withheld: Vec::new(),
+            claims: Vec::new(),
+            answers: 0,
+            received: 0,
+        }
+    }
+
+    /// Pushes `envelopes` to `node` in pushes that fit the sync protocol's limit, one
+    /// after the other, each answered before the next is sent.
+    pub async fn push_all(&mut self, node: &TestNode, envelopes: Vec<Vec<u8>>) {
+        let peer = self.know(node).await;
+        let mut batch: Vec<Vec<u8>> = Vec::new();
+        let mut size = 0;
+        let mut batches = Vec::new();
+        for envelope in envelopes {
+            if size + envelope.len() + 16 > net::MAX_REQUEST - 4096 {
+                batches.push(std::mem::take(&mut batch));
+                size = 0;
+            }
+            size += envelope.len() + 16;
+            batch.push(envelope);
+        }
+        batches.push(batch);
+        for envelopes in batches {
+            let push = SyncPush {
+                room: self.room.sync_tag(),
+                envelopes,
+                ..SyncPush::default()
+            };
+            self.request(peer, &push).await;
+        }
+    }
+
+    /// Sends `push` to `peer` and runs until it is answered, taking in what is pushed
+    /// meanwhile; returns the answer.
+    pub async fn request(&mut self, peer: PeerId, push: &SyncPush) -> SyncReply {
+        if !self.swarm.is_connected(&peer) {
+            self.swarm.dial(peer).expect("dial");
+        }
+        self.swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&peer, confer_room::wire::encode(push).expect("encoded"));
+        within("the push to be answered", async {
+            loop {
+                let event = self.swarm.select_next_some().await;
+                if let Some(reply) = self.take(event) {
+                    return reply;
+                }
+            }
+        })
+        .await
+    }
+
+    /// Where `node` listens, known to the swarm; its peer id.
+    pub async fn peer_of(&mut self, node: &TestNode) -> PeerId {
+        self.know(node).await
+    }
+
+    /// Sends `push` to `peer` without waiting for the answer.
+    pub fn send(&mut self, peer: PeerId, push: &SyncPush) {
+        self.swarm
+            .behaviour_mut()
+            .sync
+            .send_request(&peer, confer_room::wire::encode(push).expect("encoded"));
+    }
+
+    /// Leaves `topic` and listens on it again, `times` times: each time, every connected
+    /// node hears of a new subscription.
+    pub fn toggle(&mut self, topic: &IdentTopic, times: usize) {
+        let gossip = &mut self.swarm.behaviour_mut().gossipsub;
+        for _ in 0..times {
+            gossip.unsubscribe(topic);
+            gossip.subscribe(topic).expect("subscribed");
         }
     }
 }
