@@ -46,13 +46,17 @@
 //!
 //! ## What a node takes in
 //!
-//! Besides refusing invalid operations, a node refuses three kinds that could only stuff
-//! its log ([`LogError::Refused`]): any new operation by a former member (it can add
-//! nothing that counts), a facilitator's operation concurrent with that author's handover,
-//! and a third rotation by one member concurrent with two of its rotations already held.
-//! An operation of these kinds is still taken when another member's operation in the same
-//! batch names it as an ancestor, so members who took it before learning otherwise never
-//! drift apart. Every field of an operation is bounded ([`Op::check_shape`]).
+//! Besides refusing invalid operations, a node refuses valid ones of three kinds that could
+//! only stuff its log ([`LogError::Refused`]): a new operation by a former member, a
+//! facilitator's operation concurrent with that author's handover (or a handover beaten
+//! by one that counts), and a rotation beaten by a concurrent one of the same author. It
+//! refuses one only if taking it would change nothing at all (it would have no effect and
+//! the state would be the same), so a node never lacks an operation that has effect: such
+//! an operation is taken when it arrives again and something else has made it count (each
+//! member hands its log over again and again), or when other operations of the same batch
+//! descend from it and together they change something, or when another member's
+//! operation names it as an ancestor. Every field of an operation is bounded
+//! ([`Op::check_shape`]).
 //!
 //! ## Epochs
 //!
@@ -67,7 +71,8 @@
 //!
 //! A rotation is *needed* ([`State::needs_rotation`]) when a member left and no frontier
 //! operation descends from its leave, when someone who is not a member can compute the
-//! current key (say, admitted without effect), when a member holds no copy of some
+//! current key (a former member, or one whose admission has no effect but who may have
+//! been welcomed), when a member holds no copy of some
 //! frontier secret (admitted concurrently with a rotation), or when more than
 //! [`WIDE_FRONTIER`] rotations were concurrent.
 //!
@@ -854,14 +859,105 @@ impl Membership {
     /// names it as an ancestor. Returns how many were new, and how many were refused.
     pub fn insert_all(&mut self, ops: impl IntoIterator<Item = SignedOp>) -> Inserted {
         let mut result = Inserted::default();
+        let mut refused: BTreeMap<OpHash, SignedOp> = BTreeMap::new();
+        // With whether it was refused (its author unknown) rather than kept waiting.
+        let mut waiting: Vec<(SignedOp, bool)> = Vec::new();
         for (op, trust) in self.batch_order(ops.into_iter().collect(), true) {
-            match self.take(op, trust) {
+            match self.take(op.clone(), trust) {
                 Ok(true) => result.new += 1,
-                Ok(false) | Err(LogError::MissingParents) => {}
+                Ok(false) => {}
+                Err(LogError::MissingParents) => waiting.push((op, false)),
+                Err(LogError::Refused(Refusal::UnknownAuthor)) => waiting.push((op, true)),
+                Err(LogError::Refused(_)) => {
+                    refused.insert(op.hash(), op);
+                }
                 Err(_) => result.refused += 1,
             }
         }
+        // An operation waiting for parents this batch did not take (each changed nothing
+        // alone) is taken together with them if, together, they change something: a
+        // node never lacks what has effect.
+        for (op, unknown_author) in waiting {
+            if self.index.contains_key(&op.hash()) {
+                continue;
+            }
+            let Some(group) = self.group_of(op, &refused) else {
+                result.refused += usize::from(unknown_author);
+                continue;
+            };
+            let hashes: Vec<OpHash> = group.iter().map(SignedOp::hash).collect();
+            if self.take_group(group) {
+                result.new += hashes.len();
+                for h in &hashes {
+                    refused.remove(h);
+                }
+            } else {
+                result.refused += 1;
+            }
+        }
+        result.refused += refused.len();
         result
+    }
+
+    /// `op` and the operations of `refused` it descends from, parents first; `None` if
+    /// some other parent is missing.
+    fn group_of(
+        &self,
+        op: SignedOp,
+        refused: &BTreeMap<OpHash, SignedOp>,
+    ) -> Option<Vec<SignedOp>> {
+        let mut group: Vec<SignedOp> = Vec::new();
+        let mut placed: BTreeSet<OpHash> = BTreeSet::new();
+        // Depth first, each operation after its parents.
+        let mut stack: Vec<(SignedOp, bool)> = vec![(op, false)];
+        while let Some((op, expanded)) = stack.pop() {
+            let h = op.hash();
+            if placed.contains(&h) {
+                continue;
+            }
+            if expanded {
+                placed.insert(h);
+                group.push(op);
+                continue;
+            }
+            let parents = op.op.parents.clone();
+            stack.push((op, true));
+            for p in parents {
+                if self.index.contains_key(&p) || placed.contains(&p) {
+                    continue;
+                }
+                stack.push((refused.get(&p)?.clone(), false));
+            }
+        }
+        Some(group)
+    }
+
+    /// Takes in `group` (parents first) as one: kept if together the operations change
+    /// the state, else all put back out. Returns whether they were kept.
+    fn take_group(&mut self, group: Vec<SignedOp>) -> bool {
+        let start = self.entries.len();
+        let before = (self.state.clone(), self.forked.clone(), self.reach.clone());
+        let hashes: Vec<OpHash> = group.iter().map(SignedOp::hash).collect();
+        for h in &hashes {
+            self.pending.remove(h);
+        }
+        self.deferred = true;
+        let taken = group
+            .into_iter()
+            .all(|op| matches!(self.take(op, Trust::Needed), Ok(true)));
+        self.deferred = false;
+        if taken {
+            self.recompute();
+            if !hashes.iter().all(|h| self.inert(&before.0, h)) {
+                self.take_waiting();
+                return true;
+            }
+        }
+        while self.entries.len() > start {
+            self.pop();
+        }
+        (self.state, self.forked, self.reach) = before;
+        false
     }
 
     /// [`Self::insert`] for an operation this member has just signed itself: its signature
@@ -988,13 +1084,13 @@ impl Membership {
             bit_set(&mut ancestors, i);
         }
         self.check(&op.op, &ancestors).map_err(LogError::Invalid)?;
-        if matches!(trust, Trust::Outside | Trust::NeededByAuthor) {
-            match self.refusal(&op.op, &hash, &ancestors) {
-                None => {}
-                Some(r) if r != Refusal::FormerMember && trust == Trust::NeededByAuthor => {}
-                Some(r) => return Err(LogError::Refused(r)),
-            }
-        }
+        let refusal = match trust {
+            Trust::Outside => self.refusal(&op.op, &hash, &ancestors),
+            Trust::NeededByAuthor => self
+                .refusal(&op.op, &hash, &ancestors)
+                .filter(|r| *r == Refusal::FormerMember),
+            _ => None,
+        };
         let limit = if op.op.body.is_event() {
             MAX_OPS
         } else {
@@ -1008,13 +1104,75 @@ impl Membership {
         if self.deferred {
             return Ok(true);
         }
-        if event || self.forks_rotations() {
+        if let Some(refusal) = refusal {
+            // An operation of a refused kind is not taken only if taking it would change
+            // nothing: a node must never lack an operation that has effect.
+            let before = (self.state.clone(), self.forked.clone(), self.reach.clone());
+            self.recompute();
+            if self.inert(&before.0, &hash) {
+                self.pop();
+                (self.state, self.forked, self.reach) = before;
+                return Err(LogError::Refused(refusal));
+            }
+        } else if event || self.forks_rotations() {
             self.recompute();
         } else {
             self.advance_frontier();
         }
         self.take_waiting();
         Ok(true)
+    }
+
+    /// Whether the state is what it was in `before` and the operation `hash`, just taken
+    /// in, has no effect.
+    fn inert(&self, before: &State, hash: &OpHash) -> bool {
+        let (s, b) = (&self.state, before);
+        !s.is_valid(hash)
+            && s.roster.members == b.roster.members
+            && s.roster.former == b.roster.former
+            && s.roster.facilitator == b.roster.facilitator
+            && s.roster.revoked == b.roster.revoked
+            && s.roster.used_invites == b.roster.used_invites
+            && s.roster.handovers == b.roster.handovers
+            && s.roster.taken == b.roster.taken
+            && s.frontier == b.frontier
+            && s.epoch_number == b.epoch_number
+            && s.needs_rotation == b.needs_rotation
+            && s.departures == b.departures
+    }
+
+    /// Undoes [`Self::push`] of the last operation (whose state the caller restores).
+    fn pop(&mut self) {
+        let Some(entry) = self.entries.pop() else {
+            return;
+        };
+        let i = self.entries.len() as u32;
+        self.children.pop();
+        for p in &entry.op.op.parents {
+            if let Some(&pi) = self.index.get(p) {
+                let children = &mut self.children[pi as usize];
+                children.retain(|&c| c != i);
+                if children.is_empty() {
+                    self.heads.insert(pi);
+                }
+            }
+        }
+        self.heads.remove(&i);
+        if let Some(bits) = self.by_author.get_mut(&entry.op.op.author)
+            && let Some(w) = bits.get_mut(i as usize / 64)
+        {
+            *w &= !(1 << (i % 64));
+        }
+        if entry.op.op.body.is_event() {
+            self.events.pop();
+            // Cached rosters are keyed by the events in a past, by their place among
+            // events: the place this one had will be another's.
+            self.rosters.clear();
+        } else if let Some(mine) = self.rotations_by.get_mut(&entry.op.op.author) {
+            mine.pop();
+        }
+        self.reach.pop();
+        self.index.remove(&entry.hash);
     }
 
     /// Keeps an operation whose parents have not arrived, if its author is known.
@@ -1496,13 +1654,18 @@ impl Membership {
     }
 
     /// Whether the operation at position `i` has effect, given the roster of the whole
-    /// log: events as the roster says; a rotation unless its author departed concurrently,
-    /// or made a concurrent rotation with a smaller hash (an author's history forks only
-    /// when something is wrong: one rotation of each fork counts).
+    /// log: events as the roster says; a rotation if its author's admission has effect,
+    /// unless its author departed concurrently or made a concurrent rotation with a smaller
+    /// hash (an author's history forks only when something is wrong: one rotation of each
+    /// fork counts).
     fn has_effect(&self, roster: &Roster, i: u32) -> bool {
         let o = &self.entries[i as usize].op.op;
         match o.body {
-            OpBody::Rotate { .. } => !self.departed_since(roster, i) && !self.forked.contains(&i),
+            OpBody::Rotate { .. } => {
+                let admitted =
+                    roster.members.contains_key(&o.author) || roster.former.contains_key(&o.author);
+                admitted && !self.departed_since(roster, i) && !self.forked.contains(&i)
+            }
             _ => roster.effective.contains(&i),
         }
     }
@@ -1699,7 +1862,9 @@ impl Membership {
         };
         let r = &s.roster;
         let member_lacks = r.members.keys().any(|id| !holds_all(id, admitted(id)));
-        // Anyone admitted at some point (even without effect) who is not a member now.
+        // Anyone admitted at some point who is not a member now (a former member, or one
+        // whose admission has no effect: the facilitator who signed it may have welcomed
+        // it) and who holds every frontier secret.
         let outsider_holds = self.events.iter().any(|&e| {
             let o = &self.entries[e as usize].op.op;
             let id = match &o.body {

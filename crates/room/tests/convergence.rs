@@ -742,6 +742,179 @@ fn regressions() {
             ],
             1236695683189648044,
         ),
+        // A former facilitator forges a second handover after its first was taken.
+        (
+            7,
+            vec![
+                Deliver {
+                    to: 0,
+                    picks: vec![0],
+                    duplicate: false,
+                },
+                Deliver {
+                    to: 0,
+                    picks: vec![0],
+                    duplicate: false,
+                },
+                Deliver {
+                    to: 0,
+                    picks: vec![0],
+                    duplicate: false,
+                },
+                Deliver {
+                    to: 0,
+                    picks: vec![0],
+                    duplicate: false,
+                },
+                Leave(73),
+                Deliver {
+                    to: 32,
+                    picks: vec![0],
+                    duplicate: false,
+                },
+                Send(0),
+                Deliver {
+                    to: 0,
+                    picks: vec![3277],
+                    duplicate: false,
+                },
+                Deliver {
+                    to: 0,
+                    picks: vec![13717],
+                    duplicate: false,
+                },
+                Rotate(1),
+                Send(12),
+                SyncLog { from: 0, to: 0 },
+                Send(92),
+                ToggleOffline(144),
+                ToggleOffline(9),
+                SyncLog { from: 130, to: 125 },
+                Deliver {
+                    to: 129,
+                    picks: vec![41681, 18877, 28466],
+                    duplicate: false,
+                },
+                Send(57),
+                Send(195),
+                ToggleOffline(205),
+                Handover(211),
+                SyncLog { from: 196, to: 22 },
+                Rotate(70),
+                Remove(136),
+                Deliver {
+                    to: 169,
+                    picks: vec![34868, 58182, 10406, 33930, 43846],
+                    duplicate: false,
+                },
+                ToggleOffline(33),
+                Forge {
+                    who: 7,
+                    back: 64166,
+                    kind: 63,
+                    target: 96,
+                    to: 87,
+                },
+            ],
+            3923828851871717873,
+        ),
+        // Found by the property test.
+        (
+            5,
+            vec![
+                Handover(41),
+                Forge {
+                    who: 105,
+                    back: 20332,
+                    kind: 218,
+                    target: 153,
+                    to: 118,
+                },
+                Send(0),
+                Send(0),
+                Remove(64),
+                Forge {
+                    who: 88,
+                    back: 32075,
+                    kind: 135,
+                    target: 0,
+                    to: 0,
+                },
+            ],
+            0,
+        ),
+        // Found by the property test: a rotation held by one node only.
+        (
+            3,
+            vec![
+                ToggleOffline(15),
+                Deliver {
+                    to: 0,
+                    picks: vec![0],
+                    duplicate: false,
+                },
+                Deliver {
+                    to: 0,
+                    picks: vec![0],
+                    duplicate: false,
+                },
+                Deliver {
+                    to: 0,
+                    picks: vec![0],
+                    duplicate: false,
+                },
+                Deliver {
+                    to: 0,
+                    picks: vec![0],
+                    duplicate: false,
+                },
+                Deliver {
+                    to: 0,
+                    picks: vec![0],
+                    duplicate: false,
+                },
+                Handover(1),
+                ToggleOffline(32),
+                Forge {
+                    who: 42,
+                    back: 9019,
+                    kind: 5,
+                    target: 0,
+                    to: 0,
+                },
+                Send(0),
+                Rotate(96),
+                Send(0),
+                Send(0),
+                Send(0),
+                Send(0),
+                Send(0),
+                Leave(120),
+                Send(0),
+            ],
+            5418189351676484276,
+        ),
+        // Found by the property test: members disagree.
+        (
+            4,
+            vec![
+                Rotate(17),
+                Forge {
+                    who: 88,
+                    back: 21981,
+                    kind: 213,
+                    target: 245,
+                    to: 1,
+                },
+                Deliver {
+                    to: 0,
+                    picks: vec![2926],
+                    duplicate: false,
+                },
+                Handover(2),
+            ],
+            6067454400287131,
+        ),
     ];
     for (n, actions, seed) in cases {
         let mut sim = Sim::new(n, seed);
