@@ -1193,8 +1193,15 @@ impl EventLoop {
             .collect();
         let (relayed, direct): (Vec<Multiaddr>, Vec<Multiaddr>) =
             candidates.into_iter().partition(reach::is_relayed);
+        // One entry per address, whether or not it ends in this node's own id: a joiner
+        // dials every entry at once.
+        let me = *self.swarm.local_peer_id();
         let mut addrs: Vec<String> = Vec::new();
-        for a in relayed.iter().chain(&direct).map(ToString::to_string) {
+        for mut a in relayed.into_iter().chain(direct) {
+            if a.iter().last() == Some(libp2p::multiaddr::Protocol::P2p(me)) {
+                a.pop();
+            }
+            let a = a.to_string();
             if !addrs.contains(&a) {
                 addrs.push(a);
             }

@@ -37,8 +37,10 @@ pub const MAX_CONNECTIONS_PER_PEER: usize = 2;
 /// Most incoming connections still in their handshake.
 pub const MAX_PENDING_INCOMING: usize = 32;
 /// Most incoming connections from one host still in their handshake (before the handshake
-/// nobody is known: a member behind the same address as a flood waits for a slot).
-pub const MAX_PENDING_PER_HOST: usize = 8;
+/// nobody is known: a member behind the same address as a flood waits for a slot). Half
+/// of [`MAX_PENDING_INCOMING`]: eight people behind one NAT redeeming invites at once dial
+/// one or two addresses each.
+pub const MAX_PENDING_PER_HOST: usize = 16;
 /// Most established connections in total (a node may be in many rooms).
 pub const MAX_ESTABLISHED: usize = 256;
 /// Most connections strangers hold at once: the other 192 of [`MAX_ESTABLISHED`] are
